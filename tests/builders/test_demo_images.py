@@ -1,0 +1,37 @@
+"""Demo tiles: the tree layout, determinism, and content that M2B reads as drawn."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from builders.demo_images import CLASSES, WATER_SIDES, draw_tile, make_demo_tree
+from builders.m2b import label_fractions
+
+
+def test_tree_layout_and_determinism(tmp_path):
+    out = make_demo_tree(tmp_path / "a", per_class=2, size=32, seed=3)
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert files == sorted(f"{c}/{c}_{i:03d}.png" for c in CLASSES for i in range(2))
+    again = make_demo_tree(tmp_path / "b", per_class=2, size=32, seed=3)
+    for f in files:
+        assert np.array_equal(np.asarray(Image.open(out / f)), np.asarray(Image.open(again / f)))
+    assert not list(out.rglob("*.tmp-*"))
+
+
+@pytest.mark.parametrize("cls,label", [("water", "water"), ("forest", "vegetation")])
+def test_single_cover_classes_read_as_drawn(cls, label):
+    f = label_fractions(np.asarray(draw_tile(cls, 0, size=64)))
+    assert f[label] > 0.8, f
+
+
+def test_beach_water_side_cycles():
+    img = np.asarray(draw_tile("beach", 0, size=64))  # water at the bottom
+    assert WATER_SIDES[0] == "bottom"
+    assert label_fractions(img[48:])["water"] > 0.9
+    assert label_fractions(img[:16])["water"] < 0.1
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="desert"):
+        draw_tile("desert", 0)
+    with pytest.raises(ValueError, match="per_class"):
+        make_demo_tree("/nonexistent-never-written", per_class=0)
