@@ -1,0 +1,80 @@
+import pytest
+
+from wds_tools.reader import iter_shard
+from wds_tools.urls import PipeRefusedError, expand_urls, open_url, sidecar_url
+
+
+def _names(urls):
+    return [u.rsplit("/", 1)[-1] for u in urls]
+
+
+ALL = ["real-train-000000.tar", "real-train-000001.tar", "real-train-000002.tar"]
+
+
+def test_brace_pattern(shard_dir):
+    assert _names(expand_urls(f"{shard_dir}/real-train-{{000000..000002}}.tar")) == ALL
+
+
+def test_directory_excludes_sidecars_and_temps(shard_dir):
+    (shard_dir / "real-train-000000.quality.tar").write_bytes(b"")
+    (shard_dir / "real-train-000003.tar.tmp-1-abc").write_bytes(b"")
+    assert _names(expand_urls(shard_dir)) == ALL
+
+
+def test_txt_list_with_comments_and_relative_entries(shard_dir):
+    lst = shard_dir / "list.txt"
+    lst.write_text("# my mix\nreal-train-000002.tar\n\n%s/real-train-000000.tar  # absolute\n" % shard_dir)
+    assert _names(expand_urls(str(lst))) == ["real-train-000002.tar", "real-train-000000.tar"]
+
+
+def test_list_of_sources(shard_dir):
+    urls = expand_urls([str(shard_dir / "real-train-000001.tar"), f"{shard_dir}/real-train-{{000000..000000}}.tar"])
+    assert _names(urls) == ["real-train-000001.tar", "real-train-000000.tar"]
+
+
+def test_missing_shard_is_named(shard_dir):
+    with pytest.raises(FileNotFoundError, match=r"real-train-000003.tar.*\(7 of 10 missing\)"):
+        expand_urls(f"{shard_dir}/real-train-{{000000..000009}}.tar")
+
+
+def test_fsspec_url(shard_dir):
+    urls = expand_urls(f"file://{shard_dir}/real-train-000000.tar")
+    assert len(list(iter_shard(urls[0]))) == 4
+
+
+def test_memory_filesystem_directory(shard_dir):
+    """An object-store-like filesystem goes through the same fsspec path as s3:// or gs://."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for name in ALL:
+        fs.pipe(f"/bucket/ds/{name}", (shard_dir / name).read_bytes())
+    urls = expand_urls("memory://bucket/ds")
+    assert _names(urls) == ALL
+    assert sum(1 for u in urls for _ in iter_shard(u)) == 10
+
+
+def test_pipe_refused_by_default(shard_dir, tmp_path):
+    marker = tmp_path / "ran"
+    url = f"pipe:touch {marker} && cat {shard_dir}/real-train-000000.tar"
+    with pytest.raises(PipeRefusedError, match="allow_pipe"):
+        expand_urls(url)
+    lst = tmp_path / "evil.txt"
+    lst.write_text(url + "\n")
+    with pytest.raises(PipeRefusedError):
+        expand_urls(str(lst))
+    with pytest.raises(PipeRefusedError):
+        open_url(url)
+    assert not marker.exists()
+
+
+def test_pipe_allowed_when_opted_in(shard_dir):
+    url = f"pipe:cat {shard_dir}/real-train-000000.tar"
+    assert expand_urls(url, allow_pipe=True) == [url]
+    assert len(list(iter_shard(url, allow_pipe=True))) == 4
+
+
+def test_sidecar_url():
+    assert sidecar_url("s3://b/x-000001.tar", "quality") == "s3://b/x-000001.quality.tar"
+    with pytest.raises(ValueError):
+        sidecar_url("x.tar", "a.b")

@@ -1,0 +1,233 @@
+"""Typed configs: one dataclass tree per stage, loaded from YAML with dotted command-line overrides.
+
+Every value is checked against the dataclass field types before any work starts: an unknown key
+or a wrong type raises :class:`ConfigError`, naming the key and the valid choices. A dataclass may
+define ``validate(self)`` for range checks; it runs after loading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Sequence, TypeVar, Union
+
+import yaml
+
+from wds_tools.atomic import atomic_open
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override does not fit the config's dataclass tree."""
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, where: str):
+    """Check (and lightly coerce) ``value`` against type ``tp``; raise ConfigError on mismatch."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of the valid choices {list(args)}")
+        return value
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected bool (true/false), got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected float, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected int, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected str, got {value!r}")
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls, data: Any, where: str = ""):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping for {cls.__name__}, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown config key {key!r}; valid keys here: {sorted(fields)}")
+    kwargs = {
+        name: _coerce(value, hints[name], f"{where}.{name}" if where else name) for name, value in data.items()
+    }
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        try:
+            obj.validate()
+        except ValueError as e:
+            raise ConfigError(f"{where or cls.__name__}: {e}") from e
+    return obj
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"a.b=3"`` -> ``("a.b", 3)``; the value is parsed as a YAML scalar or list."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    values: dict[str, Any] | None = None,
+) -> T:
+    """Load ``cls`` from a YAML file (or defaults), apply ``values`` (dotted key -> value) and then
+    ``key.sub=value`` overrides, and check the result."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {str(path)!r}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at top level")
+    for key, value in (values or {}).items():
+        _set_dotted(data, key, value)
+    for text in overrides:
+        _set_dotted(data, *parse_override(text))
+    return _build(cls, data)
+
+
+def config_to_dict(cfg) -> dict:
+    """Plain-dict form of a config tree (tuples become lists)."""
+    return yaml.safe_load(yaml.safe_dump(_plain(dataclasses.asdict(cfg))))
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def save_config(cfg, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically), beside the outputs it produced."""
+    with atomic_open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+    return Path(path)
+
+
+def parse_cli(
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str,
+    description: str,
+    flags: dict[str, str] | None = None,
+    default_config: str | None = None,
+) -> T:
+    """Parse ``[--config FILE] [--flag VALUE ...] [key.sub=value ...]`` into a checked ``cls``.
+
+    Precedence, lowest first: dataclass defaults, the config file, plain flags, dotted overrides.
+    ``--print-config`` prints the resolved config and exits.
+    """
+    flags = flags or {}
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", default=default_config, help="YAML config file")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    for flag, key in flags.items():
+        parser.add_argument(flag, dest=key.replace(".", "__"), action="append", help=f"sets {key}")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
+    args = parser.parse_args(argv)
+    values = {}
+    for key in flags.values():
+        given = getattr(args, key.replace(".", "__"))
+        if given:
+            values[key] = _flag_value(cls, key, given)
+    try:
+        cfg = load_config(cls, args.config, args.overrides, values=values)
+    except ConfigError as e:
+        parser.exit(2, f"{prog}: config error: {e}\n")
+    if args.print_config:
+        yaml.safe_dump(config_to_dict(cfg), sys.stdout, sort_keys=False)
+        parser.exit(0)
+    return cfg
+
+
+def _field_type(cls, dotted: str):
+    tp = cls
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = typing.get_type_hints(tp).get(part)
+    return tp
+
+
+def _flag_value(cls, key: str, given: list[str]):
+    """A repeated or comma-separated flag fills a list field; otherwise the last value wins."""
+    tp = _field_type(cls, key)
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        origin = next((typing.get_origin(a) for a in typing.get_args(tp) if a is not type(None)), None)
+    if origin in (list, tuple):
+        return [v.strip() for raw in given for v in raw.split(",") if v.strip()]
+    if tp is str or tp == (str | None):
+        return given[-1]
+    return parse_override(f"{key}={given[-1]}")[1]

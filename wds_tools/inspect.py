@@ -1,0 +1,170 @@
+"""What shards hold: samples, member extensions, sources, sidecars and the range of each score.
+
+    python -m wds_tools.inspect shards/real/ [more URLs ...] [--json]
+
+Reads with the same safety rules as training: no ``pipe:`` unless ``--allow-pipe``, nothing unpickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter
+from typing import Sequence
+
+import fsspec
+import msgpack
+
+from wds_tools.reader import SkipLog, iter_shard
+from wds_tools.urls import expand_urls
+
+
+def find_sidecars(shard_url: str) -> list[str]:
+    """Names of the sidecars that exist beside ``shard_url`` (``X.<name>.tar``)."""
+    if shard_url.startswith("pipe:"):
+        return []
+    fs, path = fsspec.core.url_to_fs(shard_url)
+    stem = path[: -len(".tar")]
+    names = []
+    for p in fs.glob(f"{stem}.*.tar"):
+        middle = p[len(stem) + 1 : -len(".tar")]
+        if middle and "." not in middle:
+            names.append(middle)
+    return sorted(names)
+
+
+class _Range:
+    def __init__(self) -> None:
+        self.n, self.lo, self.hi, self.total, self.missing = 0, math.inf, -math.inf, 0.0, 0
+
+    def add(self, v) -> None:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            self.missing += 1
+            return
+        self.n += 1
+        self.lo, self.hi, self.total = min(self.lo, v), max(self.hi, v), self.total + v
+
+    def as_dict(self) -> dict:
+        if not self.n:
+            return {"n": 0, "missing": self.missing}
+        return {"n": self.n, "min": self.lo, "max": self.hi, "mean": self.total / self.n, "missing": self.missing}
+
+
+def _flatten(prefix: str, obj, out: dict) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    elif isinstance(obj, bool):
+        out.setdefault("bools", {}).setdefault(prefix, Counter())[str(obj).lower()] += 1
+    elif isinstance(obj, (int, float)) or obj is None:
+        out.setdefault("numbers", {}).setdefault(prefix, _Range()).add(obj)
+
+
+def inspect_shard(url: str, *, allow_pipe: bool = False) -> dict:
+    """Summarise one shard and its sidecars."""
+    sidecars = find_sidecars(url)
+    skips = SkipLog()
+    exts, sources, classes = Counter(), Counter(), Counter()
+    fields: dict = {}
+    n = 0
+    for sample in iter_shard(url, sidecars=sidecars, allow_pipe=allow_pipe, skips=skips):
+        n += 1
+        exts.update(k for k in sample if not k.startswith("__"))
+        if "json" in sample:
+            try:
+                meta = json.loads(sample["json"])
+            except ValueError:
+                skips.add("corrupt_json", sample["__key__"], url)
+                meta = {}
+            sources[str(meta.get("source"))] += 1
+            if meta.get("class") is not None:
+                classes[str(meta["class"])] += 1
+        for ext, value in sample.items():
+            if ext.endswith(".msgpack"):
+                _flatten(ext[: -len(".msgpack")], msgpack.unpackb(value, raw=False, strict_map_key=False), fields)
+    return {
+        "url": url,
+        "samples": n,
+        "extensions": dict(sorted(exts.items())),
+        "sources": dict(sorted(sources.items())),
+        "classes": dict(sorted(classes.items())),
+        "sidecars": sidecars,
+        "scores": {k: r.as_dict() for k, r in sorted(fields.get("numbers", {}).items())},
+        "flags": {k: dict(c) for k, c in sorted(fields.get("bools", {}).items())},
+        "skipped": skips.as_dict(),
+    }
+
+
+def _merge(reports: list[dict]) -> dict:
+    total: dict = {"shards": len(reports), "samples": 0, "extensions": Counter(), "sources": Counter(),
+                   "classes": Counter(), "skipped": Counter(), "scores": {}, "flags": {}}
+    for r in reports:
+        total["samples"] += r["samples"]
+        for f in ("extensions", "sources", "classes", "skipped"):
+            total[f].update(r[f])
+        for k, s in r["scores"].items():
+            agg = total["scores"].setdefault(k, {"n": 0, "min": math.inf, "max": -math.inf, "sum": 0.0, "missing": 0})
+            agg["missing"] += s["missing"]
+            if s["n"]:
+                agg["n"] += s["n"]
+                agg["min"], agg["max"] = min(agg["min"], s["min"]), max(agg["max"], s["max"])
+                agg["sum"] += s["mean"] * s["n"]
+        for k, c in r["flags"].items():
+            total["flags"].setdefault(k, Counter()).update(c)
+    for agg in total["scores"].values():
+        agg["mean"] = agg.pop("sum") / agg["n"] if agg["n"] else None
+        if not agg["n"]:
+            agg["min"] = agg["max"] = None
+    for f in ("extensions", "sources", "classes", "skipped"):
+        total[f] = dict(sorted(total[f].items()))
+    total["flags"] = {k: dict(c) for k, c in total["flags"].items()}
+    return total
+
+
+def format_report(report: dict) -> str:
+    """Human-readable summary."""
+    t = report["total"]
+    lines = [f"{t['shards']} shard(s), {t['samples']} samples"]
+    for r in report["shards"]:
+        side = f"  sidecars: {', '.join(r['sidecars'])}" if r["sidecars"] else ""
+        lines.append(f"  {r['url']}: {r['samples']} samples{side}")
+    lines.append(f"members:  {t['extensions']}")
+    lines.append(f"sources:  {t['sources']}")
+    if t["classes"]:
+        lines.append(f"classes:  {t['classes']}")
+    for k, s in t["scores"].items():
+        if s["n"]:
+            lines.append(f"score {k}: min {s['min']:.4g}  mean {s['mean']:.4g}  max {s['max']:.4g}  (n={s['n']}, missing {s['missing']})")
+        else:
+            lines.append(f"score {k}: no values (missing {s['missing']})")
+    for k, c in t["flags"].items():
+        lines.append(f"flag {k}: {c}")
+    if t["skipped"]:
+        lines.append(f"skipped: {t['skipped']}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wds-inspect", description=__doc__.split("\n")[0])
+    parser.add_argument("urls", nargs="+", help="shards: brace pattern, directory, .txt list or URL")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--allow-pipe", action="store_true", help="allow pipe: URLs (runs shell commands)")
+    args = parser.parse_args(argv)
+    try:
+        urls = expand_urls(list(args.urls), allow_pipe=args.allow_pipe)
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"wds-inspect: {e}\n")
+    shards = [inspect_shard(u, allow_pipe=args.allow_pipe) for u in urls]
+    report = {"total": _merge(shards), "shards": shards}
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

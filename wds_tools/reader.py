@@ -1,0 +1,219 @@
+"""Safe shard reading: group tar members into samples, join sidecars, decode without unpickling.
+
+Each function here is a small generator over plain iterables, with a curried wrapper
+(``samples_from_shards``, ``decoded``) that slots into ``webdataset.DataPipeline``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+from collections import Counter
+from typing import Iterable, Iterator, Sequence
+
+import msgpack
+from PIL import Image
+from webdataset.filters import pipelinefilter
+
+from wds_tools.sample import IMAGE_EXTS
+from wds_tools.urls import open_url, sidecar_url
+
+log = logging.getLogger("wds_tools")
+
+# Members that deserialise by unpickling (or may embed pickles): never decoded, always skipped.
+UNSAFE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib", "dill", "npy", "npz"})
+_LOGGED_PER_REASON = 20
+
+
+class SidecarMismatchError(ValueError):
+    """A sidecar's keys do not line up with its shard's keys."""
+
+
+class SkipLog:
+    """Counts skipped members/samples by reason and logs the first few of each with key and URL."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+
+    def add(self, reason: str, key: str | None = None, url: str | None = None) -> None:
+        self.counts[reason] += 1
+        if self.counts[reason] <= _LOGGED_PER_REASON:
+            log.warning("skipped %s (key=%s, url=%s)", reason, key, url)
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """``dir/key.ext.more`` -> (``dir/key``, ``ext.more``), as WebDataset splits at the first dot."""
+    head, _, base = name.rpartition("/")
+    if "." not in base:
+        return None
+    key, ext = base.split(".", 1)
+    return (f"{head}/{key}" if head else key), ext
+
+
+def _is_unsafe(ext: str) -> bool:
+    return ext.rsplit(".", 1)[-1].lower() in UNSAFE_EXTS
+
+
+def iter_tar_samples(
+    url: str, *, allow_pipe: bool = False, skips: SkipLog | None = None
+) -> Iterator[dict]:
+    """Yield raw samples ``{"__key__", "__url__", ext: bytes}`` from one tar, in file order."""
+    skips = skips if skips is not None else SkipLog()
+    current: dict | None = None
+    stream = open_url(url, "rb", allow_pipe=allow_pipe)
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+        for member in tar:
+            if not member.isfile():
+                continue
+            parts = split_member_name(member.name)
+            if parts is None or parts[0].rsplit("/", 1)[-1].startswith("__"):
+                skips.add("no_extension", member.name, url)
+                continue
+            key, ext = parts
+            if _is_unsafe(ext):
+                skips.add(f"unsafe_member_{ext}", key, url)
+                continue
+            data = tar.extractfile(member).read()
+            if current is not None and current["__key__"] != key:
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key, "__url__": url}
+            current[ext] = data
+    except (tarfile.ReadError, EOFError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        skips.add("corrupt_tar", current["__key__"] if current else None, url)
+        log.warning("stopped reading %s: %s", url, e)
+        current = None
+    finally:
+        stream.close()
+    if current is not None:
+        yield current
+
+
+def iter_shard(
+    url: str,
+    *,
+    sidecars: Sequence[str] = (),
+    allow_pipe: bool = False,
+    skips: SkipLog | None = None,
+) -> Iterator[dict]:
+    """Yield the samples of one shard with each named sidecar's members joined by key."""
+    side_iters = [
+        (sidecar_url(url, name), iter_tar_samples(sidecar_url(url, name), allow_pipe=allow_pipe, skips=skips))
+        for name in sidecars
+    ]
+    for sample in iter_tar_samples(url, allow_pipe=allow_pipe, skips=skips):
+        for side_url, it in side_iters:
+            side = next(it, None)
+            if side is None or side["__key__"] != sample["__key__"]:
+                got = None if side is None else side["__key__"]
+                raise SidecarMismatchError(
+                    f"sidecar {side_url} does not match shard {url}: expected key "
+                    f"{sample['__key__']!r}, found {got!r}"
+                )
+            sample.update((k, v) for k, v in side.items() if not k.startswith("__"))
+        yield sample
+    for side_url, it in side_iters:
+        extra = next(it, None)
+        if extra is not None:
+            raise SidecarMismatchError(
+                f"sidecar {side_url} has key {extra['__key__']!r} that shard {url} does not have"
+            )
+
+
+def shards_to_samples(
+    src: Iterable[dict | str],
+    *,
+    sidecars: Sequence[str] = (),
+    allow_pipe: bool = False,
+    skips: SkipLog | None = None,
+) -> Iterator[dict]:
+    """Pipeline stage: shard URLs (or ``{"url": ...}`` dicts) in, joined raw samples out."""
+    for item in src:
+        url = item["url"] if isinstance(item, dict) else item
+        yield from iter_shard(url, sidecars=sidecars, allow_pipe=allow_pipe, skips=skips)
+
+
+samples_from_shards = pipelinefilter(shards_to_samples)
+
+
+def _decode_image(data: bytes, mode: str):
+    if mode == "pil":
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")
+    if mode == "uint8":
+        import torch
+        from torchvision.io import ImageReadMode, decode_image
+
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    raise ValueError(f"image decode mode must be 'pil', 'uint8' or None, got {mode!r}")
+
+
+def _decode_member(ext: str, data: bytes, image: str | None):
+    last = ext.rsplit(".", 1)[-1].lower()
+    if last in IMAGE_EXTS or last in ("jpeg", "tif", "tiff"):
+        return _decode_image(data, image) if image else data
+    if last in ("txt", "text"):
+        return data.decode("utf-8")
+    if last == "json":
+        return json.loads(data)
+    if last == "msgpack":
+        # Plain msgpack with no ext hooks builds only basic types: nothing can execute.
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    if last in ("cls", "index"):
+        return int(data)
+    return data
+
+
+def decode_sample(sample: dict, *, image: str | None = "pil", skips: SkipLog | None = None) -> dict | None:
+    """Decode members by extension; a corrupt member makes the sample a counted skip (``None``)."""
+    out = {}
+    for ext, data in sample.items():
+        if ext.startswith("__"):
+            out[ext] = data
+            continue
+        try:
+            out[ext] = _decode_member(ext, data, image)
+        except Image.DecompressionBombError:
+            (skips or SkipLog()).add("decompression_bomb", sample.get("__key__"), sample.get("__url__"))
+            return None
+        except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt member
+            reason = f"corrupt_{ext}"
+            (skips or SkipLog()).add(reason, sample.get("__key__"), sample.get("__url__"))
+            log.debug("decode error %s: %s", reason, e)
+            return None
+    return out
+
+
+def decode(src: Iterable[dict], *, image: str | None = "pil", skips: SkipLog | None = None) -> Iterator[dict]:
+    """Pipeline stage: decode each sample, dropping (and counting) corrupt ones."""
+    for sample in src:
+        out = decode_sample(sample, image=image, skips=skips)
+        if out is not None:
+            yield out
+
+
+decoded = pipelinefilter(decode)
+
+
+def select(src: Iterable[dict], predicate, *, skips: SkipLog | None = None, reason: str = "not_selected"):
+    """Pipeline stage: keep samples where ``predicate(sample)`` is true, counting the rest."""
+    for sample in src:
+        if predicate(sample):
+            yield sample
+        elif skips is not None:
+            skips.add(reason, sample.get("__key__"), sample.get("__url__"))
+
+
+selected = pipelinefilter(select)

@@ -1,0 +1,76 @@
+"""Sidecar shards: extra per-sample members stored beside a shard, joined back by key.
+
+For ``X.tar`` the sidecar ``X.<name>.tar`` holds, for every key of X in X's order, members named
+``<key>.<name>.<ext>`` (for example ``<key>.quality.msgpack``). Attaching scores this way never
+rewrites image bytes. The quality filter's contract: sidecar ``quality``, member ``quality.msgpack``
+= ``{"scores": {...}, "composite": float | None, "keep": bool, "reasons": [str]}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import msgpack
+
+from wds_tools.reader import iter_tar_samples
+from wds_tools.sample import check_key
+from wds_tools.urls import sidecar_url
+from wds_tools.writer import write_tar_members
+
+
+def shard_keys(shard_url: str) -> list[str]:
+    """The keys of a shard, in order."""
+    return [s["__key__"] for s in iter_tar_samples(shard_url)]
+
+
+def _encode(ext: str, value) -> bytes:
+    if ext.endswith("msgpack"):
+        return msgpack.packb(value, use_bin_type=True)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise ValueError(f"sidecar member {ext!r}: cannot encode {type(value).__name__} (use .msgpack)")
+
+
+def write_sidecar(
+    shard_path: str | Path,
+    name: str,
+    records: Iterable[tuple[str, dict]],
+    *,
+    check_against_shard: bool = True,
+) -> Path:
+    """Atomically write ``X.<name>.tar`` for shard ``X.tar`` from ``(key, {ext: value})`` records."""
+    shard_path = str(shard_path)
+    out = Path(sidecar_url(shard_path, name))
+    records = list(records)
+    keys = [check_key(k) for k, _ in records]
+    if check_against_shard:
+        expected = shard_keys(shard_path)
+        if keys != expected:
+            missing = sorted(set(expected) - set(keys))[:5]
+            extra = sorted(set(keys) - set(expected))[:5]
+            raise ValueError(
+                f"sidecar {name!r} keys do not match shard {shard_path}: "
+                f"missing {missing}, extra {extra} (order must match too)"
+            )
+    members = (
+        (f"{key}.{name}.{ext}", _encode(ext, value))
+        for key, values in records
+        for ext, value in values.items()
+    )
+    write_tar_members(out, members)
+    return out
+
+
+def read_sidecar(shard_url: str, name: str) -> dict[str, dict]:
+    """``{key: {member: decoded value}}`` of one sidecar (msgpack decoded, nothing unpickled)."""
+    out = {}
+    for s in iter_tar_samples(sidecar_url(shard_url, name)):
+        out[s["__key__"]] = {
+            ext: msgpack.unpackb(v, raw=False, strict_map_key=False) if ext.endswith("msgpack") else v
+            for ext, v in s.items()
+            if not ext.startswith("__")
+        }
+    return out

@@ -1,0 +1,141 @@
+"""Shard sources: brace patterns, directories, ``.txt`` URL lists, or lists of these.
+
+Local paths and object-store URLs (``s3://``, ``gs://``, ``https://``) are opened through fsspec.
+``pipe:`` URLs run a shell command taken from the URL list, so they are refused unless the caller
+passes ``allow_pipe=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import IO, Sequence
+
+import braceexpand
+import fsspec
+
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "https://", "http://", "file://", "memory://")
+
+
+class PipeRefusedError(ValueError):
+    """A ``pipe:`` URL was given without ``allow_pipe=True``."""
+
+
+def _check_pipe(url: str, allow_pipe: bool) -> None:
+    if url.startswith("pipe:") and not allow_pipe:
+        raise PipeRefusedError(
+            f"refusing {url!r}: 'pipe:' URLs run a shell command; pass allow_pipe=True "
+            "(or allow_pipe=true in the config) only for URL lists you trust"
+        )
+
+
+def is_remote(url: str) -> bool:
+    return url.startswith(REMOTE_SCHEMES)
+
+
+def is_shard_name(name: str) -> bool:
+    """A data shard is ``X.tar`` with no dot in ``X``; ``X.<name>.tar`` is a sidecar."""
+    return name.endswith(".tar") and "." not in name[: -len(".tar")]
+
+
+def sidecar_url(shard_url: str, name: str) -> str:
+    """``.../X.tar`` -> ``.../X.<name>.tar``."""
+    if not shard_url.endswith(".tar"):
+        raise ValueError(f"shard URL must end in .tar, got {shard_url!r}")
+    if not name or "." in name or "/" in name:
+        raise ValueError(f"sidecar name must be a plain word, got {name!r}")
+    return f"{shard_url[: -len('.tar')]}.{name}.tar"
+
+
+def _fs_and_path(url: str):
+    return fsspec.core.url_to_fs(url)
+
+
+def url_exists(url: str) -> bool:
+    if url.startswith("pipe:"):
+        return True
+    fs, path = _fs_and_path(url)
+    return fs.exists(path)
+
+
+def _list_dir(url: str) -> list[str]:
+    fs, path = _fs_and_path(url)
+    names = sorted(p for p in fs.ls(path, detail=False) if is_shard_name(p.rsplit("/", 1)[-1]))
+    if not names:
+        raise FileNotFoundError(f"no shards (*.tar) in directory {url!r}")
+    if is_remote(url):
+        proto = url.split("://", 1)[0]
+        return [n if "://" in n else f"{proto}://{n}" for n in names]
+    return names
+
+
+def _read_list_file(url: str) -> list[str]:
+    base = url.rsplit("/", 1)[0] if "/" in url else "."
+    out = []
+    with open_url(url, "rb") as f:
+        for line in f.read().decode("utf-8").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            # Relative entries are relative to the list file, so a list travels with its shards.
+            if not (is_remote(line) or line.startswith(("/", "pipe:"))):
+                line = f"{base}/{line}"
+            out.append(line)
+    if not out:
+        raise ValueError(f"URL list {url!r} names no shards")
+    return out
+
+
+def _is_dir(url: str) -> bool:
+    if is_remote(url):
+        fs, path = _fs_and_path(url)
+        return fs.isdir(path)
+    return os.path.isdir(url)
+
+
+def expand_urls(
+    source: str | Path | Sequence, *, allow_pipe: bool = False, check_exists: bool = True
+) -> list[str]:
+    """Expand ``source`` into a flat list of shard URLs, checking each exists."""
+    if isinstance(source, (list, tuple)):
+        urls = [u for s in source for u in expand_urls(s, allow_pipe=allow_pipe, check_exists=check_exists)]
+        if not urls:
+            raise ValueError(f"source list {source!r} is empty")
+        return urls
+    if not isinstance(source, (str, Path)):
+        raise ValueError(f"shard source must be a path, URL or list, got {type(source).__name__}")
+    source = str(source)
+    _check_pipe(source, allow_pipe)
+    if source.startswith("pipe:"):
+        return [source]
+    urls: list[str] = []
+    missing: list[str] = []
+    expanded = list(braceexpand.braceexpand(source))
+    for url in expanded:
+        _check_pipe(url, allow_pipe)
+        if url.endswith(".txt"):
+            for u in _read_list_file(url):
+                urls.extend(expand_urls(u, allow_pipe=allow_pipe, check_exists=check_exists))
+        elif _is_dir(url):
+            urls.extend(_list_dir(url))
+        elif check_exists and not url_exists(url):
+            missing.append(url)
+        else:
+            urls.append(url)
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5])
+        raise FileNotFoundError(f"shard not found: {shown} ({len(missing)} of {len(expanded)} missing)")
+    return urls
+
+
+def open_url(url: str, mode: str = "rb", *, allow_pipe: bool = False) -> IO:
+    """Open a local path, object-store URL or (when allowed) ``pipe:`` command for reading."""
+    _check_pipe(url, allow_pipe)
+    if url.startswith("pipe:"):
+        proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE)
+        return proc.stdout
+    try:
+        return fsspec.open(url, mode).open()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"shard not found: {url!r}") from e

@@ -1,0 +1,145 @@
+"""Atomic, deterministic shard writing.
+
+Each shard is written to a temporary name and renamed when complete, so a killed writer never
+leaves a truncated tar under a final name; its stats file is written after the rename, so "final tar
+plus stats" means finished (builders rely on this to resume). Tar headers carry fixed metadata
+(mtime 0, no owner), so a rerun with the same samples writes byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Iterable
+
+from wds_tools.atomic import temp_path_for, write_json
+from wds_tools.manifest import ShardStats, stats_path
+from wds_tools.sample import check_key
+
+
+def shard_name(prefix: str, index: int) -> str:
+    """Deterministic shard file name: ``{prefix}-{index:06d}.tar``."""
+    if "." in prefix or "/" in prefix:
+        raise ValueError(f"shard prefix {prefix!r} must not contain '.' or '/'")
+    if index < 0:
+        raise ValueError(f"shard index must be >= 0, got {index}")
+    return f"{prefix}-{index:06d}.tar"
+
+
+def is_shard_complete(path: str | Path) -> bool:
+    """True when the final tar and its stats file both exist."""
+    return Path(path).exists() and stats_path(path).exists()
+
+
+class _HashingFile(io.RawIOBase):
+    """Write-through file wrapper that hashes and counts what passes."""
+
+    def __init__(self, f):
+        self._f, self.sha, self.nbytes = f, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.sha.update(b)
+        self.nbytes += len(b)
+        return self._f.write(b)
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class ShardWriter:
+    """Write one shard atomically; use as a context manager.
+
+    >>> with ShardWriter(path=out / "real-train-000000.tar") as w:
+    ...     w.write(sample)
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.suffix != ".tar":
+            raise ValueError(f"shard path must end in .tar, got {str(path)!r}")
+        self.stats = ShardStats(name=self.path.name)
+        self._keys: set[str] = set()
+        self._tmp = temp_path_for(self.path)
+        self._file = None
+        self._tar = None
+
+    def __enter__(self) -> "ShardWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self._tmp, "wb")
+        self._hash = _HashingFile(self._file)
+        self._tar = tarfile.open(fileobj=self._hash, mode="w|", format=tarfile.GNU_FORMAT)
+        return self
+
+    def write(self, sample: dict) -> None:
+        """Append one sample (``{"__key__": str, ext: bytes, ...}``)."""
+        if self._tar is None:
+            raise RuntimeError("ShardWriter.write called outside its context")
+        key = check_key(sample.get("__key__"))
+        if key in self._keys:
+            raise ValueError(f"duplicate key {key!r} in shard {self.path.name}")
+        self._keys.add(key)
+        for ext, value in sample.items():
+            if ext.startswith("__"):
+                continue
+            if isinstance(value, str):
+                value = value.encode("utf-8")
+            if not isinstance(value, (bytes, bytearray)):
+                raise ValueError(f"sample {key!r} member {ext!r} must be bytes, got {type(value).__name__}")
+            self._tar.addfile(_tarinfo(f"{key}.{ext}", len(value)), io.BytesIO(value))
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        self.stats.count(meta)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._tar.close()
+            self._file.flush()
+            if exc_type is None:
+                os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+        if exc_type is not None:
+            self._tmp.unlink(missing_ok=True)
+            return
+        self.stats.bytes, self.stats.sha256 = self._hash.nbytes, self._hash.sha.hexdigest()
+        os.replace(self._tmp, self.path)
+        write_json(stats_path(self.path), self.stats.to_dict())
+
+
+def write_shard(path: str | Path, samples: Iterable[dict]) -> ShardStats:
+    """Write ``samples`` to the shard ``path`` atomically and return its stats."""
+    with ShardWriter(path) as w:
+        for s in samples:
+            w.write(s)
+    return w.stats
+
+
+def write_tar_members(path: str | Path, members: Iterable[tuple[str, bytes]]) -> tuple[int, str]:
+    """Atomically write a plain tar of ``(name, bytes)`` members (sidecars); return (bytes, sha256)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "wb") as f:
+            h = _HashingFile(f)
+            with tarfile.open(fileobj=h, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+                for name, data in members:
+                    tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return h.nbytes, h.sha.hexdigest()
