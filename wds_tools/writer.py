@@ -143,3 +143,39 @@ def write_tar_members(path: str | Path, members: Iterable[tuple[str, bytes]]) ->
         tmp.unlink(missing_ok=True)
         raise
     return h.nbytes, h.sha.hexdigest()
+
+
+class RollingShardWriter:
+    """Write a stream of samples into numbered shards of at most ``maxcount`` samples each.
+
+    Each shard is an atomic :class:`ShardWriter`; names come from :func:`shard_name`, starting at
+    ``start``. Use as a context manager; ``stats`` lists the finished shards.
+    """
+
+    def __init__(self, *, output_dir: str | Path, prefix: str, maxcount: int = 1000, start: int = 0):
+        if maxcount < 1:
+            raise ValueError(f"maxcount must be >= 1, got {maxcount}")
+        self.output_dir, self.prefix, self.maxcount = Path(output_dir), prefix, maxcount
+        self._index, self._current, self.stats = start, None, []
+        shard_name(prefix, start)  # validates the prefix before any work
+
+    def __enter__(self) -> "RollingShardWriter":
+        return self
+
+    def write(self, sample: dict) -> None:
+        if self._current is not None and self._current.stats.samples >= self.maxcount:
+            self._close(None)
+        if self._current is None:
+            self._current = ShardWriter(self.output_dir / shard_name(self.prefix, self._index)).__enter__()
+            self._index += 1
+        self._current.write(sample)
+
+    def _close(self, exc_type) -> None:
+        writer, self._current = self._current, None
+        writer.__exit__(exc_type, None, None)
+        if exc_type is None:
+            self.stats.append(writer.stats)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._current is not None:
+            self._close(exc_type)

@@ -1,0 +1,29 @@
+import pytest
+import json
+
+from tests.wds_tools.test_materialize import _score_all
+from wds_tools.inspect import main
+
+
+def test_inspect_json_reports_sidecar_score_ranges(shard_dir, capsys):
+    _score_all(shard_dir)
+    assert main([str(shard_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    total = report["total"]
+    assert total["shards"] == 3 and total["samples"] == 10
+    assert total["sources"] == {"real": 10} and total["classes"] == {"a": 5, "b": 5}
+    assert total["extensions"]["quality.msgpack"] == 10
+    comp = total["scores"]["quality.composite"]
+    assert comp["min"] == 0.0 and comp["max"] == 0.9 and abs(comp["mean"] - 0.45) < 1e-9
+    assert total["flags"]["quality.keep"] == {"false": 4, "true": 6}
+    assert report["shards"][0]["sidecars"] == ["quality"]
+
+
+def test_inspect_text_and_refusals(shard_dir, capsys):
+    assert main([f"{shard_dir}/real-train-000000.tar"]) == 0
+    out = capsys.readouterr().out
+    assert "1 shard(s), 4 samples" in out and "sources:  {'real': 4}" in out
+    with pytest.raises(SystemExit) as e:
+        main([f"pipe:cat {shard_dir}/real-train-000000.tar"])
+    assert e.value.code == 2
+    assert "allow_pipe" in capsys.readouterr().err

@@ -1,0 +1,41 @@
+import pytest
+import json
+
+from wds_tools.materialize import main
+from wds_tools.reader import decode_sample, iter_shard
+from wds_tools.sidecar import shard_keys, write_sidecar
+from wds_tools.urls import expand_urls
+
+
+def _score_all(shard_dir):
+    for shard in sorted(shard_dir.glob("real-train-*.tar")):
+        records = [
+            (k, {"msgpack": {"keep": int(k[1:]) % 3 != 0, "composite": int(k[1:]) / 10,
+                             "reasons": [] if int(k[1:]) % 3 else ["below_threshold"]}})
+            for k in shard_keys(str(shard))
+        ]
+        write_sidecar(shard, "quality", records)
+
+
+def test_reshard_keeps_selected_and_folds_sidecars(shard_dir, tmp_path, capsys):
+    _score_all(shard_dir)
+    out = tmp_path / "filtered"
+    assert main(["--input", str(shard_dir), "--output", str(out), "maxcount=3"]) == 0
+    assert "6 samples kept" in capsys.readouterr().out
+    samples = [decode_sample(s, image=None) for u in expand_urls(out) for s in iter_shard(u)]
+    # keys 0, 3, 6, 9 fail the selection
+    assert [s["__key__"] for s in samples] == ["s0001", "s0002", "s0004", "s0005", "s0007", "s0008"]
+    assert all(s["quality.msgpack"]["keep"] for s in samples)
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["kept"] == 6 and manifest["dropped"] == {"quality:below_threshold": 4}
+    assert json.loads((out / "sizes.json").read_text()) == {
+        "filtered-000000.tar": 3, "filtered-000001.tar": 3}
+    assert (out / "config.yaml").exists()
+
+
+def test_bad_selection_config_fails_before_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--input", "x", "--output", str(tmp_path / "o"), "sidecars=[]"])
+    assert e.value.code == 2
+    assert "require_keep member 'quality.msgpack'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
