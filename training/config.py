@@ -1,0 +1,134 @@
+"""Typed configuration tree of the Stage 2 LoRA trainer (loaded with wds_tools.config)."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    """Which open_clip model to build and which weights to load."""
+
+    name: str = "ViT-B-32-quickgelu"
+    # Local checkpoint path, or a hub repo id ("chendelong/RemoteCLIP"); empty = random init.
+    pretrained: str = ""
+    # File inside the hub repo; empty = "RemoteCLIP-<arch>.pt" derived from `name`.
+    hub_filename: str = ""
+    # Optional open_clip model-config JSON registered before building (tiny test models).
+    config_file: str = ""
+    # Replace nn.MultiheadAttention by q/k/v/out Linears + scaled_dot_product_attention.
+    swap_attention: bool = True
+
+
+@dataclass
+class LoraConfig:
+    """LoRA on attention and MLP of both towers."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
+    )
+    # torch.compile the model (worth it on GPU; warm-up takes about a minute).
+    compile: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Weighted streaming mix of a real and a synthetic source."""
+
+    real: list[str] = field(default_factory=list)
+    synthetic: list[str] = field(default_factory=list)
+    # Probability that a sample is drawn from the synthetic source (SYNTHETIC_RATIO).
+    synthetic_ratio: float = 0.8
+    # Exact per-batch proportions instead of independent per-sample draws.
+    stratified: bool = False
+    num_workers: int = 4
+    # Shards read and shuffled together per visit of a source (memory vs. mixing).
+    shards_per_chunk: int = 4
+    crop_scale_min: float = 0.8
+    hflip: bool = True
+    # Draw one of meta["captions"] at random per sample; False = always the primary caption.
+    random_caption: bool = True
+    quality_sidecar: str = "quality"
+    use_quality: bool = True
+    allow_pipe: bool = False
+
+
+@dataclass
+class LossConfig:
+    """Contrastive loss, rare-class weighting and fine-grained word-region alignment."""
+
+    rare_class_weight: float = 2.0
+    # A class is rare when its share of the classed samples is below
+    # rare_class_threshold / number_of_classes (0.5 = under half the uniform share).
+    rare_class_threshold: float = 0.5
+    use_fine_grained: bool = True
+    fine_grained_weight: float = 0.3
+    fine_grained_temperature: float = 0.07
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, checkpoints and outputs."""
+
+    output: str = "checkpoints/stage2_lora"
+    batch_size: int = 32
+    grad_accum: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    num_epochs: int = 10
+    # > 0 overrides num_epochs.
+    max_steps: int = 0
+    # Used when a source has no dataset.json to size an epoch.
+    samples_per_epoch: int = 0
+    mixed_precision: str = "bf16"
+    seed: int = 42
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    # "auto" = newest checkpoint under output/checkpoints, "" = start fresh, or a path.
+    resume: str = "auto"
+    # The run aborts once this many steps had a NaN/inf loss.
+    max_nonfinite_steps: int = 20
+    # Append each step's sample keys to output/sample_keys.rank<R>.jsonl.
+    log_sample_keys: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """Held-out retrieval and zero-shot evaluation run before and after training."""
+
+    shards: list[str] = field(default_factory=list)
+    before: bool = True
+    after: bool = True
+    batch_size: int = 64
+    max_samples: int = 0
+    templates: list[str] = field(
+        default_factory=lambda: [
+            "a satellite photo of {}.",
+            "an aerial photograph of {}.",
+            "a remote sensing image of {}.",
+        ]
+    )
+
+
+@dataclass
+class Stage2Config:
+    """Root of the Stage 2 configuration."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CLI_FLAGS = {
+    "--real": "data.real",
+    "--synthetic": "data.synthetic",
+    "--output": "train.output",
+    "--max-steps": "train.max_steps",
+    "--eval": "eval.shards",
+}
