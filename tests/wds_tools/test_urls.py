@@ -78,3 +78,28 @@ def test_sidecar_url():
     assert sidecar_url("s3://b/x-000001.tar", "quality") == "s3://b/x-000001.quality.tar"
     with pytest.raises(ValueError):
         sidecar_url("x.tar", "a.b")
+
+
+@pytest.fixture
+def http_root(shard_dir):
+    """Serve ``shard_dir`` over HTTP on the loopback interface."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shard_dir))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_http_urls_and_remote_list(http_root, shard_dir):
+    urls = expand_urls(f"{http_root}/real-train-{{000000..000001}}.tar")
+    assert sum(1 for u in urls for _ in iter_shard(u)) == 8
+    (shard_dir / "remote.txt").write_text("real-train-000002.tar\n")
+    assert expand_urls(f"{http_root}/remote.txt") == [f"{http_root}/real-train-000002.tar"]
+    with pytest.raises(FileNotFoundError, match="real-train-000007.tar"):
+        expand_urls(f"{http_root}/real-train-000007.tar")
