@@ -3,7 +3,7 @@
 The caption names a scene type from the label shares, then the largest regions with a spatial
 phrase derived from each region's box ("in the lower half", "in the upper left", "along the
 left side", "across the image") and a short element description from its texture
-("dense tree cover" for busy vegetation, "open grass or fields" for smooth vegetation).
+("trees or shrubs" for busy vegetation, "grass or low vegetation" for smooth vegetation).
 """
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ _COLS = ("left", "center", "right")
 
 _ELEMENTS = {
     # label -> (smooth description, busy description)
+    # Worded from what the pixels show (colour, texture): grey texture may be roofs, cars or
+    # ploughed rows, so it is not called "buildings".
     "water": ("open water", "rippled water"),
-    "vegetation": ("open grass or fields", "dense trees and shrubs"),
-    "urban": ("grey paved ground", "buildings or other structures"),
-    "road": ("smooth grey ground", "roads or paved areas"),
+    "vegetation": ("grass or low vegetation", "trees or shrubs"),
+    "urban": ("grey ground", "textured grey surfaces"),
+    "road": ("smooth grey surfaces", "grey paved surfaces"),
     "bare soil": ("bare soil", "rough bare ground"),
-    "sand": ("light sand", "sandy ground with scattered features"),
+    "sand": ("light sand", "light sandy ground"),
 }
 
 
@@ -77,7 +79,7 @@ def scene_type(fractions: dict[str, float]) -> str:
     if veg >= 0.6:
         return "a vegetated area"
     if built >= 0.6:
-        return "a built-up area"
+        return "a grey, paved or built-up area"
     if dry >= 0.6:
         return "an area of open dry land"
     if water >= 0.15 and veg >= 0.25:

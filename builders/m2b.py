@@ -42,7 +42,7 @@ def edge_map(gray: np.ndarray) -> np.ndarray:
 
 def classify_pixels(rgb: np.ndarray, *, edge_radius: int = 3,
                     urban_edge_threshold: float = 0.09) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel label index into LABELS (or -1) and the local edge density map."""
+    """Per-pixel label index into LABELS (-1: no-data) and the local edge density map."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected uint8 HxWx3 RGB, got dtype={rgb.dtype} shape={rgb.shape}")
     x = rgb.astype(np.float32) / 255.0
@@ -58,20 +58,29 @@ def classify_pixels(rgb: np.ndarray, *, edge_radius: int = 3,
 
     lab = np.full(rgb.shape[:2], _UNLABELLED, dtype=np.int8)
     # Order matters: later rules only fill pixels still unlabelled.
+    busy = density >= urban_edge_threshold
     conds = [
         (LABELS.index("shadow"), val < 0.12),
         (LABELS.index("vegetation"), (gr >= 0.02) & (gb >= -0.005)),
-        # Water is smooth; busy bluish pixels are cars or roofs unless strongly blue.
-        (LABELS.index("water"), (br >= 0.035) & (b >= g * 0.98)
-         & ((density < urban_edge_threshold * 1.3) | (br >= 0.09))),
+        # Water is blue-to-teal (green not below red: purple-grey asphalt is not water) and
+        # smooth; busy bluish pixels are canopy shadows, cars or roofs unless strongly blue.
+        (LABELS.index("water"), (br >= 0.035) & (b >= g * 0.98) & (g >= r * 0.97)
+         & (~busy | (br >= 0.12))),
         (LABELS.index("sand"), (warm >= 0.012) & (warm < 0.15) & (val >= 0.70) & (g >= b)),
         (LABELS.index("bare soil"), (warm >= 0.03) & (g < r * 1.02)),
-        (LABELS.index("vegetation"), (gr >= 0.01) & (g >= b) & (density >= urban_edge_threshold)),
-        (LABELS.index("urban"), density >= urban_edge_threshold),
-        (LABELS.index("road"), density < urban_edge_threshold),
+        # Dark, busy and greener than red: canopy with its own shadows.
+        (LABELS.index("vegetation"), busy & (((gr >= 0.01) & (g >= b)) | ((val < 0.35) & (g > r * 1.03)))),
+        (LABELS.index("urban"), busy),
+        (LABELS.index("road"), ~busy),
     ]
     for idx, cond in conds:
         lab[(lab == _UNLABELLED) & cond] = idx
+    # Pure black is no-data (rotated-tile borders); its sharp edge would also fake texture
+    # in the pixels next to it, so those stay unlabelled too.
+    chroma = (x.max(axis=-1) - x.min(axis=-1))
+    nodata = (val < 0.04) | ((val < 0.2) & (chroma < 0.04) & (density < 0.01))
+    if nodata.any():
+        lab[_box_mean(nodata.astype(np.float32), edge_radius + 1) > 0] = _UNLABELLED
     return lab, density
 
 
@@ -101,13 +110,19 @@ def _cell_edges(n: int, grid: int) -> np.ndarray:
     return np.linspace(0, n, grid + 1).round().astype(int)
 
 
-def detect_regions(rgb: np.ndarray, *, grid: int = 3, min_cell_fraction: float = 0.25,
-                   min_area: float = 0.02, ignore: tuple[str, ...] = ("shadow",),
-                   edge_radius: int = 3, urban_edge_threshold: float = 0.09) -> list[dict]:
-    """Find labelled regions in ``rgb`` (uint8 HxWx3).
+def detect_regions(rgb: np.ndarray, *, grid: int = 3, **kw) -> list[dict]:
+    """Find labelled regions in ``rgb`` (uint8 HxWx3); see :func:`analyse` for the fields."""
+    return analyse(rgb, grid=grid, **kw)[0]
 
-    Returns dicts ``{"box": [x0, y0, x1, y1] (0..1), "label", "score", "source": "m2b",
-    "area", "cell": [row, col], "cells": [[row, col], ...], "edge_density"}`` sorted by area,
+
+def analyse(rgb: np.ndarray, *, grid: int = 3, min_cell_fraction: float = 0.25,
+            min_area: float = 0.02, ignore: tuple[str, ...] = ("shadow",),
+            edge_radius: int = 3, urban_edge_threshold: float = 0.09
+            ) -> tuple[list[dict], dict[str, float]]:
+    """Regions of ``rgb`` (uint8 HxWx3) and whole-image label shares, from one pixel pass.
+
+    Returns (regions, fractions). Regions are dicts ``{"box": [x0, y0, x1, y1] (0..1),
+    "label", "score", "source": "m2b", "area", "cell": [row, col], "cells": [[row, col], ...], "edge_density"}`` sorted by area,
     largest first. ``score`` is the mean share of the label in the region's cells; ``area`` the
     share of the whole image covered by the label inside the region; ``cell`` the grid cell
     holding the region's pixel centroid.
@@ -157,11 +172,11 @@ def detect_regions(rgb: np.ndarray, *, grid: int = 3, min_cell_fraction: float =
                 "edge_density": round(float(density[mask].mean()), 4),
             })
     regions.sort(key=lambda d: -d["area"])
-    return regions
+    valid = lab[lab >= 0].astype(np.int64)
+    total = np.bincount(valid, minlength=n_labels) / float(max(valid.size, 1))
+    return regions, {name: float(total[i]) for i, name in enumerate(LABELS)}
 
 
 def label_fractions(rgb: np.ndarray, **kw) -> dict[str, float]:
-    """Share of the whole image per label (unlabelled pixels excluded), for scene typing."""
-    lab, _ = classify_pixels(rgb, **kw)
-    counts = np.bincount(lab[lab >= 0].astype(np.int64), minlength=len(LABELS))
-    return {name: float(counts[i]) / lab.size for i, name in enumerate(LABELS)}
+    """Share of the valid (not no-data) pixels per label, for scene typing."""
+    return analyse(rgb, **kw)[1]

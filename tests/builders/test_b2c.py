@@ -28,7 +28,7 @@ def test_green_left_half_says_vegetation_on_the_left():
     img[:, :32] = (40, 120, 40)
     img[:, 32:] = (150, 150, 150)
     cap = _caption(img)
-    assert "grass or fields on the left side" in cap, cap
+    assert "grass or low vegetation on the left side" in cap, cap
     assert "on the right side" in cap
 
 

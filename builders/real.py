@@ -1,0 +1,36 @@
+"""Stage 1 real-set builder.
+
+    python -m builders.real --config configs/build/real.yaml --input DIR_OR_CAPTION_FILE \\
+        --output DIR [--overwrite] [key=value ...]
+
+See builders.real_build for the output layout and builders.recipe for what each sample holds.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from wds_tools.config import parse_cli
+
+from builders.real_build import build_real, format_summary
+from builders.real_config import RealBuildConfig
+
+FLAGS = {"--input": "input", "--output": "output", "--image-root": "image_root",
+         "--executor": "executor", "--workers": "workers", "--vlm-model": "vlm.model"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # A bare --overwrite flag reads naturally; it is the override overwrite=true.
+    argv = ["overwrite=true" if a == "--overwrite" else a for a in argv]
+    cfg = parse_cli(RealBuildConfig, argv, prog="python -m builders.real",
+                    description="Build train/val/test WebDataset shards from real aerial images.",
+                    flags=FLAGS, default_config=None)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    summary = build_real(cfg)
+    print(format_summary(summary, cfg.output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

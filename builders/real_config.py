@@ -1,0 +1,126 @@
+"""Config tree of the real-set builder (defaults mirror configs/build/real.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class SplitConfig:
+    """Held-out splits for inputs that do not name one (hash of the key, so stable)."""
+
+    val_fraction: float = 0.0
+    test_fraction: float = 0.0
+    augment_heldout: bool = False   # held-out images are written as originals only by default
+
+    def validate(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {v}")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(f"val_fraction + test_fraction must be < 1, got "
+                             f"{self.val_fraction + self.test_fraction}")
+
+
+@dataclass
+class AugmentConfig:
+    """NUM_AUGMENTATIONS_PER_IMAGE and the jitter ranges."""
+
+    per_image: int = 5
+    crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    rewrite_positions: bool = True
+    m2b_captions: bool = True       # caption each augmented image anew with M2B/B2C
+
+    def validate(self) -> None:
+        if self.per_image < 0:
+            raise ValueError(f"per_image must be >= 0, got {self.per_image}")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {self.crop_scale}")
+
+
+@dataclass
+class M2BConfig:
+    """USE_M2B_B2C: region finding and captions from regions."""
+
+    enabled: bool = True
+    grid: int = 3
+    min_cell_fraction: float = 0.25
+    min_area: float = 0.02
+    max_regions: int = 3
+    analysis_size: int = 128        # M2B runs on a copy at most this large
+
+    def validate(self) -> None:
+        if self.analysis_size < 16:
+            raise ValueError(f"analysis_size must be >= 16, got {self.analysis_size}")
+        if self.grid < 1:
+            raise ValueError(f"grid must be >= 1, got {self.grid}")
+
+
+@dataclass
+class ZoomConfig:
+    """ENABLE_ZOOM_CROPS: crops around regions and detector boxes."""
+
+    enabled: bool = True
+    max_per_image: int = 2
+    min_area: float = 0.04
+    max_box_area: float = 0.5
+    min_score: float = 0.3
+    detector_min_score: float = 0.3
+    margin: float = 0.1
+    min_side: float = 0.25
+
+
+@dataclass
+class VLMConfig:
+    """USE_VLM_CAPTIONS: on when ``model`` (local path or hub id) is set."""
+
+    model: str = ""
+    prompt: str = "Describe this aerial image in one sentence."
+    batch_size: int = 8
+    max_new_tokens: int = 48
+    device: str = "auto"            # auto: cuda when available, else cpu
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on GPU
+    max_pixels: int = 448 * 448
+    min_pixels: int = 56 * 56
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class RealBuildConfig:
+    """``python -m builders.real``: source images -> train/val/test shard folders."""
+
+    input: str = ""
+    output: str = ""
+    image_root: str = ""            # for caption files; default: the caption file's folder
+    overwrite: bool = False
+    seed: int = 0
+    size: int = 256                 # training size: short side resized, centre-cropped square
+    image_ext: Literal["jpg", "png", "webp"] = "jpg"
+    quality: int = 90
+    images_per_shard: int = 100     # source images per shard unit (each adds augs and crops)
+    class_caption: str = "an aerial image of {cls}"   # used when the input has no caption
+    executor: Literal["local", "ray"] = "local"
+    workers: int = 0                # 0: one per CPU; with executor=local, 1 runs in-process
+    ray_address: str = ""           # empty: join RAY_ADDRESS if set, else start a local cluster
+    splits: SplitConfig = field(default_factory=SplitConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    m2b: M2BConfig = field(default_factory=M2BConfig)
+    zoom: ZoomConfig = field(default_factory=ZoomConfig)
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+
+    def validate(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"size must be >= 8, got {self.size}")
+        if self.images_per_shard < 1:
+            raise ValueError(f"images_per_shard must be >= 1, got {self.images_per_shard}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be in 1..100, got {self.quality}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")

@@ -1,0 +1,108 @@
+"""Build one shard unit: decode its images, run the recipe, write the shard atomically.
+
+A unit's skips (unreadable images, images left without a caption) are written to
+``<stem>.skips.json`` inside the shard's atomic window, so a resumed build still reports them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wds_tools.atomic import write_json
+from wds_tools.manifest import read_stats
+from wds_tools.writer import ShardWriter, is_shard_complete
+
+from builders.augment import center_square
+from builders.inputs import UnreadableImage, load_rgb
+from builders.plan import Unit
+from builders.real_config import RealBuildConfig
+from builders.recipe import build_item
+
+log = logging.getLogger(__name__)
+_LOGGED_PER_REASON = 20
+
+
+class SkipCounter:
+    """Counts skipped images by reason and logs the first few with key and path.
+
+    Same role as wds_tools.reader.SkipLog, kept here because importing the reader pulls in
+    webdataset and torch (about 3 s per spawned worker).
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, reason: str, key: str | None = None, url: str | None = None) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if self.counts[reason] <= _LOGGED_PER_REASON:
+            log.warning("skipped %s (key=%s, path=%s)", reason, key, url)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+
+@dataclass
+class UnitResult:
+    """What one unit wrote (or found already written)."""
+
+    name: str
+    split: str
+    source_images: int
+    samples: int
+    by_kind: dict = field(default_factory=dict)
+    skips: dict = field(default_factory=dict)
+    resumed: bool = False
+
+
+def skips_path(shard: Path) -> Path:
+    return shard.with_name(shard.name[: -len(".tar")] + ".skips.json")
+
+
+def result_from_disk(unit: Unit, output: str | Path) -> UnitResult:
+    """Result of a shard finished by an earlier run."""
+    shard = unit.path(output)
+    stats = read_stats(shard)
+    sp = skips_path(shard)
+    skips = json.loads(sp.read_text()) if sp.exists() else {}
+    return UnitResult(unit.name, unit.split, len(unit.items), stats.samples, dict(stats.by_kind),
+                      skips, resumed=True)
+
+
+def _vlm_captions(squares: list, cfg: RealBuildConfig) -> list[str | None]:
+    if not cfg.vlm.model or not squares:
+        return [None] * len(squares)
+    from builders.vlm_captions import get_captioner  # torch/transformers only when used
+
+    return get_captioner(cfg.vlm).caption(squares)
+
+
+def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
+    """Write ``unit``'s shard unless it is already complete (and overwrite is off)."""
+    shard = unit.path(output)
+    if is_shard_complete(shard) and not cfg.overwrite:
+        return result_from_disk(unit, output)
+    skips = SkipCounter()
+    loaded = []
+    for key, item in unit.items:
+        try:
+            img = load_rgb(item.path, draft_size=cfg.size)
+        except UnreadableImage as e:
+            skips.add(e.reason, key=key, url=item.path)
+            continue
+        loaded.append((key, item, center_square(img)))
+    vlm = _vlm_captions([sq for _, _, sq in loaded], cfg)
+    by_kind: dict[str, int] = {}
+    with ShardWriter(shard) as w:
+        for (key, item, square), vcap in zip(loaded, vlm):
+            samples = build_item(key, item, square, unit.split, cfg, vlm_caption=vcap)
+            if not samples:
+                skips.add("no_caption", key=key, url=item.path)
+            for s in samples:
+                w.write(s)
+                kind = json.loads(s["json"])["kind"]
+                by_kind[kind] = by_kind.get(kind, 0) + 1
+        write_json(skips_path(shard), skips.as_dict())
+    return UnitResult(unit.name, unit.split, len(unit.items), w.stats.samples, by_kind,
+                      skips.as_dict())
