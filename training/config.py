@@ -100,6 +100,8 @@ class EvalConfig:
     """Held-out retrieval and zero-shot evaluation run before and after training."""
 
     shards: list[str] = field(default_factory=list)
+    # LoRA adapter folder for training.evaluate / training.export (default: <train.output>/peft_adapter).
+    adapter: str = ""
     before: bool = True
     after: bool = True
     batch_size: int = 64

@@ -14,10 +14,15 @@ B^2 x L x P), so it costs one B x L x P product and needs no gather.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from open_clip.loss import gather_features
+
+# open_clip's gather uses torch.distributed.nn.all_gather, which still works; silence its notice.
+warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
 
 
 def rare_class_weights(by_class: dict[str, int], *, rare_weight: float, threshold: float) -> dict[str, float]:

@@ -171,6 +171,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def register_model_config(config_file: str) -> None:
     """Make a model-config JSON (e.g. a tiny test CLIP) known to open_clip under its file stem."""
     path = Path(config_file)
+    if not path.is_file() and not path.is_absolute():
+        path = Path(__file__).resolve().parents[1] / config_file  # relative to the repository
     if not path.is_file():
         raise ValueError(f"model.config_file {config_file!r} does not exist")
     open_clip.add_model_config(path)

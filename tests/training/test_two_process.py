@@ -1,0 +1,57 @@
+"""Two real CPU processes (gloo) under accelerate launch vs. one process on the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from accelerate import Accelerator
+
+from tests.training.conftest import REPO, TINY_CONFIG
+from tests.training.dist_check import batch_loss_and_grads, fixed_global_batch
+from training.config import Stage2Config
+from wds_tools.config import load_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_train_in_sync_and_match_single_process(shard_dirs, tmp_path):
+    overrides = [f"data.real=[{shard_dirs['real']}]", f"data.synthetic=[{shard_dirs['synthetic']}]",
+                 f"train.output={tmp_path}", "train.max_steps=3", "train.checkpoint_every=0",
+                 "eval.before=false", "eval.after=false", "data.num_workers=1"]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           str(REPO / "tests" / "training" / "dist_check.py"), str(TINY_CONFIG), str(tmp_path), *overrides]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    ranks = [json.loads((tmp_path / f"dist_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["num_processes"] == 2 for r in ranks)
+    summary = json.loads((tmp_path / "training_log.json").read_text())["summary"]
+    assert [d["rank"] for d in summary["ranks"]] == [0, 1]
+    assert [d["steps"] for d in summary["ranks"]] == [3, 3]
+    assert summary["ranks"][0]["lora_sha256"] == summary["ranks"][1]["lora_sha256"]
+
+    cfg = load_config(Stage2Config, TINY_CONFIG, overrides)
+    single = batch_loss_and_grads(cfg, Accelerator(cpu=True), fixed_global_batch(8, size=64))
+    assert ranks[0]["loss"] == pytest.approx(ranks[1]["loss"], abs=1e-7)
+    assert ranks[0]["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    assert ranks[0]["clip_loss"] == pytest.approx(single["clip_loss"], rel=1e-5)
+    assert set(ranks[0]["grads"]) == set(single["grads"])
+    for name, g in single["grads"].items():
+        assert g > 0, name
+        assert ranks[0]["grads"][name] == pytest.approx(g, rel=1e-3, abs=1e-7), name
+        assert ranks[1]["grads"][name] == pytest.approx(g, rel=1e-3, abs=1e-7), name

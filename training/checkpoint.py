@@ -1,0 +1,123 @@
+"""Resumable checkpoints (accelerate state + per-rank data position) and the final outputs.
+
+A checkpoint is written to ``step_NNNNNNN.tmp-partial`` and renamed to ``step_NNNNNNN`` by the main
+process once every rank has written its part, so a run killed mid-save leaves no folder that looks
+complete. The output folder must be shared by all nodes (as for ``accelerator.save_state``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from training.config import LoraConfig
+from training.lora import head_parameter_names, lora_state_dict, save_peft_adapter
+from wds_tools.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+_STEP_DIR = re.compile(r"^step_(\d{7})$")
+
+
+def checkpoint_root(output: str | Path) -> Path:
+    return Path(output) / "checkpoints"
+
+
+def list_checkpoints(output: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_root(output)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / "trainer_state.json").exists()]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def resolve_resume(output: str | Path, resume: str) -> Path | None:
+    """The checkpoint to resume from: ``"auto"`` = newest complete one, ``""`` = none, else a path."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = list_checkpoints(output)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").exists():
+        raise ValueError(f"train.resume {resume!r} is not a complete checkpoint folder")
+    return path
+
+
+def save_checkpoint(accelerator, output: str | Path, *, step: int, trainer_state: dict, data_state: dict,
+                    keep: int) -> Path:
+    """Collective: every rank calls it. Returns the final folder."""
+    final = checkpoint_root(output) / f"step_{step:07d}"
+    tmp = final.with_name(final.name + ".tmp-partial")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    write_json(tmp / f"data_state.rank{accelerator.process_index}.json", data_state)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(tmp / "trainer_state.json", {**trainer_state, "step": step,
+                                               "world_size": accelerator.num_processes})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(output)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("checkpoint %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: Path) -> tuple[dict, dict]:
+    """Restore the accelerate state; returns (trainer_state, this rank's data_state)."""
+    trainer_state = json.loads((path / "trainer_state.json").read_text())
+    if trainer_state["world_size"] != accelerator.num_processes:
+        raise ValueError(f"{path} was written with {trainer_state['world_size']} processes, now "
+                         f"{accelerator.num_processes}: the data position only resumes at the same world size")
+    accelerator.load_state(str(path))
+    data_state = json.loads((path / f"data_state.rank{accelerator.process_index}.json").read_text())
+    return trainer_state, data_state
+
+
+def head_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Projection heads (visual.proj, text_projection, logit_scale; RN50 attnpool.c_proj)."""
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().float().cpu().clone() for n in head_parameter_names(model)}
+
+
+def save_final(model: nn.Module, output: str | Path, *, lora_cfg: LoraConfig) -> dict[str, str]:
+    """``lora_final.pt``, ``projection_heads_final.pt`` and the peft adapter folder ``peft_adapter``."""
+    output = Path(output)
+    paths = {"lora": output / "lora_final.pt", "heads": output / "projection_heads_final.pt",
+             "adapter": output / "peft_adapter"}
+    for key, state in (("lora", lora_state_dict(model)), ("heads", head_state_dict(model))):
+        tmp = paths[key].with_name(paths[key].name + ".tmp-partial")
+        torch.save(state, tmp)
+        os.replace(tmp, paths[key])
+    tmp_adapter = output / "peft_adapter.tmp-partial"
+    shutil.rmtree(tmp_adapter, ignore_errors=True)
+    save_peft_adapter(model, tmp_adapter, cfg=lora_cfg)
+    shutil.rmtree(paths["adapter"], ignore_errors=True)
+    os.replace(tmp_adapter, paths["adapter"])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def load_heads(model: nn.Module, path: str | Path) -> None:
+    """Load ``projection_heads_final.pt`` into a model (safe load)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    params = dict(model.named_parameters())
+    unknown = [n for n in state if n not in params]
+    if unknown:
+        raise ValueError(f"{path}: heads {unknown} not in the model")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)

@@ -1,0 +1,161 @@
+"""Held-out evaluation: image<->text retrieval R@1/5/10 + mean recall, and zero-shot accuracy.
+
+Retrieval follows RemoteCLIP's protocol: every caption of an image (meta["captions"]) is a query
+and a target. Image->text counts a hit when any of the image's captions is in the top k;
+text->image when the caption's image is in the top k. Zero-shot classifies each image among the
+class names found in the held-out shards, averaging text embeddings over prompt templates.
+
+``python -m training.evaluate --config configs/train/lora.yaml --shards DIR [--adapter DIR]``
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from training.model import build_tokenizer, image_norm, image_size, tokenizer_spec
+from wds_tools.reader import SkipLog, decode_sample, iter_shard
+from wds_tools.sample import IMAGE_EXTS
+from wds_tools.urls import expand_urls
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalSet:
+    """Decoded held-out samples: images (uint8), captions per image, class per image."""
+
+    images: torch.Tensor
+    captions: list[list[str]]
+    classes: list[str | None]
+    skipped: dict = field(default_factory=dict)
+
+
+def center_resize(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the short side to ``size`` and centre-crop (the eval transform)."""
+    img = TF.resize(img, [size], antialias=True)
+    return TF.center_crop(img, [size, size])
+
+
+def load_eval_set(urls: Sequence[str], *, size: int, max_samples: int = 0, allow_pipe: bool = False) -> EvalSet:
+    """Read held-out shards (no sidecars: evaluation sees the whole held-out set)."""
+    skips = SkipLog()
+    images, captions, classes = [], [], []
+    for url in expand_urls(list(urls), allow_pipe=allow_pipe):
+        for raw in iter_shard(url, allow_pipe=allow_pipe, skips=skips):
+            s = decode_sample(raw, image="uint8", skips=skips)
+            ext = next((e for e in IMAGE_EXTS + ("jpeg",) if s and e in s), None)
+            if s is None or ext is None:
+                continue
+            meta = s.get("json") if isinstance(s.get("json"), dict) else {}
+            caps = [c for c in meta.get("captions") or [s.get("txt")] if isinstance(c, str) and c.strip()]
+            if not caps:
+                skips.add("no_caption", raw["__key__"], url)
+                continue
+            images.append(center_resize(s[ext], size))
+            captions.append(caps)
+            classes.append(meta.get("class"))
+            if max_samples and len(images) >= max_samples:
+                break
+        if max_samples and len(images) >= max_samples:
+            break
+    if not images:
+        raise ValueError(f"no evaluable samples in {list(urls)}")
+    return EvalSet(torch.stack(images), captions, classes, skips.as_dict())
+
+
+@torch.no_grad()
+def _embed_images(model, images: torch.Tensor, *, mean, std, batch_size: int, device) -> torch.Tensor:
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = (images[i:i + batch_size].to(device).float() / 255 - m) / s
+        out.append(F.normalize(model.encode_image(x).float(), dim=-1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _embed_texts(model, texts: list[str], *, tokenizer, batch_size: int, device) -> torch.Tensor:
+    out = []
+    for i in range(0, len(texts), batch_size):
+        out.append(F.normalize(model.encode_text(tokenizer(texts[i:i + batch_size]).to(device)).float(), dim=-1))
+    return torch.cat(out)
+
+
+def retrieval_metrics(img: torch.Tensor, txt: torch.Tensor, owner: torch.Tensor, ks=(1, 5, 10)) -> dict:
+    """R@k both ways for L2-normalised embeddings; ``owner[j]`` is the image of caption j."""
+    sim = img @ txt.T  # images x captions
+    out = {}
+    for k in ks:
+        kk = min(k, sim.shape[1])
+        top_txt = sim.topk(kk, dim=1).indices  # per image
+        i2t = (owner[top_txt] == torch.arange(len(img)).unsqueeze(1)).any(dim=1).float().mean()
+        top_img = sim.T.topk(min(k, sim.shape[0]), dim=1).indices  # per caption
+        t2i = (top_img == owner.unsqueeze(1)).any(dim=1).float().mean()
+        out[f"i2t_R@{k}"], out[f"t2i_R@{k}"] = 100 * i2t.item(), 100 * t2i.item()
+    out["mean_recall"] = sum(out.values()) / len(out)
+    return out
+
+
+@torch.no_grad()
+def evaluate_model(model, data: EvalSet, *, tokenizer, templates: Sequence[str], batch_size: int = 64,
+                   device: str | torch.device = "cpu") -> dict:
+    """Retrieval and zero-shot figures of ``model`` (an open_clip model) on ``data``."""
+    was_training = model.training
+    model.eval()
+    mean, std = image_norm(model)
+    img = _embed_images(model, data.images, mean=mean, std=std, batch_size=batch_size, device=device)
+    texts = [c for caps in data.captions for c in caps]
+    owner = torch.tensor([i for i, caps in enumerate(data.captions) for _ in caps])
+    txt = _embed_texts(model, texts, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    result = {"num_images": len(img), "num_captions": len(texts),
+              "retrieval": retrieval_metrics(img.cpu(), txt.cpu(), owner)}
+    labelled = [(i, c) for i, c in enumerate(data.classes) if c]
+    names = sorted({c for _, c in labelled})
+    if len(names) >= 2:
+        prompts = [t.format(c.replace("_", " ")) for c in names for t in templates]
+        emb = _embed_texts(model, prompts, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        cls_emb = F.normalize(emb.view(len(names), len(templates), -1).mean(dim=1), dim=-1)
+        idx = torch.tensor([i for i, _ in labelled])
+        pred = (img[idx] @ cls_emb.T).argmax(dim=1).cpu()
+        truth = torch.tensor([names.index(c) for _, c in labelled])
+        result["zeroshot"] = {"accuracy": 100 * (pred == truth).float().mean().item(), "num_classes": len(names)}
+    else:
+        result["zeroshot"] = {"accuracy": None, "num_classes": len(names)}
+        log.warning("zero-shot skipped: fewer than 2 class names in the held-out shards")
+    model.train(was_training)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Evaluate a base model, or base + LoRA adapter + heads, on held-out shards; prints JSON."""
+    from training.config import CLI_FLAGS, Stage2Config
+    from training.export import load_trained
+    from wds_tools.config import parse_cli
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = parse_cli(Stage2Config, argv, prog="training.evaluate", description=__doc__.splitlines()[0],
+                    flags={**CLI_FLAGS, "--shards": "eval.shards", "--adapter": "eval.adapter"})
+    if not cfg.eval.shards:
+        raise SystemExit("training.evaluate: give held-out shards with --shards (eval.shards)")
+    model = load_trained(cfg, cfg.eval.adapter or None)
+    data = load_eval_set(cfg.eval.shards, size=image_size(model), max_samples=cfg.eval.max_samples,
+                         allow_pipe=cfg.data.allow_pipe)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = build_tokenizer(tokenizer_spec(cfg.model.name))
+    result = evaluate_model(model.to(device), data, tokenizer=tokenizer, templates=cfg.eval.templates,
+                            batch_size=cfg.eval.batch_size, device=device)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

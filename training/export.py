@@ -1,0 +1,91 @@
+"""Merge a trained LoRA adapter + projection heads into a plain open_clip checkpoint.
+
+``python -m training.export --config configs/train/lora.yaml [--adapter DIR] [--merged FILE]``
+
+The result is a stock open_clip state dict (MultiheadAttention restored) that
+``open_clip.create_model(name, pretrained=FILE)`` loads; the command checks that it does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import open_clip
+import torch
+from torch import nn
+
+from training.checkpoint import load_heads
+from training.config import CLI_FLAGS, Stage2Config
+from training.lora import apply_lora, load_peft_adapter, merge_lora
+from training.model import create_clip, swap_attention, unswap_attention
+
+log = logging.getLogger(__name__)
+
+
+def adapter_dir(cfg: Stage2Config, adapter: str | None = None) -> Path:
+    """The adapter folder: explicit, eval.adapter, or <train.output>/peft_adapter."""
+    return Path(adapter or cfg.eval.adapter or Path(cfg.train.output) / "peft_adapter")
+
+
+def load_trained(cfg: Stage2Config, adapter: str | None = None) -> nn.Module:
+    """Base model (+ adapter and heads when given), merged into a stock open_clip model."""
+    model = create_clip(cfg.model)
+    if adapter is None:
+        return model
+    folder = adapter_dir(cfg, adapter)
+    heads = folder.parent / "projection_heads_final.pt"
+    if not (folder / "adapter_config.json").exists():
+        raise ValueError(f"adapter folder {str(folder)!r} has no adapter_config.json")
+    if not heads.exists():
+        raise ValueError(f"projection heads {str(heads)!r} not found beside the adapter folder")
+    swap_attention(model)
+    apply_lora(model, cfg.lora)
+    load_peft_adapter(model, folder)
+    load_heads(model, heads)
+    merge_lora(model)
+    unswap_attention(model)
+    return model
+
+
+def export_merged(cfg: Stage2Config, *, adapter: str | None = None, merged: str | None = None) -> Path:
+    """Write the merged checkpoint atomically and check that open_clip loads it."""
+    model = load_trained(cfg, str(adapter_dir(cfg, adapter)))
+    out = Path(merged or Path(cfg.train.output) / "open_clip_merged.pt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp-partial")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, out)
+    check = open_clip.create_model(cfg.model.name, pretrained=str(out))
+    ref, got = model.state_dict(), check.state_dict()
+    bad = [k for k in ref if k in got and not torch.equal(ref[k].cpu(), got[k].cpu())]
+    if bad:
+        raise RuntimeError(f"{out}: reloaded weights differ at {bad[:3]}")
+    log.info("merged checkpoint %s loads into open_clip %s", out, cfg.model.name)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point."""
+    from wds_tools.config import parse_cli
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    merged = None
+    if "--merged" in argv:
+        i = argv.index("--merged")
+        merged = argv[i + 1] if i + 1 < len(argv) else None
+        if merged is None:
+            raise SystemExit("--merged needs a file path")
+        del argv[i:i + 2]
+    cfg = parse_cli(Stage2Config, argv, prog="training.export", description=__doc__.splitlines()[0],
+                    flags={**CLI_FLAGS, "--adapter": "eval.adapter"})
+    print(export_merged(cfg, merged=merged))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

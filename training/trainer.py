@@ -1,0 +1,332 @@
+"""The Stage 2 training loop: Accelerate (DDP, bf16, accumulation), LoRA, resumable data position."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from torch import nn
+from tqdm import tqdm
+
+from training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, save_final
+from training.config import Stage2Config
+from training.data import LoaderSpec, LoaderState, build_sources, make_loader, read_manifests
+from training.evaluate import evaluate_model, load_eval_set
+from training.lora import apply_lora, lora_state_dict, mark_trainable
+from training.losses import rare_class_weights, sparc_loss, weighted_clip_loss, weighted_mean, word_token_mask
+from training.model import (build_tokenizer, create_clip, encode_image_tokens, encode_text_tokens,
+                            has_patch_tokens, image_norm, image_size, swap_attention, tokenizer_spec)
+from training.plots import plot_training_log
+from wds_tools.atomic import atomic_open
+from wds_tools.config import config_to_dict, save_config
+
+log = logging.getLogger(__name__)
+
+
+class Stage2Model(nn.Module):
+    """Wraps the CLIP model so DDP sees one forward: uint8 images + tokens in, features out."""
+
+    def __init__(self, clip: nn.Module, *, fine_grained: bool) -> None:
+        super().__init__()
+        self.clip, self.fine_grained = clip, fine_grained
+        mean, std = image_norm(clip)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (images.float() / 255.0 - self.mean) / self.std  # normalised on the device
+        out = {"logit_scale": self.clip.logit_scale.exp()}
+        if self.fine_grained:
+            img, out["patches"] = encode_image_tokens(self.clip, x)
+            txt, out["words"] = encode_text_tokens(self.clip, text)
+        else:
+            img, txt = self.clip.encode_image(x), self.clip.encode_text(text)
+        out["image"], out["text"] = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+        return out
+
+
+def build_model(cfg: Stage2Config) -> tuple[Stage2Model, dict]:
+    """open_clip model, attention swapped, LoRA applied, backbone frozen."""
+    clip = create_clip(cfg.model)
+    if cfg.model.swap_attention:
+        swap_attention(clip)
+    wrapped = apply_lora(clip, cfg.lora)
+    counts = mark_trainable(clip)
+    fine = cfg.loss.use_fine_grained and has_patch_tokens(clip)
+    if cfg.loss.use_fine_grained and not fine:
+        log.warning("fine-grained loss disabled: %s has no patch tokens (convolutional image tower)", cfg.model.name)
+    log.info("LoRA on %d Linears; trainable %d of %d parameters", len(wrapped), counts["trainable"], counts["total"])
+    return Stage2Model(clip, fine_grained=fine), {**counts, "lora_modules": len(wrapped), "fine_grained": fine}
+
+
+def forward_losses(model: nn.Module, batch: dict, cfg: Stage2Config) -> dict[str, torch.Tensor]:
+    """All loss terms of one (local) batch; ``total`` is what is back-propagated."""
+    out = model(batch["images"], batch["text"])
+    weights = batch["weights"]
+    terms = weighted_clip_loss(out["image"], out["text"], out["logit_scale"], weights)
+    terms["clip_loss"] = terms.pop("loss")
+    total = terms["clip_loss"]
+    if "patches" in out:
+        per_sample = sparc_loss(out["words"], out["patches"], word_token_mask(batch["text"]),
+                                temperature=cfg.loss.fine_grained_temperature)
+        terms["fine_grained_loss"] = weighted_mean(per_sample, weights)
+        total = total + cfg.loss.fine_grained_weight * terms["fine_grained_loss"]
+    terms["total_loss"] = total
+    return terms
+
+
+def cosine_with_warmup(optimizer, *, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base LR, then cosine decay to 0 at ``total`` steps."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(model: nn.Module, cfg: Stage2Config) -> torch.optim.Optimizer:
+    """AdamW on trainable parameters; no weight decay on logit_scale and biases."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith(("logit_scale", ".bias")) else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.learning_rate)
+
+
+def plan_steps(cfg: Stage2Config, total_samples: int, world: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps); an epoch = manifest samples / global batch."""
+    global_batch = cfg.train.batch_size * world * cfg.train.grad_accum
+    samples = total_samples or cfg.train.samples_per_epoch
+    per_epoch = max(1, samples // global_batch) if samples else 0
+    total = cfg.train.max_steps or per_epoch * cfg.train.num_epochs
+    if total <= 0:
+        raise ValueError("cannot size the run: no dataset.json beside the shards; set train.max_steps "
+                         "or train.samples_per_epoch")
+    return per_epoch or total, total
+
+
+def lora_digest(model: nn.Module) -> str:
+    """SHA-256 of the LoRA weights (equal on every rank when DDP keeps replicas in sync)."""
+    h = hashlib.sha256()
+    for name, t in sorted(lora_state_dict(model).items()):
+        h.update(name.encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+class RunLog:
+    """training_log.json in the seed's layout: the config, then one entry per logged step."""
+
+    def __init__(self, path: Path, config: dict, saved: dict | None = None) -> None:
+        self.path, self.config = path, config
+        saved = saved or {}
+        self.entries: list[dict] = list(saved.get("entries", []))
+        self.evaluation: dict = dict(saved.get("evaluation", {}))
+        self.summary: dict = dict(saved.get("summary", {}))
+
+    def to_dict(self) -> dict:
+        return {"config": self.config, "entries": self.entries, "evaluation": self.evaluation, "summary": self.summary}
+
+    def write(self) -> None:
+        with atomic_open(self.path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+
+def _run_eval(accelerator, model: Stage2Model, cfg: Stage2Config, tokenizer, data) -> dict | None:
+    if data is None or not accelerator.is_main_process:
+        return None
+    clip = accelerator.unwrap_model(model).clip
+    with accelerator.autocast():
+        return evaluate_model(clip, data, tokenizer=tokenizer, templates=cfg.eval.templates,
+                              batch_size=cfg.eval.batch_size, device=accelerator.device)
+
+
+def train(cfg: Stage2Config) -> dict:
+    """Run (or resume) Stage 2 training; returns the final log dict (main process) or {}."""
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
+                              gradient_accumulation_steps=cfg.train.grad_accum)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    out_dir = Path(cfg.train.output)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    set_seed(cfg.train.seed)  # same seed on every rank: identical LoRA init
+    model, model_info = build_model(cfg)
+    sources = build_sources(cfg.data.real, cfg.data.synthetic, cfg.data.synthetic_ratio,
+                            allow_pipe=cfg.data.allow_pipe)
+    manifests = read_manifests([u for s in (cfg.data.real, cfg.data.synthetic) for u in s])
+    class_weights = rare_class_weights(manifests["by_class"], rare_weight=cfg.loss.rare_class_weight,
+                                       threshold=cfg.loss.rare_class_threshold)
+    rare = sorted(c for c, w in class_weights.items() if w != 1.0)
+    steps_per_epoch, total_steps = plan_steps(cfg, manifests["total_samples"], world)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = cosine_with_warmup(optimizer, warmup=cfg.train.warmup_steps, total=total_steps)
+    if cfg.lora.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    resume_from = resolve_resume(out_dir, cfg.train.resume)
+    trainer_state, data_state = ({}, None)
+    if resume_from:
+        trainer_state, data_state = load_checkpoint(accelerator, resume_from)
+        log.info("resumed from %s at step %d", resume_from, trainer_state["step"])
+    step = int(trainer_state.get("step", 0))
+    counters = Counter(trainer_state.get("counters", {}))
+    run_log = RunLog(out_dir / "training_log.json", config_to_dict(cfg), trainer_state.get("log"))
+
+    clip_name = cfg.model.name
+    spec = LoaderSpec(sources=sources, batch_size=cfg.train.batch_size, image_size=image_size(model_of(accelerator, model)),
+                      tokenizer=tokenizer_spec(clip_name), seed=cfg.train.seed, rank=rank, world_size=world,
+                      num_workers=cfg.data.num_workers, stratified=cfg.data.stratified,
+                      shards_per_chunk=cfg.data.shards_per_chunk, crop_scale_min=cfg.data.crop_scale_min,
+                      hflip=cfg.data.hflip, random_caption=cfg.data.random_caption,
+                      quality_sidecar=cfg.data.quality_sidecar if cfg.data.use_quality else None,
+                      allow_pipe=cfg.data.allow_pipe, class_weights=class_weights)
+    loader_state = LoaderState(cfg.data.num_workers, data_state)
+    tokenizer = build_tokenizer(spec.tokenizer)
+    eval_data = (load_eval_set(cfg.eval.shards, size=spec.image_size, max_samples=cfg.eval.max_samples,
+                               allow_pipe=cfg.data.allow_pipe)
+                 if cfg.eval.shards and accelerator.is_main_process else None)
+    if accelerator.is_main_process:
+        log.info("mix: %s; rare classes (weight %.1f): %s; %d steps (%d per epoch)",
+                 ", ".join(f"{s.name} {s.weight:.2f} ({len(s.urls)} shards)" for s in sources),
+                 cfg.loss.rare_class_weight, rare or "none", total_steps, steps_per_epoch)
+        run_log.summary.update({"model": model_info, "rare_classes": rare, "class_weights": class_weights,
+                                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                                "world_size": world, "requested_mix": {s.name: s.weight for s in sources}})
+    if step == 0 and cfg.eval.before:
+        result = _run_eval(accelerator, model, cfg, tokenizer, eval_data)
+        if result:
+            run_log.evaluation["before"] = result
+            log.info("eval before: %s", json.dumps(result))
+    accelerator.wait_for_everyone()
+
+    keys_file = open(out_dir / f"sample_keys.rank{rank}.jsonl", "a") if cfg.train.log_sample_keys else None
+    window: Counter = Counter()
+    t0, step_t0 = time.time(), step
+    bar = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="stage2")
+    model.train()
+    micro = 0
+    for batch in make_loader(spec, data_state) if step < total_steps else ():
+        loader_state.update(batch)
+        _count_batch(batch, counters, window)
+        if keys_file:
+            keys_file.write(json.dumps({"step": step, "micro": micro, "keys": batch["keys"]}) + "\n")
+            keys_file.flush()
+        moved = {k: batch[k].to(accelerator.device, non_blocking=True) for k in ("images", "text", "weights")}
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                terms = forward_losses(model, moved, cfg)
+            finite = torch.isfinite(terms["total_loss"].detach()).float()
+            if accelerator.reduce(finite, reduction="sum").item() < world:
+                counters["nonfinite_steps"] += 1
+                optimizer.zero_grad(set_to_none=True)
+                log.warning("step %d: non-finite loss, skipped (%d so far)", step, counters["nonfinite_steps"])
+                if counters["nonfinite_steps"] > cfg.train.max_nonfinite_steps:
+                    raise RuntimeError(f"aborting: {counters['nonfinite_steps']} steps with NaN/inf loss "
+                                       f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps})")
+            else:
+                accelerator.backward(terms["total_loss"])
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        micro += 1
+        if not accelerator.sync_gradients:
+            continue
+        scheduler.step()
+        step += 1
+        micro = 0
+        bar.update(1)
+        if step % cfg.train.log_every == 0 or step == total_steps:
+            _log_entry(accelerator, run_log, terms, step, steps_per_epoch, scheduler, window, counters,
+                       (step - step_t0) * cfg.train.batch_size * cfg.train.grad_accum * world / (time.time() - t0))
+            window = Counter()
+        if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total_steps:
+            save_checkpoint(accelerator, out_dir, step=step, keep=cfg.train.keep_checkpoints,
+                            data_state=loader_state.to_dict(),
+                            trainer_state={"counters": dict(counters), "log": run_log.to_dict()})
+        if step >= total_steps:
+            break
+    bar.close()
+    if keys_file:
+        keys_file.close()
+    return _finish(accelerator, model, cfg, run_log, counters, tokenizer, eval_data, step)
+
+
+def model_of(accelerator, model: nn.Module) -> nn.Module:
+    """The open_clip model inside DDP / compile wrappers."""
+    return accelerator.unwrap_model(model).clip
+
+
+def _count_batch(batch: dict, counters: Counter, window: Counter) -> None:
+    for name in batch["sources"]:
+        counters[f"samples_{name}"] += 1
+        window[f"samples_{name}"] += 1
+    for k, v in batch["counts"].items():
+        counters[k] += v
+
+
+def _share(counts: Counter) -> float | None:
+    total = sum(v for k, v in counts.items() if k.startswith("samples_"))
+    return counts.get("samples_synthetic", 0) / total if total else None
+
+
+def _log_entry(accelerator, run_log: RunLog, terms: dict, step: int, steps_per_epoch: int, scheduler,
+               window: Counter, counters: Counter, samples_per_s: float) -> None:
+    names = [k for k in ("total_loss", "clip_loss", "fine_grained_loss", "acc_i2t", "acc_t2i") if k in terms]
+    values = accelerator.reduce(torch.stack([terms[k].detach().float() for k in names]), reduction="mean")
+    local = torch.tensor([float(window.get("samples_synthetic", 0)),
+                          float(sum(v for k, v in window.items() if k.startswith("samples_"))),
+                          float(counters.get("samples_synthetic", 0)),
+                          float(sum(v for k, v in counters.items() if k.startswith("samples_"))),
+                          float(counters.get("quality_dropped", 0))], device=accelerator.device)
+    shares = accelerator.reduce(local, reduction="sum").tolist()
+    entry = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
+    entry.update({k: round(v.item(), 6) for k, v in zip(names, values)})
+    entry.update({"synthetic_share": round(shares[0] / max(shares[1], 1), 4),
+                  "synthetic_share_total": round(shares[2] / max(shares[3], 1), 4),
+                  "quality_dropped_total": int(shares[4]), "lr": scheduler.get_last_lr()[0],
+                  "samples_per_s": round(samples_per_s, 2), "nonfinite_steps": counters.get("nonfinite_steps", 0)})
+    if accelerator.is_main_process:
+        run_log.entries.append(entry)
+        log.info("step %d loss %.4f (clip %.4f) acc %.3f/%.3f synthetic share %.3f (total %.3f) dropped %d",
+                 step, entry["total_loss"], entry["clip_loss"], entry["acc_i2t"], entry["acc_t2i"],
+                 entry["synthetic_share"], entry["synthetic_share_total"], entry["quality_dropped_total"])
+
+
+def _finish(accelerator, model, cfg: Stage2Config, run_log: RunLog, counters: Counter, tokenizer, eval_data,
+            step: int) -> dict:
+    accelerator.wait_for_everyone()
+    clip = model_of(accelerator, model)
+    digests = gather_object([{"rank": accelerator.process_index, "lora_sha256": lora_digest(clip), "steps": step}])
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return {}
+    out_dir = Path(cfg.train.output)
+    result = _run_eval(accelerator, model, cfg, tokenizer, eval_data) if cfg.eval.after else None
+    if result:
+        run_log.evaluation["after"] = result
+        log.info("eval after: %s", json.dumps(result))
+    if len({d["lora_sha256"] for d in digests}) > 1:
+        log.error("LoRA weights differ across ranks: %s", digests)
+    run_log.summary.update({"ranks": digests, "counters": dict(counters), "steps": step,
+                            "realised_synthetic_share": _share(counters)})
+    log.info("realised mix: synthetic share %s over %d samples; quality drops %d; skips %s",
+             run_log.summary["realised_synthetic_share"],
+             sum(v for k, v in counters.items() if k.startswith("samples_")), counters.get("quality_dropped", 0),
+             {k: v for k, v in counters.items() if k.startswith("skip_")})
+    run_log.summary["outputs"] = save_final(clip, out_dir, lora_cfg=cfg.lora)
+    run_log.write()
+    plot_training_log(run_log.to_dict(), out_dir / "training_curves.png")
+    accelerator.wait_for_everyone()
+    return run_log.to_dict()
