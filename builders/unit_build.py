@@ -14,7 +14,7 @@ from wds_tools.atomic import write_json
 from wds_tools.manifest import read_stats
 from wds_tools.writer import ShardWriter, is_shard_complete
 
-from builders.augment import center_square
+from builders.augment import center_square, resize_square
 from builders.inputs import UnreadableImage, load_rgb
 from builders.plan import Unit
 from builders.real_config import RealBuildConfig
@@ -92,7 +92,7 @@ def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
             skips.add(e.reason, key=key, url=item.path)
             continue
         loaded.append((key, item, center_square(img)))
-    vlm = _vlm_captions([sq for _, _, sq in loaded], cfg)
+    vlm = _vlm_captions([resize_square(sq, cfg.size) for _, _, sq in loaded], cfg)
     by_kind: dict[str, int] = {}
     with ShardWriter(shard) as w:
         for (key, item, square), vcap in zip(loaded, vlm):
