@@ -9,6 +9,9 @@ import pytest
 
 from builders.demo_images import make_demo_tree
 
+# Tests never reach the hub: a lookup would only time out here.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 UCM = Path(os.environ.get("UCM_SAMPLE", Path(__file__).resolve().parents[3] / "shared" / "data" / "ucm_sample"))
 
 
@@ -75,5 +78,4 @@ def make_tiny_qwen2vl(out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory) -> Path:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return make_tiny_qwen2vl(tmp_path_factory.mktemp("tiny_qwen2vl"))
