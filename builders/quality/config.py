@@ -1,0 +1,100 @@
+"""The quality filter's config tree (loaded with ``wds_tools.config``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from builders.quality.image_quality import ImageQualityConfig
+
+
+@dataclass
+class ModelConfig:
+    """The CLIP model that scores image-caption agreement (see ``clip_model.load_clip``)."""
+
+    name: str = "ViT-B-32-quickgelu"
+    pretrained: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 256
+
+
+@dataclass
+class LoaderConfig:
+    """Decoding in worker processes, overlapped with inference."""
+
+    num_workers: int = 2
+    prefetch_factor: int = 4
+    allow_pipe: bool = False
+
+
+@dataclass
+class SanityConfig:
+    """Caption-versus-boxes checks; boxes come from meta["boxes"] or are computed when missing."""
+
+    compute_boxes: bool = True
+    # computed regions below this normalised area are noise for counting
+    min_box_area: float = 0.0
+
+
+@dataclass
+class CompositeConfig:
+    """Weights of the composite and the linear map of raw CLIP cosine into [0, 1]."""
+
+    clip_weight: float = 0.50
+    sanity_weight: float = 0.25
+    image_quality_weight: float = 0.25
+    # cosine <= clip_low -> 0, >= clip_high -> 1 (matched CLIP pairs mostly fall between)
+    clip_low: float = 0.10
+    clip_high: float = 0.40
+
+
+@dataclass
+class SelectionConfig:
+    """Global selection: a CLIP floor for synthetic samples and a top fraction by composite."""
+
+    min_clip_score_synthetic: float = 0.25
+    keep_top_percent: float = 0.70
+
+
+@dataclass
+class ReportConfig:
+    """What the report shows."""
+
+    grid_samples: int = 8
+    thumb_size: int = 160
+    bins: int = 30
+
+
+@dataclass
+class QualityConfig:
+    """``python -m builders.quality``: score shards into sidecars, select globally, report."""
+
+    input: list[str] = field(default_factory=list)
+    # report directory; empty = the directory of the first input shard
+    output: str = ""
+    # ignore existing sidecars and score every shard again
+    rescore: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    image_quality: ImageQualityConfig = field(default_factory=ImageQualityConfig)
+    sanity: SanityConfig = field(default_factory=SanityConfig)
+    composite: CompositeConfig = field(default_factory=CompositeConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad value, before any work starts."""
+        if not self.input:
+            raise ValueError("input is empty: give shard URLs, a directory, a brace pattern or a .txt list")
+        if not 0.0 < self.selection.keep_top_percent <= 1.0:
+            raise ValueError(f"selection.keep_top_percent must be in (0, 1], got {self.selection.keep_top_percent}")
+        c = self.composite
+        weights = (c.clip_weight, c.sanity_weight, c.image_quality_weight)
+        if min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"composite weights must be >= 0 with a positive sum, got {weights}")
+        if c.clip_high <= c.clip_low:
+            raise ValueError(f"composite.clip_high ({c.clip_high}) must exceed clip_low ({c.clip_low})")
+        if self.model.batch_size < 1:
+            raise ValueError(f"model.batch_size must be >= 1, got {self.model.batch_size}")
+        if self.loader.num_workers < 0:
+            raise ValueError(f"loader.num_workers must be >= 0, got {self.loader.num_workers}")

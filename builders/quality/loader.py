@@ -1,0 +1,249 @@
+"""Worker-side stages: read shard parts, decode, measure image quality and sanity, batch.
+
+Decoding is the CPU-heavy part, so it runs in DataLoader worker processes while the main process
+runs the model. Work is split into *parts*: with at least as many shards as workers each shard is
+one part (read by one worker); with fewer shards each shard is striped into ``num_workers`` parts
+(worker ``w`` decodes samples ``i % num_workers == w``, reading the tar but decoding only its share).
+After its last sample a part emits a ``{"__done__": ShardPart}`` marker, carried on the next batch,
+so the main process knows when a shard's scores are complete and its sidecar can be written.
+
+Each stage is a small generator with a curried ``pipelinefilter`` wrapper.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+from webdataset.filters import pipelinefilter
+
+from builders.quality.image_quality import ImageQualityConfig, image_quality_scores
+from builders.quality.sanity import parse_count_claims, parse_spatial_claims, sanity_scores
+from wds_tools.reader import SkipLog, iter_tar_samples
+from wds_tools.sample import IMAGE_EXTS, SOURCES
+
+log = logging.getLogger(__name__)
+_IMAGE_EXTS = IMAGE_EXTS + ("jpeg",)
+SANITY_MAX_SIDE = 256
+
+
+@dataclass(frozen=True)
+class ShardPart:
+    """Samples ``i % parts == part`` of shard ``url``."""
+
+    url: str
+    part: int = 0
+    parts: int = 1
+
+
+def plan_parts(urls: Sequence[str], num_workers: int) -> list[list[ShardPart]]:
+    """Parts per worker (one list when ``num_workers`` is 0: everything in-process)."""
+    n = max(1, num_workers)
+    plan: list[list[ShardPart]] = [[] for _ in range(n)]
+    if len(urls) >= n:
+        for i, url in enumerate(urls):
+            plan[i % n].append(ShardPart(url))
+    else:
+        for url in urls:
+            for w in range(n):
+                plan[w].append(ShardPart(url, w, n))
+    return plan
+
+
+def read_parts(parts: Iterable[ShardPart], *, allow_pipe: bool = False) -> Iterator[dict]:
+    """Raw samples of each part (with ``__index__`` = position in the shard), then a done marker.
+
+    A shard that cannot be read at all ends its part with ``error`` set instead of crashing.
+    """
+    for p in parts:
+        skips = SkipLog()
+        count = 0
+        try:
+            for i, sample in enumerate(iter_tar_samples(p.url, allow_pipe=allow_pipe, skips=skips)):
+                if i % p.parts == p.part:
+                    sample["__index__"] = i
+                    count += 1
+                    yield sample
+        except Exception as e:  # noqa: BLE001 - one unreadable shard must not end the run
+            log.error("cannot read %s: %s", p.url, e)
+            yield {"__done__": p, "count": count, "skips": skips.as_dict(), "error": f"{type(e).__name__}: {e}"}
+            continue
+        yield {"__done__": p, "count": count, "skips": skips.as_dict(), "error": None}
+
+
+def decode_rgb(data: bytes) -> torch.Tensor:
+    """Image bytes -> uint8 ``(3, H, W)``; torchvision's decoders first, PIL for anything else."""
+    try:
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except Exception:  # noqa: BLE001 - fall back to PIL, which raises on truly broken bytes
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.asarray(im.convert("RGB"))
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def clip_input(img: torch.Tensor, size: int) -> torch.Tensor:
+    """open_clip's eval transform on uint8: bicubic resize of the shorter side, centre crop."""
+    out = TF.resize(img, [size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return TF.center_crop(out, [size, size])
+
+
+def _read_meta(sample: dict, reasons: list[str]) -> dict:
+    try:
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+    except (ValueError, UnicodeDecodeError):
+        meta = {}
+    if not isinstance(meta, dict) or meta.get("source") not in SOURCES:
+        reasons.append("bad_meta")
+        return meta if isinstance(meta, dict) else {}
+    return meta
+
+
+def _read_caption(sample: dict, reasons: list[str]) -> str:
+    if "txt" not in sample:
+        reasons.append("missing_caption")
+        return ""
+    try:
+        caption = sample["txt"].decode("utf-8").strip()
+    except UnicodeDecodeError:
+        reasons.append("undecodable_caption")
+        return ""
+    if not caption:
+        reasons.append("missing_caption")
+    return caption
+
+
+def _boxes(meta: dict, caption: str, img: torch.Tensor, compute: bool, detect: Callable | None) -> list[dict]:
+    boxes = meta.get("boxes")
+    if isinstance(boxes, list):
+        return [b for b in boxes if isinstance(b, dict) and isinstance(b.get("box"), list) and len(b["box"]) == 4]
+    if not compute or detect is None or not (parse_count_claims(caption) or parse_spatial_claims(caption)):
+        return []  # nothing in the caption to check: skip the detector
+    h, w = img.shape[-2:]
+    if max(h, w) > SANITY_MAX_SIDE:
+        img = TF.resize(img, [SANITY_MAX_SIDE * h // max(h, w), SANITY_MAX_SIDE * w // max(h, w)], antialias=True)
+    return detect(img.permute(1, 2, 0).numpy())
+
+
+def prepare_samples(
+    src: Iterable[dict], *, clip_size: int, iq_size: int, compute_boxes: bool = True,
+    min_box_area: float = 0.0,
+) -> Iterator[dict]:
+    """Raw sample -> ``{key, url, index, source, caption, reasons, scores, clip_image, iq_image}``.
+
+    A missing or undecodable image, a missing caption or bad metadata becomes a reason; the sample
+    still flows on (its sidecar record must exist) but gets no CLIP score.
+    """
+    detect = None
+    if compute_boxes:
+        from builders.m2b import detect_regions as detect
+    for sample in src:
+        if "__done__" in sample:
+            yield sample
+            continue
+        reasons: list[str] = []
+        meta = _read_meta(sample, reasons)
+        caption = _read_caption(sample, reasons)
+        ext = next((e for e in _IMAGE_EXTS if e in sample), None)
+        img = None
+        if ext is None:
+            reasons.append("missing_image")
+        else:
+            try:
+                img = decode_rgb(sample[ext])
+            except Exception as e:  # noqa: BLE001 - any decoder error is a counted fail reason
+                log.warning("undecodable image %s in %s: %s", sample["__key__"], sample["__url__"], e)
+                reasons.append("undecodable_image")
+        scores: dict = {}
+        if img is not None and caption:
+            boxes = _boxes(meta, caption, img, compute_boxes, detect)
+            boxes = [b for b in boxes if float(b.get("area", 1.0)) >= min_box_area]
+            scores.update(sanity_scores(caption, boxes))
+        else:
+            scores.update({"sanity": None, "sanity_count": None, "sanity_spatial": None})
+        yield {
+            "key": sample["__key__"], "url": sample["__url__"], "index": sample["__index__"],
+            "source": meta.get("source"), "caption": caption, "reasons": reasons, "scores": scores,
+            "clip_image": None if img is None else clip_input(img, clip_size),
+            "iq_image": None if img is None else TF.resize(img, [iq_size, iq_size], antialias=True),
+        }
+
+
+def batch_samples(
+    src: Iterable[dict], *, batch_size: int, iq_cfg: ImageQualityConfig, tokenizer: Callable
+) -> Iterator[dict]:
+    """Group prepared samples; image quality runs vectorised per batch, captions tokenised per batch.
+
+    Batch: ``records`` (plain dicts), ``clip_images`` uint8 ``(n, 3, S, S)`` and ``tokens`` for the
+    ``n`` records listed in ``clip_index`` (those with an image and a caption), ``done`` markers.
+    """
+    pending: list[dict] = []
+    done: list[dict] = []
+    for item in src:
+        if "__done__" in item:
+            done.append(item)
+            if pending:
+                continue
+            yield _collate([], done, iq_cfg, tokenizer)
+            done = []
+            continue
+        pending.append(item)
+        if len(pending) >= batch_size:
+            yield _collate(pending, done, iq_cfg, tokenizer)
+            pending, done = [], []
+    if pending or done:
+        yield _collate(pending, done, iq_cfg, tokenizer)
+
+
+def _collate(items: list[dict], done: list[dict], iq_cfg: ImageQualityConfig, tokenizer: Callable) -> dict:
+    with_image = [i for i, it in enumerate(items) if it["iq_image"] is not None]
+    if with_image:
+        iq = image_quality_scores(torch.stack([items[i]["iq_image"] for i in with_image]), iq_cfg)
+        for j, i in enumerate(with_image):
+            items[i]["scores"].update({k: float(v[j]) for k, v in iq.items()})
+    for it in items:
+        if it["iq_image"] is None:
+            it["scores"].update({k: None for k in ("brightness", "contrast", "blur", "border_fraction",
+                                                   "blank_fraction", "quality")})
+    clip_index = [i for i, it in enumerate(items) if it["clip_image"] is not None and it["caption"]]
+    images = torch.stack([items[i]["clip_image"] for i in clip_index]) if clip_index else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
+    tokens = tokenizer([items[i]["caption"] for i in clip_index]) if clip_index else torch.empty(0, 1, dtype=torch.long)
+    records = [{k: it[k] for k in ("key", "url", "index", "source", "caption", "reasons", "scores")} for it in items]
+    return {"records": records, "clip_images": images, "tokens": tokens, "clip_index": clip_index, "done": done}
+
+
+read = pipelinefilter(read_parts)
+prepared = pipelinefilter(prepare_samples)
+batched = pipelinefilter(batch_samples)
+
+
+class QualityStream(torch.utils.data.IterableDataset):
+    """Batches for the scorer; each DataLoader worker runs its own list of parts."""
+
+    def __init__(self, *, plan: list[list[ShardPart]], clip_size: int, iq_cfg: ImageQualityConfig,
+                 tokenizer: Callable, batch_size: int, compute_boxes: bool = True,
+                 min_box_area: float = 0.0, allow_pipe: bool = False):
+        super().__init__()
+        self.plan, self.clip_size, self.iq_cfg, self.tokenizer = plan, clip_size, iq_cfg, tokenizer
+        self.batch_size, self.compute_boxes, self.min_box_area = batch_size, compute_boxes, min_box_area
+        self.allow_pipe = allow_pipe
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            parts = [p for worker_parts in self.plan for p in worker_parts]
+        else:
+            torch.set_num_threads(1)  # the workers already fill the cores
+            parts = self.plan[info.id] if info.id < len(self.plan) else []
+        stream = read_parts(parts, allow_pipe=self.allow_pipe)
+        stream = prepare_samples(stream, clip_size=self.clip_size, iq_size=self.iq_cfg.size,
+                                 compute_boxes=self.compute_boxes, min_box_area=self.min_box_area)
+        return batch_samples(stream, batch_size=self.batch_size, iq_cfg=self.iq_cfg, tokenizer=self.tokenizer)

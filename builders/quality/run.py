@@ -1,0 +1,197 @@
+"""The quality filter run: phase 1 scores shards into sidecars, phase 2 selects globally and reports.
+
+Phase 1 (expensive, resumable per shard): every shard without a ``quality`` sidecar is decoded in
+worker processes and scored; its sidecar is written atomically as soon as all of its samples are
+scored, with ``keep: false`` and reason ``pending_global_selection``, so nothing counts as selected
+before the global threshold exists. A killed run leaves whole sidecars only and resumes from them.
+
+Phase 2 (cheap, idempotent): reads all sidecars, recomputes composites from the raw scores,
+computes ONE threshold over the whole dataset, and rewrites each sidecar whose keep/reasons
+changed. The image shards are only ever read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from builders.quality.clip_model import load_clip, resolve_device
+from builders.quality.clip_score import ClipScorer
+from builders.quality.config import QualityConfig
+from builders.quality.loader import QualityStream, plan_parts
+from builders.quality.report import plot_grid, plot_histograms, summarise, write_html
+from builders.quality.selection import PENDING, decide, global_threshold, rescore
+from wds_tools.atomic import write_json
+from wds_tools.config import config_to_dict, save_config
+from wds_tools.manifest import read_stats
+from wds_tools.sidecar import read_sidecar, write_sidecar
+from wds_tools.urls import expand_urls, is_remote, sidecar_url
+
+log = logging.getLogger(__name__)
+SIDECAR = "quality"
+MEMBER = "quality.msgpack"  # as read back / joined; write_sidecar prefixes the sidecar name
+WRITE_EXT = "msgpack"
+REPORT_NAME = "quality_report.json"
+
+
+def has_sidecar(url: str) -> bool:
+    """True when the shard's quality sidecar exists (it is only ever written whole)."""
+    return os.path.exists(sidecar_url(url, SIDECAR))
+
+
+def _expected_samples(urls: list[str]) -> int | None:
+    try:
+        return sum(read_stats(u).samples for u in urls)
+    except (OSError, ValueError, KeyError):
+        return None  # shards without stats files: progress without a total
+
+
+def _sidecar_record(r: dict) -> dict:
+    return {"scores": r["scores"], "composite": r.get("composite"), "keep": r.get("keep", False),
+            "reasons": r["reasons"], "source": r.get("source")}
+
+
+def _write_pending(url: str, records: list[dict], cfg: QualityConfig) -> None:
+    records = sorted(records, key=lambda r: r["index"])
+    out = []
+    for r in records:
+        r = rescore({**r, "reasons": r["reasons"] + [PENDING]}, cfg.composite)
+        out.append((r["key"], {WRITE_EXT: _sidecar_record({**r, "keep": False})}))
+    write_sidecar(url, SIDECAR, out, check_against_shard=False)
+
+
+def score_shards(cfg: QualityConfig, urls: list[str]) -> dict:
+    """Phase 1 over ``urls``; returns ``{"scored": [...], "failed": {url: error}, "skips": {...}}``."""
+    device = resolve_device(cfg.model.device)
+    model, size, tokenizer = load_clip(model_name=cfg.model.name, pretrained=cfg.model.pretrained,
+                                       device=device, precision=cfg.model.precision)
+    scorer = ClipScorer(model=model, device=device, precision=cfg.model.precision)
+    plan = plan_parts(urls, cfg.loader.num_workers)
+    stream = QualityStream(plan=plan, clip_size=size, iq_cfg=cfg.image_quality, tokenizer=tokenizer,
+                           batch_size=cfg.model.batch_size, compute_boxes=cfg.sanity.compute_boxes,
+                           min_box_area=cfg.sanity.min_box_area, allow_pipe=cfg.loader.allow_pipe)
+    nw = cfg.loader.num_workers
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=nw, prefetch_factor=cfg.loader.prefetch_factor if nw else None,
+        pin_memory=device.type == "cuda",
+    )
+    parts_needed = {p.url: p.parts for worker in plan for p in worker}
+    parts_seen: dict[str, int] = defaultdict(int)
+    pending: dict[str, list[dict]] = defaultdict(list)
+    failed: dict[str, str] = {}
+    skips: dict[str, int] = defaultdict(int)
+    scored = []
+    bar = tqdm(total=_expected_samples(urls), unit="img", desc="scoring", dynamic_ncols=True)
+    for batch in loader:
+        sims = scorer(batch["clip_images"], batch["tokens"])
+        for r in batch["records"]:
+            r["scores"]["clip"] = None
+        for j, i in enumerate(batch["clip_index"]):
+            batch["records"][i]["scores"]["clip"] = float(sims[j])
+        for r in batch["records"]:
+            pending[r["url"]].append(r)
+        bar.update(len(batch["records"]))
+        for marker in batch["done"]:
+            url = marker["__done__"].url
+            parts_seen[url] += 1
+            for reason, n in marker["skips"].items():
+                skips[reason] += n
+            if marker["error"]:
+                failed[url] = marker["error"]
+            if parts_seen[url] == parts_needed[url]:
+                records = pending.pop(url, [])
+                if url not in failed:
+                    _write_pending(url, records, cfg)
+                    scored.append(url)
+    bar.close()
+    return {"scored": scored, "failed": failed, "skips": dict(skips)}
+
+
+def select_global(cfg: QualityConfig, urls: list[str]) -> tuple[float | None, list[dict], int]:
+    """Phase 2: one threshold from all sidecars; rewrite those whose verdicts changed.
+
+    Returns the threshold, every final record (with ``url``/``key``) and how many sidecars were
+    rewritten.
+    """
+    sidecars = {u: read_sidecar(u, SIDECAR) for u in urls if has_sidecar(u)}
+    rescored = {u: {k: rescore(v[MEMBER], cfg.composite) for k, v in side.items()} for u, side in sidecars.items()}
+    eligible = (r["composite"] for recs in rescored.values() for r in recs.values())
+    threshold = global_threshold(eligible, cfg.selection.keep_top_percent)
+    final, rewritten = [], 0
+    for url, recs in rescored.items():
+        decided = {k: _sidecar_record(decide(r, threshold=threshold, cfg=cfg.selection)) for k, r in recs.items()}
+        if any(decided[k] != sidecars[url][k][MEMBER] for k in decided):
+            write_sidecar(url, SIDECAR, [(k, {WRITE_EXT: v}) for k, v in decided.items()], check_against_shard=False)
+            rewritten += 1
+        final.extend({**v, "url": url, "key": k} for k, v in decided.items())
+    return threshold, final, rewritten
+
+
+def _attach_captions(records: list[dict], chosen: list[dict]) -> None:
+    """Captions for the grid come from the shards (sidecars hold scores only)."""
+    from wds_tools.reader import iter_tar_samples
+
+    wanted = defaultdict(set)
+    for r in chosen:
+        wanted[r["url"]].add(r["key"])
+    found = {}
+    for url, keys in wanted.items():
+        for s in iter_tar_samples(url):
+            if s["__key__"] in keys:
+                found[(url, s["__key__"])] = s.get("txt", b"").decode("utf-8", "replace")
+    for r in chosen:
+        r["caption"] = found.get((r["url"], r["key"]), "")
+
+
+def write_report(cfg: QualityConfig, report_dir: Path, threshold: float | None, records: list[dict],
+                 phase1: dict, urls: list[str], rewritten: int) -> dict:
+    """quality_report.json, the histogram and grid PNGs and index.html in ``report_dir``."""
+    report = summarise(records, threshold)
+    report.update(
+        keep_top_percent=cfg.selection.keep_top_percent,
+        min_clip_score_synthetic=cfg.selection.min_clip_score_synthetic,
+        shards={"total": len(urls), "with_sidecar": len({r["url"] for r in records}),
+                "scored_this_run": len(phase1["scored"]), "sidecars_rewritten": rewritten,
+                "failed": phase1["failed"]},
+        read_skips=phase1["skips"],
+        report_dir=str(report_dir),
+        model={"name": cfg.model.name, "pretrained": cfg.model.pretrained},
+        config=config_to_dict(cfg),
+    )
+    ranked = sorted((r for r in records if r["composite"] is not None), key=lambda r: r["composite"], reverse=True)
+    n = cfg.report.grid_samples
+    best, worst = ranked[:n], ranked[::-1][:n] if len(ranked) > n else []
+    _attach_captions(records, best + worst)
+    pictures = {
+        "Score histograms by source": plot_histograms(records, report_dir / "quality_histograms.png",
+                                                      threshold=threshold, bins=cfg.report.bins).name,
+        "Best (top) and worst (bottom) samples": plot_grid(best, worst, report_dir / "quality_grid.png",
+                                                          thumb_size=cfg.report.thumb_size).name,
+    }
+    report["pictures"] = list(pictures.values()) + ["quality_report.html"]
+    write_html(report, report_dir / "quality_report.html", pictures)
+    write_json(report_dir / REPORT_NAME, report)
+    save_config(cfg, report_dir / "quality_config.yaml")
+    return report
+
+
+def run(cfg: QualityConfig) -> dict:
+    """Both phases and the report; returns the report dict."""
+    cfg.validate()
+    urls = expand_urls(cfg.input, allow_pipe=cfg.loader.allow_pipe)
+    if not urls:
+        raise ValueError(f"no shards found for input {cfg.input}")
+    remote = [u for u in urls if is_remote(u) or u.startswith("pipe:")]
+    if remote:
+        raise ValueError(f"sidecars are written beside the shards, so input must be local; got {remote[0]!r}")
+    todo = urls if cfg.rescore else [u for u in urls if not has_sidecar(u)]
+    log.info("%d shards, %d to score (%d already have sidecars)", len(urls), len(todo), len(urls) - len(todo))
+    phase1 = score_shards(cfg, todo) if todo else {"scored": [], "failed": {}, "skips": {}}
+    threshold, records, rewritten = select_global(cfg, urls)
+    report_dir = Path(cfg.output) if cfg.output else Path(urls[0]).parent
+    return write_report(cfg, report_dir, threshold, records, phase1, urls, rewritten)

@@ -1,0 +1,191 @@
+"""Caption-versus-image sanity checks: object counts and spatial layout against boxes.
+
+A caption makes *claims* ("two buildings", "a river on the left"); each claim is checked against
+the sample's boxes (recorded M2B/detector boxes, or regions computed from the pixels). Every
+checkable claim scores in [0, 1]; a caption with no claims of a kind gets ``None`` for that kind
+(nothing to verify), so it is neither rewarded nor punished by the composite.
+
+Count score: the caption's number word maps to an allowed range ``[lo, hi]`` ("two" -> [2, 2],
+"several" -> [3, 7], "many" -> [5, inf)); with ``n`` matching boxes the score is 1 inside the range,
+otherwise ``(1 + min(n, b)) / (1 + max(n, b))`` for the nearest bound ``b`` (so 1 vs "three" = 0.5).
+
+Spatial score: each position phrase defines a soft region over box centres (e.g. "left": 1 for
+``cx <= 0.35`` falling linearly to 0 at ``cx >= 0.6``); the claim scores the best matching box.
+Boxes whose label matches the claimed noun are preferred; when no box label matches, all boxes
+count (computed regions carry generic labels).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+INF = math.inf
+
+# number word -> allowed count range
+COUNT_WORDS: dict[str, tuple[float, float]] = {
+    "one": (1, 1), "single": (1, 1), "lone": (1, 1), "two": (2, 2), "three": (3, 3),
+    "four": (4, 4), "five": (5, 5), "six": (6, 6), "seven": (7, 7), "eight": (8, 8),
+    "nine": (9, 9), "ten": (10, 10), "eleven": (11, 11), "twelve": (12, 12),
+    "pair": (2, 2), "couple": (2, 3), "few": (2, 4), "several": (3, 7), "some": (2, 8),
+    "multiple": (2, INF), "many": (5, INF), "numerous": (5, INF), "lots": (5, INF),
+    "dozens": (12, INF), "dozen": (10, 14),
+}
+_COUNT_RE = re.compile(
+    r"\b(" + "|".join(sorted(COUNT_WORDS, key=len, reverse=True)) + r"|\d{1,3})\b"
+    r"(?:\s+of)?((?:\s+[a-z]+){1,4})",
+    re.IGNORECASE,
+)
+_STOP_NOUNS = {
+    "the", "a", "an", "of", "and", "or", "with", "in", "on", "at", "by", "to", "which", "that", "are",
+    "is", "next", "near", "beside", "along", "around", "between", "from", "for", "its", "their",
+}
+
+# position phrase -> (axis constraints); each constraint is (axis, kind) with kind low/high/mid
+_POSITIONS: list[tuple[re.Pattern[str], tuple[tuple[str, str], ...]]] = [
+    (re.compile(r"\b(?:upper|top)[\s-]+left\b|\bleft[\s-]+(?:top|upper)\b"), (("x", "low"), ("y", "low"))),
+    (re.compile(r"\b(?:upper|top)[\s-]+right\b|\bright[\s-]+(?:top|upper)\b"), (("x", "high"), ("y", "low"))),
+    (re.compile(r"\b(?:lower|bottom)[\s-]+left\b|\bleft[\s-]+(?:bottom|lower)\b"), (("x", "low"), ("y", "high"))),
+    (re.compile(r"\b(?:lower|bottom)[\s-]+right\b|\bright[\s-]+(?:bottom|lower)\b"), (("x", "high"), ("y", "high"))),
+    (re.compile(r"\bleft\b"), (("x", "low"),)),
+    (re.compile(r"\bright\b(?!\s+(?:angle|next))"), (("x", "high"),)),
+    (re.compile(r"\b(?:top|upper)\b"), (("y", "low"),)),
+    (re.compile(r"\b(?:bottom|lower)\b"), (("y", "high"),)),
+    (re.compile(r"\b(?:center|centre|middle)\b"), (("x", "mid"), ("y", "mid"))),
+]
+
+
+@dataclass(frozen=True)
+class CountClaim:
+    """A number word with the noun it counts, e.g. ``("two", "building", 2, 2)``."""
+
+    word: str
+    noun: str
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class SpatialClaim:
+    """A position phrase (e.g. "upper left") with the constraints it implies."""
+
+    phrase: str
+    constraints: tuple[tuple[str, str], ...]
+    noun: str | None
+
+
+def _singular(word: str) -> str:
+    word = word.lower()
+    for suffix, repl in (("ies", "y"), ("sses", "ss"), ("shes", "sh"), ("ches", "ch"), ("xes", "x"),
+                         ("ss", "ss"), ("s", "")):
+        if word.endswith(suffix) and len(word) > len(suffix) + 2:
+            return word[: -len(suffix)] + repl
+    return word
+
+
+def _noun_run(text: str) -> list[str]:
+    """Words after a number word up to the first function word or participle."""
+    run = []
+    for w in text.lower().split():
+        if w in _STOP_NOUNS or (run and w.endswith(("ed", "ing"))):
+            break
+        run.append(w)
+    return run
+
+
+def parse_count_claims(caption: str) -> list[CountClaim]:
+    """Find number words and the noun after each ("three large buildings" -> building)."""
+    claims = []
+    for m in _COUNT_RE.finditer(caption):
+        word = m.group(1).lower()
+        noun_words = _noun_run(m.group(2))
+        if not noun_words:
+            continue
+        # the counted noun is plural after a count > 1: "three large white tanks" -> tanks
+        plural = [w for w in noun_words if w.endswith("s") and not w.endswith("ss")]
+        noun = plural[-1] if plural else noun_words[-1]
+        if word.isdigit():
+            lo = hi = float(int(word))
+        else:
+            lo, hi = COUNT_WORDS[word]
+        claims.append(CountClaim(word, _singular(noun), lo, hi))
+    return claims
+
+
+def _noun_near(caption: str, start: int) -> str | None:
+    """The last content word before a position phrase ("a river on the left" -> river)."""
+    words = [w for w in re.findall(r"[a-z]+", caption[:start].lower()) if w not in _STOP_NOUNS]
+    return _singular(words[-1]) if words else None
+
+
+def parse_spatial_claims(caption: str) -> list[SpatialClaim]:
+    """Find position phrases; corner phrases win over their single-axis parts."""
+    text = caption.lower()
+    taken: list[tuple[int, int]] = []
+    claims = []
+    for pattern, constraints in _POSITIONS:
+        for m in pattern.finditer(text):
+            if any(m.start() < e and s < m.end() for s, e in taken):
+                continue
+            taken.append((m.start(), m.end()))
+            claims.append(SpatialClaim(m.group(0), constraints, _noun_near(text, m.start())))
+    return claims
+
+
+def _matching_boxes(boxes: Sequence[dict], noun: str | None) -> list[dict]:
+    if noun:
+        named = [b for b in boxes if _singular(str(b.get("label", ""))).endswith(noun)
+                 or noun.endswith(_singular(str(b.get("label", "")) or "\0"))]
+        if named:
+            return named
+    return list(boxes)
+
+
+def count_score(claim: CountClaim, boxes: Sequence[dict]) -> float:
+    """1 when the number of matching boxes is inside the claimed range, decaying with the gap."""
+    n = len(_matching_boxes(boxes, claim.noun))
+    if claim.lo <= n <= claim.hi:
+        return 1.0
+    bound = claim.lo if n < claim.lo else claim.hi
+    return (1.0 + min(n, bound)) / (1.0 + max(n, bound))
+
+
+def _axis_membership(value: float, kind: str) -> float:
+    if kind == "low":
+        return min(max((0.6 - value) / 0.25, 0.0), 1.0)
+    if kind == "high":
+        return min(max((value - 0.4) / 0.25, 0.0), 1.0)
+    return min(max((0.35 - abs(value - 0.5)) / 0.2, 0.0), 1.0)
+
+
+def spatial_score(claim: SpatialClaim, boxes: Sequence[dict]) -> float | None:
+    """Best soft membership of a matching box centre in the claimed region; None without boxes."""
+    candidates = _matching_boxes(boxes, claim.noun)
+    if not candidates:
+        return None
+    best = 0.0
+    for b in candidates:
+        x0, y0, x1, y1 = (float(v) for v in b["box"])
+        centre = {"x": (x0 + x1) / 2, "y": (y0 + y1) / 2}
+        best = max(best, min(_axis_membership(centre[axis], kind) for axis, kind in claim.constraints))
+    return best
+
+
+def sanity_scores(caption: str, boxes: Sequence[dict]) -> dict[str, float | None]:
+    """``sanity_count``, ``sanity_spatial`` (means over claims) and ``sanity`` (their mean).
+
+    Any of them is None when the caption makes no claim of that kind (or, for spatial, there are
+    no boxes to place); ``sanity`` is None only when neither can be checked.
+    """
+    counts = [count_score(c, boxes) for c in parse_count_claims(caption)]
+    spatial = [s for s in (spatial_score(c, boxes) for c in parse_spatial_claims(caption)) if s is not None]
+    count_v = sum(counts) / len(counts) if counts else None
+    spatial_v = sum(spatial) / len(spatial) if spatial else None
+    parts = [v for v in (count_v, spatial_v) if v is not None]
+    return {
+        "sanity": sum(parts) / len(parts) if parts else None,
+        "sanity_count": count_v,
+        "sanity_spatial": spatial_v,
+    }
