@@ -184,7 +184,10 @@ def create_clip(cfg: ModelConfig) -> nn.Module:
         register_model_config(cfg.config_file)
     if cfg.name not in open_clip.list_models():
         raise ValueError(f"model.name {cfg.name!r} is not an open_clip model (e.g. ViT-B-32-quickgelu, RN50)")
-    model = open_clip.create_model(cfg.name, pretrained=None)
+    # Without pretrained weights the init is seeded, so export/evaluate rebuild the same base model.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = open_clip.create_model(cfg.name, pretrained=None)
     if cfg.pretrained:
         path = resolve_checkpoint(cfg)
         missing, unexpected = model.load_state_dict(load_state_dict(path), strict=False)

@@ -1,0 +1,156 @@
+"""End-to-end tiny runs: outputs, kill -9 + deterministic resume, NaN abort, export, peft loading."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from tests.training.conftest import REPO, TINY_CONFIG
+from training.config import Stage2Config
+from training.export import export_merged, load_trained
+from training.lora import apply_lora, load_lora_state_dict
+from training.model import create_clip, swap_attention
+from training.trainer import train
+from wds_tools.config import load_config
+
+
+def _overrides(shard_dirs, out: Path, *extra: str) -> list[str]:
+    return [f"data.real=[{shard_dirs['real']}]", f"data.synthetic=[{shard_dirs['synthetic']}]",
+            f"train.output={out}", "train.max_steps=7", "train.checkpoint_every=3",
+            "train.log_sample_keys=true", "eval.before=false", "eval.after=false", *extra]
+
+
+def _keys_by_step(out: Path) -> dict[tuple[int, int], list[str]]:
+    # A resumed run re-runs the steps after its checkpoint: the last record of a step wins.
+    lines = (out / "sample_keys.rank0.jsonl").read_text().splitlines()
+    return {(r["step"], r["micro"]): r["keys"] for r in map(json.loads, lines)}
+
+
+@pytest.fixture(scope="module")
+def reference_run(shard_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    cfg = load_config(Stage2Config, TINY_CONFIG, _overrides(
+        shard_dirs, out, f"eval.shards=[{shard_dirs['val']}]", "eval.before=true", "eval.after=true"))
+    return out, cfg, train(cfg)
+
+
+def test_outputs_and_log_format(reference_run):
+    out, cfg, log = reference_run
+    saved = json.loads((out / "training_log.json").read_text())
+    assert list(saved)[0] == "config" and saved["config"]["train"]["max_steps"] == 7
+    assert [e["step"] for e in saved["entries"]] == list(range(1, 8))
+    for entry in saved["entries"]:
+        for key in ("epoch", "total_loss", "clip_loss", "fine_grained_loss", "acc_i2t", "acc_t2i", "synthetic_share"):
+            assert key in entry, key
+        total = entry["clip_loss"] + cfg.loss.fine_grained_weight * entry["fine_grained_loss"]
+        assert entry["total_loss"] == pytest.approx(total, rel=1e-4)
+    counters = saved["summary"]["counters"]
+    assert counters["samples_real"] + counters["samples_synthetic"] == 7 * cfg.train.batch_size
+    assert counters["quality_dropped"] > 0  # every 4th synthetic sample fails the quality sidecar
+    assert saved["summary"]["realised_synthetic_share"] == pytest.approx(
+        counters["samples_synthetic"] / (7 * cfg.train.batch_size))
+    assert saved["summary"]["rare_classes"] == ["airport"]
+    for when in ("before", "after"):
+        ev = saved["evaluation"][when]
+        assert ev["num_images"] == 8 and ev["num_captions"] == 16
+        assert 0 <= ev["retrieval"]["mean_recall"] <= 100 and ev["zeroshot"]["num_classes"] == 4
+    for name in ("lora_final.pt", "projection_heads_final.pt", "config.yaml"):
+        assert (out / name).is_file(), name
+    with Image.open(out / "training_curves.png") as img:
+        assert img.size[0] > 500
+    heads = torch.load(out / "projection_heads_final.pt", weights_only=True)
+    assert set(heads) == {"visual.proj", "text_projection", "logit_scale"}
+    # Keys of sample_keys never contain quality-dropped samples (every 4th synthetic index).
+    dropped = {f"synthetic_{s}_{i}" for s in range(3) for i in range(24) if i % 4 == 3}
+    assert not dropped & {k for keys in _keys_by_step(out).values() for k in keys}
+
+
+def test_peft_adapter_and_merged_export_reproduce_the_trained_model(reference_run, tmp_path):
+    from peft import PeftModel
+
+    out, cfg, _ = reference_run
+    lean = create_clip(cfg.model)
+    swap_attention(lean)
+    apply_lora(lean, cfg.lora)
+    load_lora_state_dict(lean, torch.load(out / "lora_final.pt", weights_only=True))
+    heads = torch.load(out / "projection_heads_final.pt", weights_only=True)
+    with torch.no_grad():
+        for name, t in heads.items():
+            dict(lean.named_parameters())[name].copy_(t)
+    base = create_clip(cfg.model)
+    swap_attention(base)
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(out / "peft_adapter"))
+    with torch.no_grad():
+        for name, t in heads.items():
+            dict(peft_model.base_model.model.named_parameters())[name].copy_(t)
+    img = torch.randn(2, 3, 64, 64)
+    text = open_clip.get_tokenizer(cfg.model.name)(["a forest", "an airport with two runways"])
+    with torch.no_grad():
+        want = lean.encode_image(img), lean.encode_text(text)
+        got = peft_model.base_model.model.encode_image(img), peft_model.base_model.model.encode_text(text)
+        assert not torch.allclose(want[0], base.encode_image(img), atol=1e-4)  # training changed the model
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+    merged_path = export_merged(cfg, merged=str(tmp_path / "merged.pt"))
+    stock = open_clip.create_model(cfg.model.name, pretrained=str(merged_path)).eval()
+    assert any(isinstance(m, torch.nn.MultiheadAttention) for m in stock.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(stock.encode_image(img), want[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(stock.encode_text(text), want[1], atol=1e-4, rtol=1e-4)
+    assert load_trained(cfg, None) is not None
+
+
+def test_kill9_then_resume_sees_the_same_samples(reference_run, shard_dirs, tmp_path):
+    ref_out, _, _ = reference_run
+    args = _overrides(shard_dirs, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", "--config", str(TINY_CONFIG), *args],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    keys_file = tmp_path / "sample_keys.rank0.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if keys_file.exists() and any(json.loads(line)["step"] >= 4 for line in keys_file.read_text().splitlines()):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
+    proc.stderr.close()
+    assert (tmp_path / "checkpoints" / "step_0000003").is_dir()
+    assert not (tmp_path / "training_log.json").exists()
+
+    train(load_config(Stage2Config, TINY_CONFIG, args))  # train.resume=auto picks step 3
+
+    resumed, reference = _keys_by_step(tmp_path), _keys_by_step(ref_out)
+    assert sorted(resumed) == [(s, 0) for s in range(7)]
+    assert resumed == reference
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    ref_log = json.loads((ref_out / "training_log.json").read_text())
+    assert [e["step"] for e in log["entries"]] == list(range(1, 8))
+    for a, b in zip(log["entries"], ref_log["entries"]):
+        assert a["total_loss"] == pytest.approx(b["total_loss"], rel=1e-4)
+    ours = torch.load(tmp_path / "lora_final.pt", weights_only=True)
+    ref = torch.load(ref_out / "lora_final.pt", weights_only=True)
+    for name in ref:
+        torch.testing.assert_close(ours[name], ref[name], atol=1e-5, rtol=1e-4)
+
+
+def test_nonfinite_losses_are_skipped_then_abort(shard_dirs, tmp_path):
+    # An absurd learning rate drives the weights to inf after the first update: real NaN losses.
+    cfg = load_config(Stage2Config, TINY_CONFIG, _overrides(
+        shard_dirs, tmp_path, "train.learning_rate=1.0e+30", "train.warmup_steps=0", "train.max_nonfinite_steps=2",
+        "train.checkpoint_every=0", "loss.use_fine_grained=false"))
+    with pytest.raises(RuntimeError, match="aborting: 3 steps with NaN/inf loss"):
+        train(cfg)
