@@ -1,0 +1,136 @@
+"""Training throughput: Stage 2 LoRA (attention + MLP) vs. a stock open_clip full fine-tune, one run.
+
+GPU (the real measurement): ViT-B-32, batch 256, bf16 autocast, AdamW, CLIP loss, random data.
+    python -m benchmarks.bench_train                       # variants: full_ft, lora_eager, lora_compiled
+CPU smoke mode (tiny CLIP, no compile; says nothing about GPU speed):
+    python -m benchmarks.bench_train --tiny
+
+Targets (GPU): LoRA >= 1.25x the stock full fine-tune samples/s, peak memory <= 10 GiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from training.config import LoraConfig, ModelConfig
+from training.lora import apply_lora, mark_trainable
+from training.losses import weighted_clip_loss
+from training.model import create_clip, swap_attention
+
+TINY_JSON = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-clip.json"
+
+
+def variant(base: torch.nn.Module, name: str) -> torch.nn.Module:
+    """full_ft: stock model, everything trainable. lora_*: swapped attention + lean LoRA, frozen backbone."""
+    model = copy.deepcopy(base)
+    if name == "full_ft":
+        return model.requires_grad_(True)
+    swap_attention(model)
+    apply_lora(model, LoraConfig())
+    mark_trainable(model)
+    return model
+
+
+def run(model, *, batch: int, size: int, steps: int, warmup: int, device, amp_dtype, compile_: bool) -> dict:
+    model = model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    fwd = torch.compile(_Wrapped(model)) if compile_ else _Wrapped(model)
+    images = torch.randn(batch, 3, size, size, device=device)
+    text = torch.randint(1, 49000, (batch, 77), device=device)
+    text[:, -1] = 49407  # end-of-text has the highest id (argmax pooling)
+    weights = torch.ones(batch, device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            img, txt, scale = fwd(images, text)
+            loss = weighted_clip_loss(img, txt, scale, weights)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t_warm = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync()
+    warm_s = time.perf_counter() - t_warm
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    dt = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return {"samples_per_s": steps * batch / dt, "peak_gib": peak, "warmup_s": warm_s,
+            "trainable": sum(p.numel() for p in params)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny CLIP on CPU (smoke mode)")
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--variants", default="full_ft,lora_eager,lora_compiled")
+    ap.add_argument("--out", default="bench_out/train")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    if args.tiny:
+        cfg = ModelConfig(name="tiny-clip", config_file=str(TINY_JSON))
+        args.batch, args.steps, args.warmup = min(args.batch, 16), min(args.steps, 5), min(args.warmup, 1)
+        args.variants = args.variants.replace(",lora_compiled", "")
+    else:
+        cfg = ModelConfig(name=args.model)
+        torch.backends.cuda.matmul.allow_tf32 = True
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    base = create_clip(cfg)
+    size = base.visual.image_size[0] if isinstance(base.visual.image_size, tuple) else base.visual.image_size
+    results = {}
+    for name in args.variants.split(","):
+        model = variant(base, name)
+        results[name] = run(model, batch=args.batch, size=size,
+                            steps=args.steps, warmup=max(args.warmup, 3 if name.endswith("compiled") else 0),
+                            device=device, amp_dtype=amp, compile_=name.endswith("compiled"))
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (tiny smoke mode, not a GPU figure)"
+    print(f"{cfg.name} batch {args.batch}, {where}, bf16={amp is not None}")
+    ref = results.get("full_ft", {}).get("samples_per_s")
+    for name, r in results.items():
+        mem = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "n/a"
+        ratio = f"{r['samples_per_s'] / ref:.2f}x full_ft" if ref else ""
+        print(f"  {name:14s} {r['samples_per_s']:9.1f} samples/s  peak {mem:9s} trainable {r['trainable']:>11,}  "
+              f"warm-up {r['warmup_s']:.1f}s  {ratio}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"device": where, "args": vars(args), "results": results}, indent=2))
+    return 0
+
+
+class _Wrapped(torch.nn.Module):
+    """One forward for torch.compile: (image features, text features, logit scale)."""
+
+    def __init__(self, clip: torch.nn.Module) -> None:
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, images, text):
+        return (F.normalize(self.clip.encode_image(images).float(), dim=-1),
+                F.normalize(self.clip.encode_text(text).float(), dim=-1), self.clip.logit_scale.exp())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
