@@ -226,7 +226,8 @@ def _high_depth_tiff(path: str) -> np.ndarray | None:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to RGB: 16-bit/float gray stretched, alpha composited over black."""
-    img = ImageOps.exif_transpose(img)
+    if img.getexif().get(0x0112, 1) != 1:  # orientation tag; transposing copies the image
+        img = ImageOps.exif_transpose(img)
     mode = img.mode
     if mode == "RGB":
         return img

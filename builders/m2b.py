@@ -46,8 +46,9 @@ def classify_pixels(rgb: np.ndarray, *, edge_radius: int = 3,
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected uint8 HxWx3 RGB, got dtype={rgb.dtype} shape={rgb.shape}")
     x = rgb.astype(np.float32) / 255.0
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    val = x.max(axis=-1)
+    # Contiguous channel planes: reductions over the last axis of HxWx3 are strided and slow.
+    r, g, b = (np.ascontiguousarray(x[..., i]) for i in range(3))
+    val = np.maximum(np.maximum(r, g), b)
     total = np.maximum(r + g + b, 1e-3)
     # Chromaticity differences: aerial colours are muted (a forest is only a few percent
     # greener than grey), so small, brightness-independent margins separate the classes.
@@ -77,7 +78,7 @@ def classify_pixels(rgb: np.ndarray, *, edge_radius: int = 3,
         lab[(lab == _UNLABELLED) & cond] = idx
     # Pure black is no-data (rotated-tile borders); its sharp edge would also fake texture
     # in the pixels next to it, so those stay unlabelled too.
-    chroma = (x.max(axis=-1) - x.min(axis=-1))
+    chroma = val - np.minimum(np.minimum(r, g), b)
     nodata = (val < 0.04) | ((val < 0.2) & (chroma < 0.04) & (density < 0.01))
     if nodata.any():
         lab[_box_mean(nodata.astype(np.float32), edge_radius + 1) > 0] = _UNLABELLED

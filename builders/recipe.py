@@ -95,6 +95,8 @@ def build_item(key: str, item: SourceItem, square: Image.Image, split: str, cfg:
 def _augmented(key, square, caps, srcs, detector, common, cfg) -> list[dict]:
     a = cfg.augment
     out = []
+    if a.per_image == 0:
+        return out
     for i, p in enumerate(aug_params(seed=cfg.seed, key=key, count=a.per_image,
                                      crop_scale=tuple(a.crop_scale), brightness=a.brightness,
                                      contrast=a.contrast, saturation=a.saturation)):

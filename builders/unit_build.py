@@ -92,8 +92,8 @@ def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
             skips.add(e.reason, key=key, url=item.path)
             continue
         loaded.append((key, item, center_square(img)))
-    vlm = _vlm_captions([resize_square(sq, cfg.size) for _, _, sq in loaded], cfg)
-    by_kind: dict[str, int] = {}
+    vlm = (_vlm_captions([resize_square(sq, cfg.size) for _, _, sq in loaded], cfg)
+           if cfg.vlm.model else [None] * len(loaded))
     with ShardWriter(shard) as w:
         for (key, item, square), vcap in zip(loaded, vlm):
             samples = build_item(key, item, square, unit.split, cfg, vlm_caption=vcap)
@@ -101,8 +101,7 @@ def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
                 skips.add("no_caption", key=key, url=item.path)
             for s in samples:
                 w.write(s)
-                kind = json.loads(s["json"])["kind"]
-                by_kind[kind] = by_kind.get(kind, 0) + 1
+        by_kind = dict(w.stats.by_kind)
         write_json(skips_path(shard), skips.as_dict())
     return UnitResult(unit.name, unit.split, len(unit.items), w.stats.samples, by_kind,
                       skips.as_dict())
