@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,9 +92,18 @@ def mix_plan(rng: np.random.Generator, weights: list[float], batch_size: int, st
     return rng.permutation(np.repeat(np.arange(len(p)), counts))
 
 
+_LEFT_RIGHT = re.compile(r"\b(left|right|Left|Right|LEFT|RIGHT)\b")
+_SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT", "RIGHT": "LEFT"}
+
+
+def mirror_caption(caption: str) -> str:
+    """Swap left/right so a caption still describes a horizontally flipped image."""
+    return _LEFT_RIGHT.sub(lambda m: _SWAP[m.group(1)], caption)
+
+
 def random_resized_crop(img: torch.Tensor, *, size: int, scale_min: float, hflip: bool,
-                        rng: np.random.Generator) -> torch.Tensor:
-    """Seeded RandomResizedCrop (+ optional flip) on a uint8 CHW tensor."""
+                        rng: np.random.Generator) -> tuple[torch.Tensor, bool]:
+    """Seeded RandomResizedCrop + optional flip on a uint8 CHW tensor; returns (image, flipped)."""
     _, h, w = img.shape
     top, left, ch, cw = 0, 0, min(h, w), min(h, w)
     top, left = (h - ch) // 2, (w - cw) // 2
@@ -105,9 +115,8 @@ def random_resized_crop(img: torch.Tensor, *, size: int, scale_min: float, hflip
             top, left, ch, cw = int(rng.integers(0, h - ch_ + 1)), int(rng.integers(0, w - cw_ + 1)), ch_, cw_
             break
     out = TF.resized_crop(img, top, left, ch, cw, [size, size], antialias=True)
-    if hflip and rng.random() < 0.5:
-        out = out.flip(-1)
-    return out.contiguous()
+    flipped = bool(hflip and rng.random() < 0.5)
+    return (out.flip(-1) if flipped else out).contiguous(), flipped
 
 
 class SourceStream:
@@ -191,8 +200,10 @@ def prepare_sample(raw: dict, spec: LoaderSpec, rng: np.random.Generator, counts
         return None
     idx = int(rng.integers(len(captions))) if spec.random_caption else 0
     caption = captions[idx] if spec.random_caption or not primary else primary
-    image = random_resized_crop(sample[ext], size=spec.image_size, scale_min=spec.crop_scale_min,
-                                hflip=spec.hflip, rng=rng)
+    image, flipped = random_resized_crop(sample[ext], size=spec.image_size, scale_min=spec.crop_scale_min,
+                                         hflip=spec.hflip, rng=rng)
+    if flipped:
+        caption = mirror_caption(caption)
     cls = meta.get("class")
     weight = spec.class_weights.get(str(cls), 1.0) if cls is not None else 1.0
     return {"key": key, "image": image, "caption": caption, "weight": weight, "class": cls}
@@ -324,6 +335,7 @@ def build_sources(real: list[str], synthetic: list[str], synthetic_ratio: float,
     if not sources:
         raise ValueError("no data: give data.real and/or data.synthetic shard URLs (--real / --synthetic)")
     if len(sources) == 1:
+        sources[0].weight = 1.0
         log.warning("only the %s source is given: training on 100%% %s (requested synthetic_ratio %.2f)",
                     sources[0].name, sources[0].name, synthetic_ratio)
     return sources

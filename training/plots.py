@@ -27,14 +27,14 @@ def plot_training_log(log: dict, path: str | Path) -> Path:
         if any(key in e for e in entries):
             ax_acc.plot(steps, [e.get(key) for e in entries], marker=".", label=key)
     ax_loss.set(title="Stage 2 loss", xlabel="optimizer step", ylabel="loss")
-    ax_acc.set(title="in-batch retrieval accuracy", xlabel="optimizer step", ylim=(0, 1.05))
+    ax_acc.set(title="in-batch accuracy and synthetic share", xlabel="optimizer step", ylim=(0, 1.05))
     evaluation = log.get("evaluation", {})
     if evaluation:
         text = "\n".join(
             f"{when}: mean recall {r['retrieval']['mean_recall']:.1f}, zero-shot "
             f"{r['zeroshot']['accuracy'] if r['zeroshot']['accuracy'] is None else round(r['zeroshot']['accuracy'], 1)}"
             for when, r in evaluation.items())
-        ax_acc.text(0.02, 0.02, text, transform=ax_acc.transAxes, fontsize=8, va="bottom")
+        ax_acc.text(0.02, 0.97, text, transform=ax_acc.transAxes, fontsize=8, va="top")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

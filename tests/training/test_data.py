@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import (LoaderSpec, LoaderState, build_sources, iter_batches, make_loader, mix_plan,
-                           random_resized_crop, read_manifests)
+from training.data import (LoaderSpec, LoaderState, build_sources, iter_batches, make_loader, mirror_caption,
+                           mix_plan, random_resized_crop, read_manifests)
 from training.model import tokenizer_spec
 
 TOKENIZER = {"hf_name": None, "context_length": 77}
@@ -103,9 +103,17 @@ def test_manifests_give_class_counts(shard_dirs):
 
 def test_random_resized_crop_is_seeded():
     img = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)
-    a = random_resized_crop(img, size=16, scale_min=0.5, hflip=True, rng=np.random.default_rng(5))
-    b = random_resized_crop(img, size=16, scale_min=0.5, hflip=True, rng=np.random.default_rng(5))
+    a, _ = random_resized_crop(img, size=16, scale_min=0.5, hflip=True, rng=np.random.default_rng(5))
+    b, _ = random_resized_crop(img, size=16, scale_min=0.5, hflip=True, rng=np.random.default_rng(5))
     assert a.shape == (3, 16, 16) and a.dtype == torch.uint8 and torch.equal(a, b)
+    flips = {random_resized_crop(img, size=16, scale_min=1.0, hflip=True, rng=np.random.default_rng(i))[1]
+             for i in range(20)}
+    assert flips == {True, False}
+
+
+def test_flipped_images_get_mirrored_captions():
+    assert mirror_caption("trees on the left, water in the Right corner; bright roofs") == \
+        "trees on the right, water in the Left corner; bright roofs"
 
 
 def test_tokenizer_spec_of_tiny_model():
