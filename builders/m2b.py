@@ -64,10 +64,12 @@ def classify_pixels(rgb: np.ndarray, *, edge_radius: int = 3,
         (LABELS.index("shadow"), val < 0.12),
         (LABELS.index("vegetation"), (gr >= 0.02) & (gb >= -0.005)),
         # Water is blue-to-teal (green not below red: purple-grey asphalt is not water) and
-        # smooth; busy bluish pixels are canopy shadows, cars or roofs unless strongly blue.
+        # smooth; busy bluish pixels are canopy shadows, cars or roofs unless strongly blue
+        # and not dark (dark pixels have noisy chromaticity).
         (LABELS.index("water"), (br >= 0.035) & (b >= g * 0.98) & (g >= r * 0.97)
-         & (~busy | (br >= 0.12))),
-        (LABELS.index("sand"), (warm >= 0.012) & (warm < 0.15) & (val >= 0.70) & (g >= b)),
+         & (~busy | ((br >= 0.12) & (val >= 0.3)))),
+        # Bright and a little warm; pale concrete is barely warm, so the margin stays above it.
+        (LABELS.index("sand"), (warm >= 0.02) & (warm < 0.15) & (val >= 0.70) & (g >= b)),
         (LABELS.index("bare soil"), (warm >= 0.03) & (g < r * 1.02)),
         # Dark, busy and greener than red: canopy with its own shadows.
         (LABELS.index("vegetation"), busy & (((gr >= 0.01) & (g >= b)) | ((val < 0.35) & (g > r * 1.03)))),

@@ -72,6 +72,7 @@ class ZoomConfig:
     detector_min_score: float = 0.3
     margin: float = 0.1
     min_side: float = 0.25
+    max_side: float = 0.8           # crops that would cover more than this are dropped
 
 
 @dataclass

@@ -125,7 +125,7 @@ def _zoom_crops(key, square, regions, detector, common, cfg) -> list[dict]:
     crops = select_crops(regions, detector, max_crops=z.max_per_image, min_area=z.min_area,
                          max_box_area=z.max_box_area, min_score=z.min_score,
                          detector_min_score=z.detector_min_score, margin=z.margin,
-                         min_side=z.min_side)
+                         min_side=z.min_side, max_side=z.max_side)
     out = []
     for j, c in enumerate(crops):
         img = cut(square, c.box, cfg.size)

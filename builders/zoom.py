@@ -44,7 +44,8 @@ def _box_area(box: list[float]) -> float:
 def select_crops(regions: list[dict], detector_boxes: list[dict], *, max_crops: int = 2,
                  min_area: float = 0.04, max_box_area: float = 0.5, min_score: float = 0.3,
                  detector_min_score: float = 0.3, margin: float = 0.1,
-                 min_side: float = 0.25, busy_threshold: float = 0.09) -> list[ZoomCrop]:
+                 min_side: float = 0.25, max_side: float = 0.8,
+                 busy_threshold: float = 0.09) -> list[ZoomCrop]:
     """Pick up to ``max_crops`` crops: detector boxes first (best score), then M2B regions."""
     crops: list[ZoomCrop] = []
     dets = sorted((b for b in detector_boxes if b.get("source") == "detector"
@@ -59,8 +60,11 @@ def select_crops(regions: list[dict], detector_boxes: list[dict], *, max_crops: 
     for r in sorted(regions, key=lambda r: -r["area"]):
         if r["area"] < min_area or r["score"] < min_score or _box_area(r["box"]) > max_box_area:
             continue
+        box = square_box(r["box"], margin=margin, min_side=min_side)
+        if box[2] - box[0] > max_side:
+            continue  # a long strip squares up to nearly the whole image: no zoom at all
         desc = describe_element(r, busy_threshold=busy_threshold)
-        crops.append(ZoomCrop(square_box(r["box"], margin=margin, min_side=min_side),
+        crops.append(ZoomCrop(box,
                               crop_caption(r["label"], description=desc), r["label"], "m2b",
                               list(r["box"])))
     return crops[:max_crops]
