@@ -111,3 +111,11 @@ def test_unreadable_files_give_reasons(tmp_path):
     with pytest.raises(UnreadableImage) as e:
         load_rgb(tmp_path / "missing.png")
     assert e.value.reason == "missing_file"
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 on display
+    img.save(tmp_path / "o.jpg", exif=exif.tobytes())
+    assert load_rgb(tmp_path / "o.jpg").size == (20, 40)

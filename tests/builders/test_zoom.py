@@ -32,3 +32,9 @@ def test_detector_boxes_come_first_and_filters_apply():
     crops = select_crops(regions, det, max_crops=3)
     assert [c.label for c in crops] == ["airplane", "urban"]  # low score car and whole-image water dropped
     assert crops[0].caption == "A close-up aerial view of an airplane."
+
+
+def test_strips_that_square_up_to_the_whole_image_are_dropped():
+    strip = {"box": [0.0, 0.0, 0.3, 1.0], "label": "road", "score": 0.9, "area": 0.3, "edge_density": 0}
+    assert select_crops([strip], [], max_box_area=0.5) == []
+    assert select_crops([strip], [], max_box_area=0.5, max_side=1.0)[0].box == [0.0, 0.0, 1.0, 1.0]
