@@ -38,3 +38,20 @@ def test_ray_local_cluster_matches_local_pool(demo_tree, tmp_path):
     summary = build_real(cfg(tmp_path / "ray", "executor=ray", "workers=2"), progress=False)
     assert summary["splits"]["train"]["real_original"] == 10
     assert _sha(tmp_path / "ray" / "train") == _sha(tmp_path / "local" / "train")
+
+
+def _slow_or_fail(x):
+    import time
+
+    if x == 0:
+        raise ValueError("unit 0 is broken")
+    time.sleep(1.0 * (x - 1))
+    return x
+
+
+def test_results_arrive_as_units_finish_and_failures_stop_the_run():
+    got = []
+    run_units(_slow_or_fail, [2, 1], executor="local", workers=2, on_done=got.append)
+    assert got == [1, 2]  # completion order, not submission order
+    with pytest.raises(ValueError, match="unit 0 is broken"):
+        run_units(_slow_or_fail, [1, 0], executor="local", workers=2)
