@@ -3,6 +3,9 @@
 ``run_units(fn, units, *args, ...)`` calls ``fn(unit, *args)`` for every unit and hands each
 result to ``on_done`` as it finishes (completion order); the first failing unit stops the run
 with its exception, and shards finished before it stay on disk for the rerun to skip.
+
+With Ray on more than one machine, every node must see the input images and the output folder
+at the same paths (a shared file system), and this repository on its PYTHONPATH.
 """
 from __future__ import annotations
 
