@@ -1,7 +1,8 @@
 """Build one shard unit: decode its images, run the recipe, write the shard atomically.
 
 A unit's skips (unreadable images, images left without a caption) are written to
-``<stem>.skips.json`` inside the shard's atomic window, so a resumed build still reports them.
+``<stem>.skips.json`` (only when there are any) inside the shard's atomic window, so a resumed
+build still reports them.
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
     shard = unit.path(output)
     if is_shard_complete(shard) and not cfg.overwrite:
         return result_from_disk(unit, output)
+    skips_path(shard).unlink(missing_ok=True)  # counts of a killed earlier attempt
     skips = SkipCounter()
     loaded = []
     for key, item in unit.items:
@@ -102,6 +104,7 @@ def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
             for s in samples:
                 w.write(s)
         by_kind = dict(w.stats.by_kind)
-        write_json(skips_path(shard), skips.as_dict())
+        if skips.counts:  # no file means no skips: saves an fsync per clean shard
+            write_json(skips_path(shard), skips.as_dict())
     return UnitResult(unit.name, unit.split, len(unit.items), w.stats.samples, by_kind,
                       skips.as_dict())
