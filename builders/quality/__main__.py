@@ -14,11 +14,11 @@ from wds_tools.config import parse_cli
 def main(argv: Sequence[str] | None = None) -> int:
     """Score, select and report; prints where the report went."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = parse_cli(QualityConfig, argv, prog="python -m builders.quality",
-                    description="Score shards (CLIP, sanity, image quality) into quality sidecars, "
-                                "select globally, and write a report.",
-                    flags={"--input": "input", "--output": "output"}, default_config=None)
     try:
+        cfg = parse_cli(QualityConfig, argv, prog="python -m builders.quality",
+                        description="Score shards (CLIP, sanity, image quality) into quality sidecars, "
+                                    "select globally, and write a report.",
+                        flags={"--input": "input", "--output": "output"}, default_config=None)
         report = run(cfg)
     except (ValueError, FileNotFoundError) as e:
         print(f"python -m builders.quality: error: {e}", file=sys.stderr)

@@ -65,7 +65,7 @@ def load_clip(
 ) -> tuple[torch.nn.Module, int, open_clip.tokenizer.SimpleTokenizer]:
     """Build ``model_name`` in eval mode on ``device`` -> ``(model, preprocess_size, tokenizer)``.
 
-    The weights stay fp32; reduced ``precision`` is applied with autocast at inference time
+    Without ``pretrained`` the random weights are seeded (same model every call). The weights stay fp32; reduced ``precision`` is applied with autocast at inference time
     (see :func:`autocast_dtype`). ``preprocess_size`` is the square input side in pixels.
     """
     dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
@@ -73,7 +73,10 @@ def load_clip(
     name = _register(model_name)
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model_name!r}; e.g. ViT-B-32-quickgelu or a config .json")
-    model = open_clip.create_model(name, pretrained=None, device="cpu")
+    # random weights (tests, demos) come from a fixed seed, so a resumed run scores like the first
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = open_clip.create_model(name, pretrained=None, device="cpu")
     if pretrained:
         path = resolve_checkpoint(pretrained)
         incompatible = open_clip.load_checkpoint(model, path, weights_only=True)

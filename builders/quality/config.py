@@ -84,8 +84,6 @@ class QualityConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad value, before any work starts."""
-        if not self.input:
-            raise ValueError("input is empty: give shard URLs, a directory, a brace pattern or a .txt list")
         if not 0.0 < self.selection.keep_top_percent <= 1.0:
             raise ValueError(f"selection.keep_top_percent must be in (0, 1], got {self.selection.keep_top_percent}")
         c = self.composite

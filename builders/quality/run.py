@@ -183,6 +183,8 @@ def write_report(cfg: QualityConfig, report_dir: Path, threshold: float | None, 
 def run(cfg: QualityConfig) -> dict:
     """Both phases and the report; returns the report dict."""
     cfg.validate()
+    if not cfg.input:
+        raise ValueError("input is empty: give shard URLs, a directory, a brace pattern or a .txt list")
     urls = expand_urls(cfg.input, allow_pipe=cfg.loader.allow_pipe)
     if not urls:
         raise ValueError(f"no shards found for input {cfg.input}")

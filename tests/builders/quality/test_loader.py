@@ -1,0 +1,44 @@
+from builders.quality.image_quality import ImageQualityConfig
+from builders.quality.loader import ShardPart, batch_samples, plan_parts, prepare_samples, read_parts
+from builders.quality.clip_model import load_clip
+from tests.builders.quality.conftest import REPO
+
+
+def test_plan_parts_by_shard_or_striped():
+    assert plan_parts(["a", "b", "c"], 2) == [[ShardPart("a"), ShardPart("c")], [ShardPart("b")]]
+    assert plan_parts(["a"], 2) == [[ShardPart("a", 0, 2)], [ShardPart("a", 1, 2)]]
+    assert plan_parts(["a", "b"], 0) == [[ShardPart("a"), ShardPart("b")]]
+
+
+def test_striped_parts_cover_a_shard_once(shard_dir):
+    url = str(shard_dir / "q-000001.tar")
+    seen = []
+    for part in range(3):
+        items = list(read_parts([ShardPart(url, part, 3)]))
+        assert items[-1]["__done__"] == ShardPart(url, part, 3) and items[-1]["error"] is None
+        seen += [s["__index__"] for s in items[:-1]]
+    assert sorted(seen) == list(range(7))
+
+
+def test_unreadable_shard_ends_part_with_error(tmp_path):
+    missing = str(tmp_path / "gone.tar")
+    (marker,) = list(read_parts([ShardPart(missing)]))
+    assert marker["error"] and "gone.tar" in marker["error"]
+
+
+def test_bad_samples_get_reasons_and_still_flow(shard_dir):
+    url = str(shard_dir / "q-000001.tar")
+    _, _, tok = load_clip(model_name=str(REPO / "configs/filter/tiny_clip.json"), pretrained=None,
+                          device="cpu", precision="fp32")
+    prepared = prepare_samples(read_parts([ShardPart(url)]), clip_size=64, iq_size=64)
+    batches = list(batch_samples(prepared, batch_size=3, iq_cfg=ImageQualityConfig(size=64), tokenizer=tok))
+    records = [r for b in batches for r in b["records"]]
+    reasons = {r["key"]: r["reasons"] for r in records}
+    assert reasons["nocap_100"] == ["missing_caption"]
+    assert reasons["broken_100"] == ["undecodable_image"]
+    assert reasons["noimg_100"] == ["missing_image"]
+    assert sum(1 for r in reasons.values() if not r) == 4
+    assert sum(len(b["clip_index"]) for b in batches) == 4  # only image + caption go to the model
+    assert [m["__done__"].url for b in batches for m in b["done"]] == [url]
+    by_key = {r["key"]: r["scores"] for r in records}
+    assert by_key["noimg_100"]["quality"] is None and by_key["nocap_100"]["quality"] is not None

@@ -1,0 +1,145 @@
+"""End to end: real tiny shards, a real tiny open_clip model, two real worker processes."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from builders.quality.__main__ import main
+from builders.quality.run import MEMBER, SIDECAR, run
+from builders.quality.selection import PENDING
+from tests.builders.quality.conftest import make_shards, tiny_config
+from wds_tools.reader import iter_tar_samples
+from wds_tools.sidecar import read_sidecar
+from wds_tools.urls import sidecar_url
+
+
+SYNTHETIC = {f"s_{i}" for i in range(20, 26)}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def records(shard_dir: Path) -> dict[str, dict]:
+    out = {}
+    for shard in sorted(shard_dir.glob("q-*[0-9].tar")):
+        out.update({k: v[MEMBER] for k, v in read_sidecar(str(shard), SIDECAR).items()})
+    return out
+
+
+def score(shard_dir: Path, tmp_path: Path):
+    shards = sorted(shard_dir.glob("q-*[0-9].tar"))
+    before = {p.name: sha(p) for p in shards}
+    cfg = tiny_config(tmp_path, f"input={shard_dir}", "loader.num_workers=2",
+                      "selection.min_clip_score_synthetic=0.0")
+    report = run(cfg)
+    return cfg, report, shards, before
+
+
+@pytest.fixture(scope="module")
+def scored_once(tmp_path_factory):
+    """One scoring run shared by the read-only tests."""
+    tmp = tmp_path_factory.mktemp("scored")
+    shard_dir = make_shards(tmp / "shards")
+    return (shard_dir, tmp, *score(shard_dir, tmp))
+
+
+@pytest.fixture
+def scored(shard_dir, tmp_path):
+    return score(shard_dir, tmp_path)
+
+
+def test_sidecars_contract_and_untouched_shards(scored_once):
+    _, _, cfg, report, shards, before = scored_once
+    for shard in shards:
+        assert sha(shard) == before[shard.name]
+        side = read_sidecar(str(shard), SIDECAR)
+        assert list(side) == [s["__key__"] for s in iter_tar_samples(str(shard))]
+        for rec in (v[MEMBER] for v in side.values()):
+            assert set(rec) >= {"scores", "composite", "keep", "reasons"}
+            assert set(rec["scores"]) >= {"clip", "sanity", "sanity_count", "sanity_spatial", "brightness",
+                                          "contrast", "blur", "border_fraction", "quality"}
+            assert rec["keep"] == (rec["reasons"] == []) and PENDING not in rec["reasons"]
+
+
+def test_bad_input_fails_with_reasons(scored_once):
+    shard_dir = scored_once[0]
+    recs = records(shard_dir)
+    assert recs["nocap_100"]["reasons"] == ["missing_caption"]
+    assert recs["broken_100"]["reasons"] == ["undecodable_image"]
+    assert recs["noimg_100"]["reasons"] == ["missing_image"]
+    assert all(recs[k]["composite"] is None for k in ("nocap_100", "broken_100", "noimg_100"))
+
+
+def test_global_threshold_and_report(scored_once):
+    shard_dir, tmp_path, cfg, report, _, _ = scored_once
+    recs = records(shard_dir)
+    eligible = sorted((r["composite"] for r in recs.values() if r["composite"] is not None), reverse=True)
+    assert len(eligible) == 16
+    assert report["threshold"] == eligible[12 - 1]  # ceil(0.7 * 16) = 12, over all shards together
+    for r in recs.values():
+        if r["composite"] is not None and r["composite"] < report["threshold"]:
+            assert "below_global_threshold" in r["reasons"]
+    # one threshold for all shards: a shard may keep everything or nothing
+    kept_real = report["by_source"]["real"]["kept"]
+    assert report["kept"] == sum(r["keep"] for r in recs.values()) == kept_real + report["by_source"]["synthetic"]["kept"]
+    assert report["by_reason"]["missing_caption"] == 1 and report["total"] == len(recs) == 19
+    assert report["distributions"]["quality"]["real"]["count"] == 11
+    assert report["distributions"]["sanity"]["synthetic"]["count"] == 6
+    out = tmp_path / "report"
+    saved = json.loads((out / "quality_report.json").read_text())
+    assert saved["threshold"] == report["threshold"]
+    for name in ("quality_histograms.png", "quality_grid.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "quality_report.html").read_text()
+    assert "quality_grid.png" in page and "quality_histograms.png" in page
+
+
+def test_synthetic_floor(shard_dir, tmp_path, scored):
+    recs = records(shard_dir)
+    synth_clips = sorted(r["scores"]["clip"] for k, r in recs.items() if k in SYNTHETIC)
+    floor = synth_clips[2] + 1e-6  # three synthetic samples fall below
+    cfg = tiny_config(tmp_path, f"input={shard_dir}", f"selection.min_clip_score_synthetic={floor}")
+    report = run(cfg)
+    assert report["shards"]["scored_this_run"] == 0  # selection only: scores are reused
+    recs = records(shard_dir)
+    below = [k for k, r in recs.items() if "below_synthetic_clip_floor" in r["reasons"]]
+    assert len(below) == 3 and all(not recs[k]["keep"] for k in below)
+    assert report["by_reason"]["below_synthetic_clip_floor"] == 3
+
+
+def test_rerun_is_idempotent_and_resume_rescores_only_missing(scored, shard_dir, tmp_path):
+    cfg, _, shards, _ = scored
+    sides = {s: Path(sidecar_url(str(s), SIDECAR)) for s in shards}
+    first = {s: sha(p) for s, p in sides.items()}
+    again = run(cfg)
+    assert again["shards"]["scored_this_run"] == 0 and again["shards"]["sidecars_rewritten"] == 0
+    assert {s: sha(p) for s, p in sides.items()} == first
+    # a run killed during shard 2 leaves no sidecar for it; the next run scores just that shard
+    before = records(shard_dir)
+    sides[shards[2]].unlink()
+    resumed = run(cfg)
+    assert resumed["shards"]["scored_this_run"] == 1
+    after = records(shard_dir)
+    assert after.keys() == before.keys()
+    for k in before:
+        assert after[k]["keep"] == before[k]["keep"] and after[k]["reasons"] == before[k]["reasons"], (k, before[k], after[k], resumed["threshold"])
+        assert after[k]["scores"] == pytest.approx(before[k]["scores"], abs=1e-5)
+
+
+def test_cli_flags_and_config_errors(shard_dir, tmp_path, capsys):
+    argv = ["--config", str(Path(__file__).resolve().parents[3] / "configs/filter/tiny.yaml"),
+            "--input", str(shard_dir / "q-000000.tar"), "--output", str(tmp_path / "cli"),
+            f"model.name={Path(__file__).resolve().parents[3] / 'configs/filter/tiny_clip.json'}",
+            "loader.num_workers=0"]
+    assert main(argv) == 0
+    assert "6 samples" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "quality_report.json").exists()
+    for bad in ("selection.keep_top=0.5", "selection.keep_top_percent=1.5"):
+        with pytest.raises(SystemExit) as e:
+            main(argv + [bad])
+        assert e.value.code == 2 and bad.split("=")[0].split(".")[1] in capsys.readouterr().err
+    assert main(argv[:2] + ["model.name=x"]) == 2
+    assert "input is empty" in capsys.readouterr().err
