@@ -92,6 +92,7 @@ def write_indexes(out: Path, results: list[UnitResult], cfg: RealBuildConfig) ->
     """dataset.json + sizes.json per split folder; returns the build summary."""
     summary = {"splits": {}, "skipped": {}, "source_images": 0}
     total_skips: Counter = Counter()
+    resolved = config_to_dict(cfg)
     for split in SPLITS:
         rs = [r for r in results if r.split == split]
         if not rs:
@@ -104,7 +105,7 @@ def write_indexes(out: Path, results: list[UnitResult], cfg: RealBuildConfig) ->
         counts = {name: kinds.get(kind, 0) for name, kind in _KIND_COUNTS.items()}
         extra = {**counts, "split": split, "source_images": sum(r.source_images for r in rs),
                  "skipped": dict(sorted(skips.items())), "builder": "builders.real",
-                 "config": config_to_dict(cfg)}
+                 "config": resolved}
         manifest = write_index(out / split, name=f"{SHARD_PREFIX}-{split}", extra=extra)
         summary["splits"][split] = {
             "shards": manifest["num_shards"], "samples": manifest["total_samples"],
