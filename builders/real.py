@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     # A bare --overwrite flag reads naturally; it is the override overwrite=true.
     argv = ["overwrite=true" if a == "--overwrite" else a for a in argv]
     cfg = parse_cli(RealBuildConfig, argv, prog="python -m builders.real",
-                    description="Build train/val/test WebDataset shards from real aerial images.",
+                    description="Build train/val/test WebDataset shards from real aerial images. "
+                                "Finished shards are kept on rerun; --overwrite rebuilds them.",
                     flags=FLAGS, default_config=None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     summary = build_real(cfg)
