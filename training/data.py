@@ -293,7 +293,8 @@ def make_loader(spec: LoaderSpec, resume: dict | None = None) -> DataLoader:
     """DataLoader over :class:`MixDataset` (not for ``accelerator.prepare``: it splits by itself)."""
     nw = spec.num_workers
     return DataLoader(MixDataset(spec, resume), batch_size=None, num_workers=nw,
-                      prefetch_factor=2 if nw else None, persistent_workers=False)
+                      prefetch_factor=2 if nw else None, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())
 
 
 def _manifest_dirs(source: list[str]) -> list[str]:

@@ -110,3 +110,39 @@ def test_resnet_tower_lora_on_text_and_attnpool_head_trained(tmp_path):
     model.encode_image(img).sum().backward()
     assert model.visual.attnpool.c_proj.weight.grad.abs().sum() > 0
     assert model.visual.attnpool.q_proj.weight.grad is None
+
+
+def test_hub_id_resolves_to_the_remoteclip_file(tiny, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from training.model import hub_filename
+
+    calls = []
+    local = tmp_path / "RemoteCLIP-tiny.pt"
+    torch.save(tiny.state_dict(), local)
+
+    def fake_download(repo_id, filename):  # hub weights cannot be fetched here
+        calls.append((repo_id, filename))
+        return str(local)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    create_clip(ModelConfig(name="tiny-clip", pretrained="chendelong/RemoteCLIP", hub_filename="RemoteCLIP-tiny.pt"))
+    assert calls == [("chendelong/RemoteCLIP", "RemoteCLIP-tiny.pt")]
+    assert hub_filename(ModelConfig(name="ViT-B-32-quickgelu")) == "RemoteCLIP-ViT-B-32.pt"
+    assert hub_filename(ModelConfig(name="RN50")) == "RemoteCLIP-RN50.pt"
+
+
+def test_cli_flags_fill_the_config(tmp_path):
+    from training.config import CLI_FLAGS, Stage2Config
+    from wds_tools.config import parse_cli
+
+    cfg = parse_cli(Stage2Config, ["--config", str(REPO / "configs/train/lora.yaml"), "--real", "a,b",
+                                   "--synthetic", "s", "--output", str(tmp_path), "--max-steps", "5",
+                                   "loss.fine_grained_weight=0.5"], prog="t", description="t", flags=CLI_FLAGS)
+    assert cfg.data.real == ["a", "b"] and cfg.data.synthetic == ["s"] and cfg.train.max_steps == 5
+    assert cfg.train.output == str(tmp_path) and cfg.loss.fine_grained_weight == 0.5
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.data.synthetic_ratio, cfg.train.batch_size) == (8, 16.0, 0.8, 32)
+    assert cfg.train.learning_rate == 1e-4 and cfg.train.mixed_precision == "bf16" and cfg.train.num_epochs == 10
+    with pytest.raises(SystemExit):
+        parse_cli(Stage2Config, ["--config", str(REPO / "configs/train/lora.yaml"), "lora.rnak=4"],
+                  prog="t", description="t", flags=CLI_FLAGS)
