@@ -153,7 +153,12 @@ def rewrite_positions(text: str, *, flip: bool, rot90: int) -> str:
 
     out = _CORNER.sub(stash, text)
     out = _SINGLE.sub(single, out)
-    return re.sub("\x00(\\d+)\x00", lambda m: corners[int(m.group(1))], out)
+    out = re.sub("\x00(\\d+)\x00", lambda m: corners[int(m.group(1))], out)
+    # Sides and ends take different prepositions: "on the left", "at the top".
+    out = re.sub(r"\b([Aa])t the (left|right)\b",
+                 lambda m: ("On" if m.group(1) == "A" else "on") + f" the {m.group(2)}", out)
+    return re.sub(r"\b([Oo])n the (top|bottom)\b",
+                  lambda m: ("At" if m.group(1) == "O" else "at") + f" the {m.group(2)}", out)
 
 
 def transform_box(box: list[float], params: dict, *, min_keep: float = 0.3) -> list[float] | None:

@@ -55,6 +55,7 @@ def test_pixels_and_rewritten_caption_agree(flip, rot90, expect):
     ("trees above the houses", False, 3, "trees to the right of the houses"),
     ("nothing positional here", True, 3, "nothing positional here"),
     ("left stays left", False, 0, "left stays left"),
+    ("sand at the top, houses on the left", False, 1, "sand on the left, houses at the bottom"),
 ])
 def test_rewrite_positions(text, flip, rot90, out):
     assert rewrite_positions(text, flip=flip, rot90=rot90) == out
