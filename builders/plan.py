@@ -9,6 +9,7 @@ a rerun writes (or skips) the same shards.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -78,3 +79,14 @@ def plan_units(items: list[SourceItem], *, images_per_shard: int, seed: int = 0,
             chunk = [(k, by_split[split][k]) for k in keys[i:i + images_per_shard]]
             units.append(Unit(split=split, index=i // images_per_shard, items=chunk))
     return units
+
+
+def plan_digest(units: list[Unit]) -> str:
+    """sha256 over every unit's shard name, keys, captions, classes and boxes: an edited caption
+    file changes it as much as an added image does."""
+    h = hashlib.sha256()
+    for u in units:
+        h.update(f"{u.split}/{u.name}\n".encode())
+        for k, it in u.items:
+            h.update(json.dumps([k, it.captions, it.cls, it.boxes], sort_keys=True).encode())
+    return h.hexdigest()

@@ -4,6 +4,7 @@ Output layout (one folder per split, so a training URL of ``OUT/train`` can neve
 images)::
 
     OUT/build_config.yaml          resolved config of the build
+    OUT/build_plan.json            digest of the input -> shard mapping (checked on resume)
     OUT/build_summary.json         per-split counts and skips of the whole build
     OUT/train/real-train-000000.tar (+ .stats.json, .skips.json), ..., dataset.json, sizes.json
     OUT/val/real-val-000000.tar ...                                   (when there is a val split)
@@ -16,6 +17,7 @@ time: leftover temp files from a killed build are removed at start.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -29,13 +31,14 @@ from wds_tools.manifest import write_index
 
 from builders.executors import run_units
 from builders.inputs import SPLITS, read_items
-from builders.plan import SHARD_PREFIX, Unit, plan_units
+from builders.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
 from builders.real_config import RealBuildConfig
 from builders.unit_build import UnitResult, build_unit
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "build_config.yaml"
+PLAN_NAME = "build_plan.json"
 SUMMARY_NAME = "build_summary.json"
 # Settings that may change between a partial build and its resumption.
 _RUN_ONLY = ("overwrite", "executor", "workers", "ray_address", "output")
@@ -63,6 +66,18 @@ def check_resumable(cfg: RealBuildConfig, out: Path) -> None:
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         raise ConfigError(f"{out} was built with different settings ({', '.join(changed)}); "
+                          f"rerun with --overwrite to rebuild it")
+
+
+def check_plan(units: list[Unit], out: Path, *, overwrite: bool) -> None:
+    """Refuse to resume when the input maps to different shards than last time."""
+    saved = out / PLAN_NAME
+    if overwrite or not saved.exists():
+        return
+    before = json.loads(saved.read_text())
+    if before.get("digest") != plan_digest(units):
+        raise ConfigError(f"the input of {out} changed since it was built ({before.get('images')} -> "
+                          f"{sum(len(u.items) for u in units)} images, or other keys); "
                           f"rerun with --overwrite to rebuild it")
 
 
@@ -127,8 +142,11 @@ def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
     units = plan_units(items, images_per_shard=cfg.images_per_shard, seed=cfg.seed,
                        val_fraction=cfg.splits.val_fraction, test_fraction=cfg.splits.test_fraction)
     check_resumable(cfg, out)
+    check_plan(units, out, overwrite=cfg.overwrite)
     prepare_output(units, out, overwrite=cfg.overwrite)
     save_config(cfg, out / CONFIG_NAME)
+    write_json(out / PLAN_NAME, {"digest": plan_digest(units), "images": sum(len(u.items) for u in units),
+                                 "shards": {u.name: len(u.items) for u in units}})
     results: list[UnitResult] = []
     start = time.perf_counter()
     bar = tqdm(total=sum(len(u.items) for u in units), unit="img", desc="real build",

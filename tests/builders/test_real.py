@@ -91,6 +91,10 @@ def test_resume_skips_finished_shards_and_overwrite_rebuilds(demo_tree, tmp_path
     assert _sha(out / "train") == sha  # deterministic: byte-identical shards
     with pytest.raises(ConfigError, match="seed"):
         build_real(_cfg(demo_tree, out, "seed=5"), progress=False)
+    Image.new("RGB", (40, 40), (30, 60, 140)).save(demo_tree / "beach" / "added.png")
+    with pytest.raises(ConfigError, match="input of .* changed"):
+        build_real(_cfg(demo_tree, out), progress=False)
+    assert build_real(_cfg(demo_tree, out, "overwrite=true"), progress=False)["source_images"] == 11
 
 
 def test_unreadable_images_are_counted_skips(demo_tree, tmp_path):
