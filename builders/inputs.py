@@ -257,7 +257,7 @@ def load_rgb(path: str | Path, *, draft_size: int | None = None) -> Image.Image:
         with Image.open(path) as im:
             if draft_size and im.format == "JPEG":
                 # DCT-domain downscale: decoding a 4k JPEG for a 256 px tile is wasted work.
-                im.draft("RGB", (draft_size, draft_size))
+                im.draft(im.mode, (draft_size, draft_size))
             im.load()
             return to_rgb(im)
     except FileNotFoundError as e:

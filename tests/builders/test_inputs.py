@@ -119,3 +119,12 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # rotate 90 on display
     img.save(tmp_path / "o.jpg", exif=exif.tobytes())
     assert load_rgb(tmp_path / "o.jpg").size == (20, 40)
+
+
+@pytest.mark.parametrize("mode,value", [("CMYK", (0, 255, 0, 0)), ("L", 77), ("RGB", (10, 200, 30))])
+def test_jpeg_draft_downscale_keeps_colours(tmp_path, mode, value):
+    Image.new(mode, (600, 520), value).save(tmp_path / "big.jpg", quality=95)
+    full = np.asarray(load_rgb(tmp_path / "big.jpg"))[0, 0].astype(int)
+    img = load_rgb(tmp_path / "big.jpg", draft_size=128)
+    assert img.mode == "RGB" and min(img.size) >= 128 and img.size[0] < 600
+    assert np.abs(np.asarray(img)[0, 0].astype(int) - full).max() <= 6
