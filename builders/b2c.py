@@ -79,7 +79,7 @@ def scene_type(fractions: dict[str, float]) -> str:
     if veg >= 0.6:
         return "a vegetated area"
     if built >= 0.6:
-        return "a grey, paved or built-up area"
+        return "an area of mostly grey surfaces"  # grey alone does not prove buildings
     if dry >= 0.6:
         return "an area of open dry land"
     if water >= 0.15 and veg >= 0.25:
