@@ -157,3 +157,22 @@ def test_kill_9_midway_then_rerun_equals_uninterrupted(tmp_path):
         assert [s["__key__"] for s in ref_shards[name]] == [s["__key__"] for s in cut_shards[name]]
     assert _sha(tmp_path / "ref" / "train") == _sha(train)
     assert not list(train.glob("*.tmp-*"))
+
+
+def test_ucm_sample_caption_list_builds(tmp_path):
+    from tests.builders.conftest import UCM
+
+    if not (UCM / "captions.json").exists():
+        pytest.skip("ucm_sample not present")
+    records = json.loads((UCM / "captions.json").read_text())[::16]  # one per class
+    sub = tmp_path / "ucm10.json"
+    sub.write_text(json.dumps(records))
+    out = tmp_path / "out"
+    build_real(_cfg(sub, out, f"image_root={UCM}", "augment.per_image=1"), progress=False)
+    samples = [s for ss in _read(out / "train").values() for s in ss]
+    originals = {s["json"]["class"]: s for s in samples if s["json"]["kind"] == "original"}
+    assert len(originals) == 10
+    for r in records:
+        m = originals[r["class"]]["json"]
+        assert m["captions"][: len(r["captions"])] == r["captions"]
+        assert m["caption_sources"][-1] == "m2b_b2c"
