@@ -11,6 +11,10 @@ Layout of the stream (all randomness counter-based, so any position can be rebui
   (independent draws with the source weights, or exact per-batch counts when ``stratified``).
 * Per sample, the caption choice and the crop come from ``rng(..., chunk, offset)``.
 
+Stages (small generators, each with a webdataset ``pipelinefilter`` wrapper): per source
+``resampled_samples -> quality_selected -> decoded_augmented``; per worker ``mix_batches ->
+collated`` (uint8 stack + one tokenizer call per batch). No stage reads ahead.
+
 A worker's position is ``{"batch": b, "streams": [[chunk, offset], ...]}``; it travels with every
 batch, the trainer keeps the newest one per worker, and a resumed loader restarts each worker from
 it (rotating worker ids so DataLoader's round-robin continues where it stopped). Quality-sidecar
@@ -25,12 +29,15 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import msgpack
 import numpy as np
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
+from webdataset.filters import pipelinefilter
 
 from training.model import build_tokenizer
 from wds_tools.manifest import read_index
@@ -44,7 +51,7 @@ _TAG_CHUNK, _TAG_SAMPLE, _TAG_BATCH = 1, 2, 3
 _MAX_EMPTY_CHUNKS = 50
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MixSource:
     """One weighted shard source."""
 
@@ -53,7 +60,7 @@ class MixSource:
     weight: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoaderSpec:
     """Everything a loader worker needs (picklable)."""
 
@@ -119,71 +126,95 @@ def random_resized_crop(img: torch.Tensor, *, size: int, scale_min: float, hflip
     return (out.flip(-1) if flipped else out).contiguous(), flipped
 
 
-class SourceStream:
-    """Endless resampled stream of raw samples of one source for one logical worker."""
+def worker_shards(spec: LoaderSpec, src_idx: int, worker: int) -> list[str]:
+    """Shards of one source for this (rank, worker): a node and worker split when there are enough."""
+    urls = spec.sources[src_idx].urls
+    total = spec.world_size * max(spec.num_workers, 1)
+    g = spec.rank * max(spec.num_workers, 1) + worker
+    return urls[g::total] if len(urls) >= total else list(urls)
 
-    def __init__(self, spec: LoaderSpec, src_idx: int, worker: int, *, chunk: int, offset: int,
-                 skips: SkipLog) -> None:
-        self.spec, self.src_idx, self.worker = spec, src_idx, worker
-        self.chunk, self.offset, self.skips = chunk, offset, skips
-        self.items: list[dict] | None = None
-        urls = spec.sources[src_idx].urls
-        total = spec.world_size * max(spec.num_workers, 1)
-        g = spec.rank * max(spec.num_workers, 1) + worker
-        self.pool = urls[g::total] if len(urls) >= total else list(urls)
-        self._has_sidecar: dict[str, bool] = {}
 
-    def _sidecars(self, url: str) -> tuple[str, ...]:
-        name = self.spec.quality_sidecar
-        if not name:
-            return ()
-        if url not in self._has_sidecar:
-            self._has_sidecar[url] = url_exists(sidecar_url(url, name))
-        return (name,) if self._has_sidecar[url] else ()
-
-    def _load(self) -> None:
-        rng = _rng(self.spec.seed, self.spec.rank, self.worker, self.src_idx, self.chunk, _TAG_CHUNK)
-        k = min(self.spec.shards_per_chunk, len(self.pool))
-        picks = rng.choice(len(self.pool), size=k, replace=False)
+def resampled_samples(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int = 0, offset: int = 0,
+                      skips: SkipLog) -> Iterator[dict]:
+    """Source stage: endless raw samples of one source, tagged ``__pos__ = (source, chunk, offset)``."""
+    pool = worker_shards(spec, src_idx, worker)
+    name = spec.quality_sidecar
+    has_sidecar: dict[str, bool] = {}
+    empty = 0
+    while True:
+        rng = _rng(spec.seed, spec.rank, worker, src_idx, chunk, _TAG_CHUNK)
         samples = []
-        for i in picks:
-            url = self.pool[i]
-            samples.extend(iter_shard(url, sidecars=self._sidecars(url), allow_pipe=self.spec.allow_pipe,
-                                      skips=self.skips))
-        self.items = [samples[i] for i in rng.permutation(len(samples))]
-
-    def next(self) -> tuple[dict, int, int]:
-        """(raw sample, chunk, offset) of the next position."""
-        empty = 0
-        while True:
-            if self.items is None:
-                self._load()
-            if self.offset < len(self.items):
-                item, pos = self.items[self.offset], (self.chunk, self.offset)
-                self.offset += 1
-                return item, *pos
-            empty = empty + 1 if not self.items else 0
-            if empty > _MAX_EMPTY_CHUNKS:
-                raise ValueError(f"source {self.spec.sources[self.src_idx].name!r}: shards yield no samples")
-            self.chunk, self.offset, self.items = self.chunk + 1, 0, None
+        for i in rng.choice(len(pool), size=min(spec.shards_per_chunk, len(pool)), replace=False):
+            url = pool[i]
+            if name and url not in has_sidecar:
+                has_sidecar[url] = url_exists(sidecar_url(url, name))
+            sidecars = (name,) if name and has_sidecar[url] else ()
+            samples.extend(iter_shard(url, sidecars=sidecars, allow_pipe=spec.allow_pipe, skips=skips))
+        order = rng.permutation(len(samples))
+        empty = 0 if samples else empty + 1
+        if empty > _MAX_EMPTY_CHUNKS:
+            raise ValueError(f"source {spec.sources[src_idx].name!r}: its shards yield no samples")
+        for off in range(offset, len(samples)):
+            yield {**samples[order[off]], "__pos__": (src_idx, chunk, off)}
+        chunk, offset = chunk + 1, 0
 
 
-def prepare_sample(raw: dict, spec: LoaderSpec, rng: np.random.Generator, counts: Counter,
-                   skips: SkipLog) -> dict | None:
-    """Quality check, decode to uint8, crop, caption choice and class weight; None = dropped."""
+def quality_select(src: Iterable[dict], *, member: str | None, skips: SkipLog,
+                   max_consecutive: int = 100_000) -> Iterator[dict]:
+    """Stage: drop samples whose quality sidecar member says ``keep: false`` (counted, logged skips)."""
+    dropped_in_a_row = 0
+    for raw in src:
+        if member and member in raw:
+            try:
+                keep = bool(msgpack.unpackb(raw[member], raw=False).get("keep"))
+            except (ValueError, AttributeError, msgpack.ExtraData):
+                skips.add(f"corrupt_{member}", raw["__key__"], raw.get("__url__"))
+                keep = None
+            if not keep:
+                if keep is False:
+                    skips.add("quality_dropped", raw["__key__"], raw.get("__url__"))
+                dropped_in_a_row += 1
+                if dropped_in_a_row > max_consecutive:
+                    raise ValueError(f"{max_consecutive} samples in a row failed the quality selection "
+                                     f"(last {raw.get('__url__')})")
+                continue
+            raw = {k: v for k, v in raw.items() if k != member}
+        dropped_in_a_row = 0
+        yield raw
+
+
+def decode_augment(src: Iterable[dict], *, spec: LoaderSpec, worker: int, skips: SkipLog) -> Iterator[dict]:
+    """Stage: uint8 decode, seeded crop/flip and caption choice (rng from the sample's position)."""
+    for raw in src:
+        s, chunk, offset = raw["__pos__"]
+        rng = _rng(spec.seed, spec.rank, worker, s, chunk, offset, _TAG_SAMPLE)
+        item = prepare_sample(raw, spec=spec, rng=rng, skips=skips)
+        if item is not None:
+            item["__pos__"] = raw["__pos__"]
+            yield item
+
+
+quality_selected = pipelinefilter(quality_select)
+decoded_augmented = pipelinefilter(decode_augment)
+
+
+def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int, offset: int,
+                    skips: SkipLog) -> wds.DataPipeline:
+    """Resampled shards -> quality selection -> decode + augment, for one source.
+
+    No stage reads ahead, so the position of the last sample out is the stream's exact position.
+    """
+    member = f"{spec.quality_sidecar}.msgpack" if spec.quality_sidecar else None
+    return wds.DataPipeline(
+        lambda: resampled_samples(spec=spec, src_idx=src_idx, worker=worker, chunk=chunk, offset=offset, skips=skips),
+        quality_selected(member=member, skips=skips),
+        decoded_augmented(spec=spec, worker=worker, skips=skips))
+
+
+def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, skips: SkipLog) -> dict | None:
+    """Decode to uint8, crop, caption choice and class weight; None = counted skip."""
     key, url = raw["__key__"], raw.get("__url__")
-    qkey = f"{spec.quality_sidecar}.msgpack" if spec.quality_sidecar else None
-    if qkey in raw:
-        try:
-            quality = msgpack.unpackb(raw[qkey], raw=False)
-            keep = bool(quality.get("keep"))
-        except (ValueError, AttributeError, msgpack.ExtraData):
-            skips.add("corrupt_quality.msgpack", key, url)
-            return None
-        if not keep:
-            counts["quality_dropped"] += 1
-            return None
-    sample = decode_sample({k: v for k, v in raw.items() if k != qkey}, image="uint8", skips=skips)
+    sample = decode_sample({k: v for k, v in raw.items() if k != "__pos__"}, image="uint8", skips=skips)
     if sample is None:
         return None
     ext = next((e for e in IMAGE_EXTS + ("jpeg",) if e in sample), None)
@@ -198,8 +229,7 @@ def prepare_sample(raw: dict, spec: LoaderSpec, rng: np.random.Generator, counts
     if not captions:
         skips.add("no_caption", key, url)
         return None
-    idx = int(rng.integers(len(captions))) if spec.random_caption else 0
-    caption = captions[idx] if spec.random_caption or not primary else primary
+    caption = captions[int(rng.integers(len(captions)))] if spec.random_caption else (primary or captions[0])
     image, flipped = random_resized_crop(sample[ext], size=spec.image_size, scale_min=spec.crop_scale_min,
                                          hflip=spec.hflip, rng=rng)
     if flipped:
@@ -209,48 +239,65 @@ def prepare_sample(raw: dict, spec: LoaderSpec, rng: np.random.Generator, counts
     return {"key": key, "image": image, "caption": caption, "weight": weight, "class": cls}
 
 
-def iter_batches(spec: LoaderSpec, worker: int, state: dict | None = None):
-    """Endless batches of one logical worker, starting at ``state`` (see module docstring)."""
+def _skip_deltas(before: dict, after: dict) -> dict[str, int]:
+    out = {}
+    for reason, n in after.items():
+        if n - before.get(reason, 0):
+            out[reason if reason == "quality_dropped" else f"skip_{reason}"] = n - before.get(reason, 0)
+    return out
+
+
+def mix_batches(spec: LoaderSpec, worker: int, state: dict | None = None) -> Iterator[dict]:
+    """Source stage of a worker: per slot, the next sample of the source the batch plan names."""
     skips = SkipLog()
-    start = state["streams"] if state else [[0, 0]] * len(spec.sources)
-    streams = [SourceStream(spec, i, worker, chunk=c, offset=o, skips=skips) for i, (c, o) in enumerate(start)]
-    tokenizer = build_tokenizer(spec.tokenizer)
+    positions = [list(p) for p in (state["streams"] if state else [[0, 0]] * len(spec.sources))]
+    streams = [iter(source_pipeline(spec=spec, src_idx=i, worker=worker, chunk=c, offset=o, skips=skips))
+               for i, (c, o) in enumerate(positions)]
     weights = [s.weight for s in spec.sources]
     b = state["batch"] if state else 0
     while True:
         plan = mix_plan(_rng(spec.seed, spec.rank, worker, b, _TAG_BATCH), weights, spec.batch_size, spec.stratified)
-        counts: Counter = Counter()
-        skipped_before = skips.as_dict()
-        items, names = [], []
+        before = skips.as_dict()
+        items = []
         for s in plan:
-            while True:
-                raw, chunk, offset = streams[s].next()
-                rng = _rng(spec.seed, spec.rank, worker, s, chunk, offset, _TAG_SAMPLE)
-                item = prepare_sample(raw, spec, rng, counts, skips)
-                if item is not None:
-                    break
-            items.append(item)
-            names.append(spec.sources[s].name)
+            item = next(streams[s])
+            _, chunk, offset = item["__pos__"]
+            positions[s] = [chunk, offset + 1]
+            items.append({**item, "source": spec.sources[s].name})
         b += 1
-        after = skips.as_dict()
-        counts.update({f"skip_{k}": v - skipped_before.get(k, 0) for k, v in after.items()
-                       if v - skipped_before.get(k, 0)})
+        yield {"items": items, "counts": _skip_deltas(before, skips.as_dict()),
+               "state": {"worker": worker, "batch": b, "streams": [list(p) for p in positions]}}
+
+
+def collate_tokenize(src: Iterable[dict], *, tokenizer: dict) -> Iterator[dict]:
+    """Stage: stack uint8 images, tokenise the batch's captions in one call."""
+    tok = build_tokenizer(tokenizer)
+    for batch in src:
+        items = batch["items"]
         yield {
             "keys": [it["key"] for it in items],
             "images": torch.stack([it["image"] for it in items]),
-            "text": tokenizer([it["caption"] for it in items]),
+            "text": tok([it["caption"] for it in items]),
             "captions": [it["caption"] for it in items],
             "weights": torch.tensor([it["weight"] for it in items], dtype=torch.float32),
-            "sources": names,
-            "counts": dict(counts),
-            "state": {"worker": worker, "batch": b, "streams": [[st.chunk, st.offset] for st in streams]},
+            "sources": [it["source"] for it in items],
+            "counts": batch["counts"],
+            "state": batch["state"],
         }
+
+
+collated = pipelinefilter(collate_tokenize)
+
+
+def iter_batches(spec: LoaderSpec, worker: int, state: dict | None = None) -> Iterator[dict]:
+    """Endless batches of one logical worker, starting at ``state`` (see module docstring)."""
+    return iter(wds.DataPipeline(lambda: mix_batches(spec, worker, state), collated(tokenizer=spec.tokenizer)))
 
 
 class MixDataset(IterableDataset):
     """IterableDataset of whole batches; ``resume`` is the trainer's saved :class:`LoaderState` dict."""
 
-    def __init__(self, spec: LoaderSpec, resume: dict | None = None) -> None:
+    def __init__(self, *, spec: LoaderSpec, resume: dict | None = None) -> None:
         super().__init__()
         self.spec, self.resume = spec, resume
 
@@ -270,7 +317,7 @@ class MixDataset(IterableDataset):
 class LoaderState:
     """The trainer's view of the data position: newest state per logical worker."""
 
-    def __init__(self, num_workers: int, saved: dict | None = None) -> None:
+    def __init__(self, *, num_workers: int, saved: dict | None = None) -> None:
         self.num_workers = max(num_workers, 1)
         saved = saved or {}
         self.workers: dict[str, dict] = dict(saved.get("workers", {}))
@@ -292,7 +339,7 @@ class LoaderState:
 def make_loader(spec: LoaderSpec, resume: dict | None = None) -> DataLoader:
     """DataLoader over :class:`MixDataset` (not for ``accelerator.prepare``: it splits by itself)."""
     nw = spec.num_workers
-    return DataLoader(MixDataset(spec, resume), batch_size=None, num_workers=nw,
+    return DataLoader(MixDataset(spec=spec, resume=resume), batch_size=None, num_workers=nw,
                       prefetch_factor=2 if nw else None, persistent_workers=False,
                       pin_memory=torch.cuda.is_available())
 
@@ -330,7 +377,7 @@ def build_sources(real: list[str], synthetic: list[str], synthetic_ratio: float,
     sources = []
     for name, urls, weight in (("real", real, 1.0 - synthetic_ratio), ("synthetic", synthetic, synthetic_ratio)):
         if urls and weight > 0:
-            sources.append(MixSource(name, expand_urls(list(urls), allow_pipe=allow_pipe), weight))
+            sources.append(MixSource(name=name, urls=expand_urls(list(urls), allow_pipe=allow_pipe), weight=weight))
         elif urls:
             log.warning("source %s has weight 0 and is not read", name)
     if not sources:

@@ -28,7 +28,7 @@ from wds_tools.urls import expand_urls
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalSet:
     """Decoded held-out samples: images (uint8), captions per image, class per image."""
 
@@ -68,7 +68,7 @@ def load_eval_set(urls: Sequence[str], *, size: int, max_samples: int = 0, allow
             break
     if not images:
         raise ValueError(f"no evaluable samples in {list(urls)}")
-    return EvalSet(torch.stack(images), captions, classes, skips.as_dict())
+    return EvalSet(images=torch.stack(images), captions=captions, classes=classes, skipped=skips.as_dict())
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ PEFT_PREFIX = "base_model.model."
 class LoraLinear(nn.Module):
     """Frozen ``base`` Linear plus a rank-``rank`` update scaled by ``alpha / rank``."""
 
-    def __init__(self, base: nn.Linear, *, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(self, *, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
         super().__init__()
         if rank <= 0:
             raise ValueError(f"LoRA rank must be positive, got {rank}")
@@ -90,7 +90,7 @@ def apply_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
             continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoraLinear(mod, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout))
+        setattr(parent, child, LoraLinear(base=mod, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout))
         wrapped.append(name)
     for name, reason in skipped:
         if "MultiheadAttention" in reason:

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class Stage2Model(nn.Module):
     """Wraps the CLIP model so DDP sees one forward: uint8 images + tokens in, features out."""
 
-    def __init__(self, clip: nn.Module, *, fine_grained: bool) -> None:
+    def __init__(self, *, clip: nn.Module, fine_grained: bool) -> None:
         super().__init__()
         self.clip, self.fine_grained = clip, fine_grained
         mean, std = image_norm(clip)
@@ -65,7 +65,7 @@ def build_model(cfg: Stage2Config) -> tuple[Stage2Model, dict]:
     if cfg.loss.use_fine_grained and not fine:
         log.warning("fine-grained loss disabled: %s has no patch tokens (convolutional image tower)", cfg.model.name)
     log.info("LoRA on %d Linears; trainable %d of %d parameters", len(wrapped), counts["trainable"], counts["total"])
-    return Stage2Model(clip, fine_grained=fine), {**counts, "lora_modules": len(wrapped), "fine_grained": fine}
+    return Stage2Model(clip=clip, fine_grained=fine), {**counts, "lora_modules": len(wrapped), "fine_grained": fine}
 
 
 def forward_losses(model: nn.Module, batch: dict, cfg: Stage2Config) -> dict[str, torch.Tensor]:
@@ -127,7 +127,7 @@ def lora_digest(model: nn.Module) -> str:
 class RunLog:
     """training_log.json in the seed's layout: the config, then one entry per logged step."""
 
-    def __init__(self, path: Path, config: dict, saved: dict | None = None) -> None:
+    def __init__(self, *, path: Path, config: dict, saved: dict | None = None) -> None:
         self.path, self.config = path, config
         saved = saved or {}
         self.entries: list[dict] = list(saved.get("entries", []))
@@ -183,7 +183,7 @@ def train(cfg: Stage2Config) -> dict:
         log.info("resumed from %s at step %d", resume_from, trainer_state["step"])
     step = int(trainer_state.get("step", 0))
     counters = Counter(trainer_state.get("counters", {}))
-    run_log = RunLog(out_dir / "training_log.json", config_to_dict(cfg), trainer_state.get("log"))
+    run_log = RunLog(path=out_dir / "training_log.json", config=config_to_dict(cfg), saved=trainer_state.get("log"))
 
     clip_name = cfg.model.name
     spec = LoaderSpec(sources=sources, batch_size=cfg.train.batch_size, image_size=image_size(model_of(accelerator, model)),
@@ -193,7 +193,7 @@ def train(cfg: Stage2Config) -> dict:
                       hflip=cfg.data.hflip, random_caption=cfg.data.random_caption,
                       quality_sidecar=cfg.data.quality_sidecar if cfg.data.use_quality else None,
                       allow_pipe=cfg.data.allow_pipe, class_weights=class_weights)
-    loader_state = LoaderState(cfg.data.num_workers, data_state)
+    loader_state = LoaderState(num_workers=cfg.data.num_workers, saved=data_state)
     tokenizer = build_tokenizer(spec.tokenizer)
     eval_data = (load_eval_set(cfg.eval.shards, size=spec.image_size, max_samples=cfg.eval.max_samples,
                                allow_pipe=cfg.data.allow_pipe)

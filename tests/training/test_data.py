@@ -76,7 +76,7 @@ def test_stratified_batches_have_exact_proportions(shard_dirs):
 def test_loader_resume_continues_the_sequence(shard_dirs):
     spec = _spec(shard_dirs, num_workers=2)
     full = [b["keys"] for b in _take(iter(make_loader(spec)), 7)]
-    state = LoaderState(2)
+    state = LoaderState(num_workers=2)
     for b in _take(iter(make_loader(spec)), 3):
         state.update(b)
     resumed = [b["keys"] for b in _take(iter(make_loader(spec, state.to_dict())), 4)]

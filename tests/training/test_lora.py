@@ -32,7 +32,7 @@ def lora_model():
 def test_lora_linear_matches_dense_update_and_merges():
     torch.manual_seed(0)
     base = nn.Linear(8, 6)
-    layer = LoraLinear(copy.deepcopy(base), rank=2, alpha=4)
+    layer = LoraLinear(base=copy.deepcopy(base), rank=2, alpha=4)
     x = torch.randn(3, 8)
     torch.testing.assert_close(layer(x), base(x))  # B starts at zero
     nn.init.normal_(layer.lora_B.weight)
@@ -40,7 +40,7 @@ def test_lora_linear_matches_dense_update_and_merges():
     torch.testing.assert_close(layer(x), x @ dense.T + base.bias)
     torch.testing.assert_close(layer.merged()(x), layer(x))
     with pytest.raises(ValueError, match="rank must be positive"):
-        LoraLinear(base, rank=0, alpha=1)
+        LoraLinear(base=base, rank=0, alpha=1)
 
 
 def test_targets_trainables_and_gradients():

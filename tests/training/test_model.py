@@ -70,7 +70,7 @@ def test_token_encoders_match_pooled_outputs(tiny):
 
 
 def test_stage2_model_normalises_uint8_on_device(tiny):
-    model = Stage2Model(copy.deepcopy(tiny), fine_grained=False).eval()
+    model = Stage2Model(clip=copy.deepcopy(tiny), fine_grained=False).eval()
     img = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     text = open_clip.get_tokenizer("tiny-clip")(["a", "b"])
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
