@@ -1,6 +1,6 @@
 """Quality-filter scoring throughput against a bare single-process decode + model loop.
 
-    python benchmarks/bench_quality.py [--images 480] [--model configs/filter/tiny_clip.json] [--workers 2]
+    python benchmarks/bench_quality.py [--images 960] [--model configs/filter/tiny_clip.json] [--workers 2]
 
 Both sides score the same JPEG shards with the same model object and batch size, side by side in
 one run. "bare" decodes, resizes and runs the model in one process; "bare+iq" adds the same
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -34,8 +35,11 @@ from wds_tools.reader import iter_tar_samples  # noqa: E402
 from wds_tools.sample import encode_image, make_key, make_sample  # noqa: E402
 from wds_tools.writer import shard_name, write_shard  # noqa: E402
 
-CAPTIONS = ("an aerial image of farmland", "two buildings next to a road", "a river on the left",
-            "many cars in a parking lot", "an aerial image of a forest")
+# plain captions: nothing for the sanity checks to verify, so no region detection runs
+CAPTIONS = ("an aerial image of farmland", "an aerial image of buildings next to a road",
+            "an aerial image of a river", "an aerial image of a parking lot", "an aerial image of a forest")
+# captions with count/position claims: the filter also runs M2B region detection on them
+CLAIM_CAPTIONS = ("two buildings next to a road", "a river on the left", "many cars in a parking lot")
 
 
 def aerial_like(rng: np.random.Generator, size: int) -> Image.Image:
@@ -50,10 +54,10 @@ def aerial_like(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(img.clip(0, 255).astype(np.uint8))
 
 
-def make_shards(out: Path, *, images: int, shards: int, size: int) -> list[str]:
+def make_shards(out: Path, *, images: int, shards: int, size: int, captions=CAPTIONS) -> list[str]:
     rng = np.random.default_rng(0)
     samples = [make_sample(key=make_key("b", i), image=encode_image(aerial_like(rng, size), ext="jpg"),
-                           caption=CAPTIONS[i % len(CAPTIONS)],
+                           caption=captions[i % len(captions)],
                            meta={"source": "synthetic" if i % 3 == 0 else "real"}) for i in range(images)]
     urls = []
     for s in range(shards):
@@ -89,15 +93,25 @@ def bare_loop(urls, scorer, tokenizer, size: int, batch: int, iq_cfg: ImageQuali
     return n
 
 
-def timed(fn) -> tuple[float, object]:
-    t = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the loader workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+CPU: dict[str, float] = {}
+
+
+def timed(fn, name: str = "") -> tuple[float, object]:
+    c, t = cpu_seconds(), time.perf_counter()
     out = fn()
+    CPU[name] = cpu_seconds() - c
     return time.perf_counter() - t, out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=480)
+    ap.add_argument("--images", type=int, default=960)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--image-px", type=int, default=256, help="side of the source JPEGs")
     ap.add_argument("--model", default="configs/filter/tiny_clip.json")
@@ -106,6 +120,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--claims", action="store_true", help="captions with count/position claims (adds M2B)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     device = resolve_device(args.device)
@@ -115,19 +130,22 @@ def main() -> None:
     cfg = QualityConfig(input=["unused"])
     cfg.model.name, cfg.model.pretrained, cfg.model.device = args.model, args.pretrained, str(device)
     cfg.model.precision, cfg.model.batch_size, cfg.loader.num_workers = args.precision, args.batch, args.workers
-    print(f"cpu cores {os.cpu_count()}, load average {os.getloadavg()}, device {device}, model {args.model} "
+    print(f"cpu cores {os.cpu_count()}, load average {tuple(round(x, 2) for x in os.getloadavg())}, device {device}, model {args.model} "
           f"({size} px input), {args.images} JPEGs of {args.image_px} px in {args.shards} shards, batch {args.batch}")
     with tempfile.TemporaryDirectory() as tmp:
-        urls = make_shards(Path(tmp), images=args.images, shards=args.shards, size=args.image_px)
+        urls = make_shards(Path(tmp), images=args.images, shards=args.shards, size=args.image_px,
+                           captions=CLAIM_CAPTIONS if args.claims else CAPTIONS)
         bare_loop(urls[:1], scorer, tokenizer, size, args.batch, None)  # warm-up
-        t_bare, n = timed(lambda: bare_loop(urls, scorer, tokenizer, size, args.batch, None))
-        t_bare_iq, _ = timed(lambda: bare_loop(urls, scorer, tokenizer, size, args.batch, cfg.image_quality))
-        t_filter, res = timed(lambda: score_shards(cfg, urls))
+        t_bare, n = timed(lambda: bare_loop(urls, scorer, tokenizer, size, args.batch, None), "bare")
+        t_bare_iq, _ = timed(lambda: bare_loop(urls, scorer, tokenizer, size, args.batch, cfg.image_quality),
+                             "bare+iq")
+        t_filter, res = timed(lambda: score_shards(cfg, urls, clip=(model, size, tokenizer)), "filter")
         assert len(res["scored"]) == len(urls) and not res["failed"], res
-        rows = [("bare decode+model, 1 process", t_bare), ("bare decode+model+image quality, 1 process", t_bare_iq),
-                (f"quality filter phase 1, {args.workers} workers", t_filter)]
-        for name, t in rows:
-            print(f"{name:48s} {n / t:9.1f} images/s")
+        rows = [("bare decode+model, 1 process", t_bare, "bare"),
+                ("bare decode+model+image quality, 1 process", t_bare_iq, "bare+iq"),
+                (f"quality filter phase 1, {args.workers} workers", t_filter, "filter")]
+        for name, t, key in rows:
+            print(f"{name:48s} {n / t:9.1f} images/s   {CPU[key] / n * 1000:6.2f} CPU ms/image")
         print(f"ratio filter / bare            {t_bare / t_filter:.2f}x  (target >= 1.5x)")
         print(f"ratio filter / bare+iq         {t_bare_iq / t_filter:.2f}x")
         if device.type == "cuda":
@@ -141,8 +159,8 @@ def main() -> None:
                         model.encode_image((x.to(device).float() - scorer.mean) / scorer.std)
                 torch.cuda.synchronize()
             bare_encode()
-            t_enc, _ = timed(bare_encode)
-            t_score, _ = timed(lambda: [scorer(x, tok) for _ in range(reps)])
+            t_enc, _ = timed(bare_encode, "encode")
+            t_score, _ = timed(lambda: [scorer(x, tok) for _ in range(reps)], "scorer")
             enc = reps * args.batch / t_enc
             print(f"bare encode_image               {enc:9.1f} images/s")
             print(f"scorer (image+text) on batches  {reps * args.batch / t_score:9.1f} images/s")

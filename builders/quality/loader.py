@@ -27,13 +27,13 @@ from torchvision.transforms.v2 import functional as TF
 from webdataset.filters import pipelinefilter
 
 from builders.quality.image_quality import ImageQualityConfig, image_quality_scores
-from builders.quality.sanity import parse_count_claims, parse_spatial_claims, sanity_scores
+from builders.quality.sanity import has_claims, sanity_scores
 from wds_tools.reader import SkipLog, iter_tar_samples
 from wds_tools.sample import IMAGE_EXTS, SOURCES
 
 log = logging.getLogger(__name__)
 _IMAGE_EXTS = IMAGE_EXTS + ("jpeg",)
-SANITY_MAX_SIDE = 256
+SANITY_MAX_SIDE = 128  # M2B on 256 px takes ~25 ms, on 128 px ~5 ms
 
 
 @dataclass(frozen=True)
@@ -121,12 +121,18 @@ def _read_caption(sample: dict, reasons: list[str]) -> str:
     return caption
 
 
-def _boxes(meta: dict, caption: str, img: torch.Tensor, compute: bool, detect: Callable | None) -> list[dict]:
+def _captions(caption: str, meta: dict) -> list[str]:
+    """The primary caption and the other captions in meta, without repeats."""
+    extra = meta.get("captions") if isinstance(meta.get("captions"), list) else []
+    return list(dict.fromkeys([caption] + [c for c in extra if isinstance(c, str) and c.strip()]))
+
+
+def _boxes(meta: dict, captions: list[str], img: torch.Tensor, compute: bool, detect: Callable | None) -> list[dict]:
     boxes = meta.get("boxes")
     if isinstance(boxes, list):
         return [b for b in boxes if isinstance(b, dict) and isinstance(b.get("box"), list) and len(b["box"]) == 4]
-    if not compute or detect is None or not (parse_count_claims(caption) or parse_spatial_claims(caption)):
-        return []  # nothing in the caption to check: skip the detector
+    if not compute or detect is None or not has_claims(captions):
+        return []  # nothing in the captions to check: skip the detector
     h, w = img.shape[-2:]
     if max(h, w) > SANITY_MAX_SIDE:
         img = TF.resize(img, [SANITY_MAX_SIDE * h // max(h, w), SANITY_MAX_SIDE * w // max(h, w)], antialias=True)
@@ -164,9 +170,10 @@ def prepare_samples(
                 reasons.append("undecodable_image")
         scores: dict = {}
         if img is not None and caption:
-            boxes = _boxes(meta, caption, img, compute_boxes, detect)
+            captions = _captions(caption, meta)
+            boxes = _boxes(meta, captions, img, compute_boxes, detect)
             boxes = [b for b in boxes if float(b.get("area", 1.0)) >= min_box_area]
-            scores.update(sanity_scores(caption, boxes))
+            scores.update(sanity_scores(captions, boxes))
         else:
             scores.update({"sanity": None, "sanity_count": None, "sanity_spatial": None})
         yield {

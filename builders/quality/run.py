@@ -65,11 +65,14 @@ def _write_pending(url: str, records: list[dict], cfg: QualityConfig) -> None:
     write_sidecar(url, SIDECAR, out, check_against_shard=False)
 
 
-def score_shards(cfg: QualityConfig, urls: list[str]) -> dict:
-    """Phase 1 over ``urls``; returns ``{"scored": [...], "failed": {url: error}, "skips": {...}}``."""
+def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = None) -> dict:
+    """Phase 1 over ``urls``; returns ``{"scored": [...], "failed": {url: error}, "skips": {...}}``.
+
+    ``clip`` is an already loaded ``(model, size, tokenizer)`` (else ``cfg.model`` is loaded).
+    """
     device = resolve_device(cfg.model.device)
-    model, size, tokenizer = load_clip(model_name=cfg.model.name, pretrained=cfg.model.pretrained,
-                                       device=device, precision=cfg.model.precision)
+    model, size, tokenizer = clip or load_clip(model_name=cfg.model.name, pretrained=cfg.model.pretrained,
+                                               device=device, precision=cfg.model.precision)
     scorer = ClipScorer(model=model, device=device, precision=cfg.model.precision)
     plan = plan_parts(urls, cfg.loader.num_workers)
     stream = QualityStream(plan=plan, clip_size=size, iq_cfg=cfg.image_quality, tokenizer=tokenizer,

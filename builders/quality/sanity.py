@@ -11,8 +11,9 @@ otherwise ``(1 + min(n, b)) / (1 + max(n, b))`` for the nearest bound ``b`` (so 
 
 Spatial score: each position phrase defines a soft region over box centres (e.g. "left": 1 for
 ``cx <= 0.35`` falling linearly to 0 at ``cx >= 0.6``); the claim scores the best matching box.
-Boxes whose label matches the claimed noun are preferred; when no box label matches, all boxes
-count (computed regions carry generic labels).
+Boxes whose label matches the claimed noun (directly or through ``LABEL_WORDS``, e.g. "shrubs" ->
+vegetation) are preferred; when no box label matches, all boxes count. A sample's claims are
+gathered from all of its captions (the primary ``txt`` and ``meta["captions"]``).
 """
 
 from __future__ import annotations
@@ -134,10 +135,27 @@ def parse_spatial_claims(caption: str) -> list[SpatialClaim]:
     return claims
 
 
+# caption nouns that name an M2B land-cover label (B2C captions say "trees or shrubs", not "vegetation")
+LABEL_WORDS: dict[str, frozenset[str]] = {
+    "vegetation": frozenset({"vegetation", "tree", "shrub", "grass", "forest", "wood", "crop", "field", "park",
+                             "lawn", "greenery"}),
+    "water": frozenset({"water", "river", "lake", "sea", "ocean", "pond", "pool", "harbor", "harbour", "canal"}),
+    "urban": frozenset({"urban", "building", "house", "roof", "surface", "structure", "settlement", "car"}),
+    "road": frozenset({"road", "street", "highway", "freeway", "pavement", "surface", "runway", "lot"}),
+    "bare soil": frozenset({"soil", "ground", "dirt", "land"}),
+    "sand": frozenset({"sand", "beach", "dune", "ground"}),
+    "shadow": frozenset({"shadow"}),
+}
+
+
+def _label_matches(label: str, noun: str) -> bool:
+    label = _singular(label)
+    return label == noun or label.endswith(" " + noun) or noun in LABEL_WORDS.get(label, ())
+
+
 def _matching_boxes(boxes: Sequence[dict], noun: str | None) -> list[dict]:
     if noun:
-        named = [b for b in boxes if _singular(str(b.get("label", ""))).endswith(noun)
-                 or noun.endswith(_singular(str(b.get("label", "")) or "\0"))]
+        named = [b for b in boxes if _label_matches(str(b.get("label", "")), noun)]
         if named:
             return named
     return list(boxes)
@@ -173,14 +191,22 @@ def spatial_score(claim: SpatialClaim, boxes: Sequence[dict]) -> float | None:
     return best
 
 
-def sanity_scores(caption: str, boxes: Sequence[dict]) -> dict[str, float | None]:
-    """``sanity_count``, ``sanity_spatial`` (means over claims) and ``sanity`` (their mean).
+def has_claims(captions: str | Sequence[str]) -> bool:
+    """True when any caption makes a count or position claim (only then are boxes needed)."""
+    captions = [captions] if isinstance(captions, str) else captions
+    return any(parse_count_claims(c) or parse_spatial_claims(c) for c in captions)
 
-    Any of them is None when the caption makes no claim of that kind (or, for spatial, there are
-    no boxes to place); ``sanity`` is None only when neither can be checked.
+
+def sanity_scores(captions: str | Sequence[str], boxes: Sequence[dict]) -> dict[str, float | None]:
+    """``sanity_count``, ``sanity_spatial`` (means over the claims of all captions) and ``sanity``.
+
+    Any of them is None when no caption makes a claim of that kind (or, for spatial, there are
+    no boxes to place); ``sanity`` (the mean of the two) is None only when neither can be checked.
     """
-    counts = [count_score(c, boxes) for c in parse_count_claims(caption)]
-    spatial = [s for s in (spatial_score(c, boxes) for c in parse_spatial_claims(caption)) if s is not None]
+    captions = [captions] if isinstance(captions, str) else list(captions)
+    counts = [count_score(c, boxes) for cap in captions for c in parse_count_claims(cap)]
+    spatial = [s for cap in captions for s in (spatial_score(c, boxes) for c in parse_spatial_claims(cap))
+               if s is not None]
     count_v = sum(counts) / len(counts) if counts else None
     spatial_v = sum(spatial) / len(spatial) if spatial else None
     parts = [v for v in (count_v, spatial_v) if v is not None]

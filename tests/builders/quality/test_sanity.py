@@ -40,3 +40,13 @@ def test_no_claims_or_no_boxes_is_unverifiable():
     assert sanity_scores("a road in the center", [])["sanity_spatial"] is None
     # a count against zero boxes is checkable (and wrong)
     assert sanity_scores("three ships", [])["sanity_count"] == 0.25
+
+
+def test_b2c_wording_matches_m2b_labels_across_all_captions():
+    veg_right = {"box": [0.6, 0.1, 1.0, 0.9], "label": "vegetation"}
+    road_left = {"box": [0.0, 0.1, 0.3, 0.9], "label": "road"}
+    captions = ["an aerial image of a beach",
+                "An aerial view with trees or shrubs on the right and smooth grey surfaces along the left side."]
+    assert sanity_scores(captions, [veg_right, road_left])["sanity_spatial"] == 1.0
+    flipped = ["An aerial view with trees or shrubs on the left."]
+    assert sanity_scores(flipped, [veg_right, road_left])["sanity_spatial"] == 0.0
