@@ -159,9 +159,13 @@ def resampled_samples(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int
         chunk, offset = chunk + 1, 0
 
 
-def quality_select(src: Iterable[dict], *, member: str | None, skips: SkipLog,
+def quality_select(src: Iterable[dict], *, member: str | None, skips: SkipLog, drops: Counter,
                    max_consecutive: int = 100_000) -> Iterator[dict]:
-    """Stage: drop samples whose quality sidecar member says ``keep: false`` (counted, logged skips)."""
+    """Stage: drop samples whose quality sidecar member says ``keep: false``.
+
+    Drops are expected, so they are counted in ``drops`` (summed into the training log), not logged
+    one by one; a corrupt quality member is a logged skip.
+    """
     dropped_in_a_row = 0
     for raw in src:
         if member and member in raw:
@@ -172,7 +176,7 @@ def quality_select(src: Iterable[dict], *, member: str | None, skips: SkipLog,
                 keep = None
             if not keep:
                 if keep is False:
-                    skips.add("quality_dropped", raw["__key__"], raw.get("__url__"))
+                    drops["quality_dropped"] += 1
                 dropped_in_a_row += 1
                 if dropped_in_a_row > max_consecutive:
                     raise ValueError(f"{max_consecutive} samples in a row failed the quality selection "
@@ -199,7 +203,7 @@ decoded_augmented = pipelinefilter(decode_augment)
 
 
 def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int, offset: int,
-                    skips: SkipLog) -> wds.DataPipeline:
+                    skips: SkipLog, drops: Counter) -> wds.DataPipeline:
     """Resampled shards -> quality selection -> decode + augment, for one source.
 
     No stage reads ahead, so the position of the last sample out is the stream's exact position.
@@ -207,7 +211,7 @@ def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int, 
     member = f"{spec.quality_sidecar}.msgpack" if spec.quality_sidecar else None
     return wds.DataPipeline(
         lambda: resampled_samples(spec=spec, src_idx=src_idx, worker=worker, chunk=chunk, offset=offset, skips=skips),
-        quality_selected(member=member, skips=skips),
+        quality_selected(member=member, skips=skips, drops=drops),
         decoded_augmented(spec=spec, worker=worker, skips=skips))
 
 
@@ -239,25 +243,21 @@ def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, ski
     return {"key": key, "image": image, "caption": caption, "weight": weight, "class": cls}
 
 
-def _skip_deltas(before: dict, after: dict) -> dict[str, int]:
-    out = {}
-    for reason, n in after.items():
-        if n - before.get(reason, 0):
-            out[reason if reason == "quality_dropped" else f"skip_{reason}"] = n - before.get(reason, 0)
-    return out
+def _deltas(before: dict, after: dict, prefix: str = "") -> dict[str, int]:
+    return {prefix + k: n - before.get(k, 0) for k, n in after.items() if n - before.get(k, 0)}
 
 
 def mix_batches(spec: LoaderSpec, worker: int, state: dict | None = None) -> Iterator[dict]:
     """Source stage of a worker: per slot, the next sample of the source the batch plan names."""
-    skips = SkipLog()
+    skips, drops = SkipLog(), Counter()
     positions = [list(p) for p in (state["streams"] if state else [[0, 0]] * len(spec.sources))]
-    streams = [iter(source_pipeline(spec=spec, src_idx=i, worker=worker, chunk=c, offset=o, skips=skips))
-               for i, (c, o) in enumerate(positions)]
+    streams = [iter(source_pipeline(spec=spec, src_idx=i, worker=worker, chunk=c, offset=o, skips=skips,
+                                     drops=drops)) for i, (c, o) in enumerate(positions)]
     weights = [s.weight for s in spec.sources]
     b = state["batch"] if state else 0
     while True:
         plan = mix_plan(_rng(spec.seed, spec.rank, worker, b, _TAG_BATCH), weights, spec.batch_size, spec.stratified)
-        before = skips.as_dict()
+        before, dropped_before = skips.as_dict(), dict(drops)
         items = []
         for s in plan:
             item = next(streams[s])
@@ -265,7 +265,8 @@ def mix_batches(spec: LoaderSpec, worker: int, state: dict | None = None) -> Ite
             positions[s] = [chunk, offset + 1]
             items.append({**item, "source": spec.sources[s].name})
         b += 1
-        yield {"items": items, "counts": _skip_deltas(before, skips.as_dict()),
+        counts = {**_deltas(before, skips.as_dict(), "skip_"), **_deltas(dropped_before, drops)}
+        yield {"items": items, "counts": counts,
                "state": {"worker": worker, "batch": b, "streams": [list(p) for p in positions]}}
 
 

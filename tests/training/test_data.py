@@ -121,3 +121,29 @@ def test_tokenizer_spec_of_tiny_model():
 
     register_model_config("configs/train/tiny-clip.json")
     assert tokenizer_spec("tiny-clip") == TOKENIZER
+
+
+def test_corrupt_images_and_quality_members_are_counted_skips(tmp_path):
+    from tests.training.conftest import tile
+    from wds_tools.sample import encode_image, make_sample
+    from wds_tools.sidecar import write_sidecar
+    from wds_tools.writer import write_shard
+
+    samples, records = [], []
+    for i in range(6):
+        image = b"not an image" if i == 1 else encode_image(tile("forest", i))
+        samples.append(make_sample(key=f"s{i}", image=image, caption=f"forest {i}", meta={"source": "real"}))
+        records.append((f"s{i}", {"msgpack": b"not a mapping" if i == 2 else {"keep": True}}))
+    shard = tmp_path / "real-000000.tar"
+    write_shard(shard, samples)
+    write_sidecar(shard, "quality", records)
+    sources = build_sources([str(shard)], [], 0.8)
+    spec = LoaderSpec(sources=sources, batch_size=4, image_size=32, tokenizer=TOKENIZER, shards_per_chunk=1)
+    batches = _take(iter_batches(spec, 0), 3)
+    keys = {k for b in batches for k in b["keys"]}
+    assert keys == {"s0", "s3", "s4", "s5"}
+    counts = Counter()
+    for b in batches:
+        counts.update(b["counts"])
+    assert counts["skip_corrupt_jpg"] >= 1 and counts["skip_corrupt_quality.msgpack"] >= 1
+    assert "quality_dropped" not in counts
