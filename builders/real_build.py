@@ -6,6 +6,7 @@ images)::
     OUT/build_config.yaml          resolved config of the build
     OUT/build_plan.json            digest of the input -> shard mapping (checked on resume)
     OUT/build_summary.json         per-split counts and skips of the whole build
+    OUT/preview.png                the first train samples with kind and primary caption
     OUT/train/real-train-000000.tar (+ .stats.json, .skips.json), ..., dataset.json, sizes.json
     OUT/val/real-val-000000.tar ...                                   (when there is a val split)
     OUT/test/real-test-000000.tar ...                                 (when there is a test split)
@@ -32,6 +33,7 @@ from wds_tools.manifest import write_index
 from builders.executors import run_units
 from builders.inputs import SPLITS, read_items
 from builders.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
+from builders.preview import write_preview
 from builders.real_config import RealBuildConfig
 from builders.unit_build import UnitResult, build_unit
 
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "build_config.yaml"
 PLAN_NAME = "build_plan.json"
+PREVIEW_NAME = "preview.png"
 SUMMARY_NAME = "build_summary.json"
 # Settings that may change between a partial build and its resumption.
 _RUN_ONLY = ("overwrite", "executor", "workers", "ray_address", "output")
@@ -163,6 +166,9 @@ def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
     finally:
         bar.close()
     summary = write_indexes(out, sorted(results, key=lambda r: r.name), cfg)
+    first = next((u.path(out) for u in units if u.split == "train"), None)
+    if cfg.preview and first is not None and first.exists():
+        summary["preview"] = str(write_preview(first, out / PREVIEW_NAME))
     summary["seconds"] = round(time.perf_counter() - start, 3)
     summary["resumed_shards"] = sum(r.resumed for r in results)
     return summary
@@ -176,6 +182,8 @@ def format_summary(summary: dict, out: str | Path) -> str:
         lines.append(f"  {split:5s}: {s['shards']} shards, {s['samples']} samples from "
                      f"{s['source_images']} images = {s['real_original']} original + "
                      f"{s['real_augmented']} augmented + {s['zoom_crops']} zoom crops")
+    if summary.get("preview"):
+        lines.append(f"  preview: {summary['preview']}")
     if summary["skipped"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in summary["skipped"].items())
         lines.append(f"  skipped {sum(summary['skipped'].values())} images ({reasons})")

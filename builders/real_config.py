@@ -72,7 +72,7 @@ class ZoomConfig:
     detector_min_score: float = 0.3
     margin: float = 0.1
     min_side: float = 0.25
-    max_side: float = 0.8           # crops that would cover more than this are dropped
+    max_side: float = 0.6           # crops that would cover more than this are dropped
 
 
 @dataclass
@@ -110,6 +110,7 @@ class RealBuildConfig:
     executor: Literal["local", "ray"] = "local"
     workers: int = 0                # 0: one per CPU; with executor=local, 1 runs in-process
     ray_address: str = ""           # empty: join RAY_ADDRESS if set, else start a local cluster
+    preview: bool = True            # write OUT/preview.png from the first train shard
     splits: SplitConfig = field(default_factory=SplitConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     m2b: M2BConfig = field(default_factory=M2BConfig)

@@ -44,7 +44,7 @@ def _box_area(box: list[float]) -> float:
 def select_crops(regions: list[dict], detector_boxes: list[dict], *, max_crops: int = 2,
                  min_area: float = 0.04, max_box_area: float = 0.5, min_score: float = 0.3,
                  detector_min_score: float = 0.3, margin: float = 0.1,
-                 min_side: float = 0.25, max_side: float = 0.8,
+                 min_side: float = 0.25, max_side: float = 0.6,
                  busy_threshold: float = 0.09) -> list[ZoomCrop]:
     """Pick up to ``max_crops`` crops: detector boxes first (best score), then M2B regions."""
     crops: list[ZoomCrop] = []

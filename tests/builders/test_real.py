@@ -76,6 +76,8 @@ def test_build_layout_counts_and_captions(caption_jsonl, tmp_path):
     assert index["stats"]["by_caption_source"]["m2b_b2c"] == 30
     assert json.loads((out / "val" / "sizes.json").read_text()) == {k: len(v) for k, v in val.items()}
     assert summary["splits"]["train"]["samples"] == len(tr) and summary["skipped"] == {}
+    with Image.open(out / "preview.png") as png:  # 6 columns of 160 px, 3 rows of samples
+        assert png.format == "PNG" and png.size[0] == 6 * 160 and png.size[1] > 3 * 160
 
 
 def test_resume_skips_finished_shards_and_overwrite_rebuilds(demo_tree, tmp_path):
