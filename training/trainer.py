@@ -182,7 +182,9 @@ def train(cfg: Stage2Config) -> dict:
         trainer_state, data_state = load_checkpoint(accelerator, resume_from)
         log.info("resumed from %s at step %d", resume_from, trainer_state["step"])
     step = int(trainer_state.get("step", 0))
-    counters = Counter(trainer_state.get("counters", {}))
+    # Per-rank: where this rank's loader stands and what it has counted (samples, drops, skips).
+    loader_saved = (data_state or {}).get("loader")
+    counters = Counter((data_state or {}).get("counters", {}))
     run_log = RunLog(path=out_dir / "training_log.json", config=config_to_dict(cfg), saved=trainer_state.get("log"))
 
     clip_name = cfg.model.name
@@ -193,7 +195,7 @@ def train(cfg: Stage2Config) -> dict:
                       hflip=cfg.data.hflip, random_caption=cfg.data.random_caption,
                       quality_sidecar=cfg.data.quality_sidecar if cfg.data.use_quality else None,
                       allow_pipe=cfg.data.allow_pipe, class_weights=class_weights)
-    loader_state = LoaderState(num_workers=cfg.data.num_workers, saved=data_state)
+    loader_state = LoaderState(num_workers=cfg.data.num_workers, saved=loader_saved)
     tokenizer = build_tokenizer(spec.tokenizer)
     eval_data = (load_eval_set(cfg.eval.shards, size=spec.image_size, max_samples=cfg.eval.max_samples,
                                allow_pipe=cfg.data.allow_pipe)
@@ -218,7 +220,7 @@ def train(cfg: Stage2Config) -> dict:
     bar = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="stage2")
     model.train()
     micro = 0
-    for batch in make_loader(spec, data_state) if step < total_steps else ():
+    for batch in make_loader(spec, loader_saved) if step < total_steps else ():
         loader_state.update(batch)
         _count_batch(batch, counters, window)
         if keys_file:
@@ -251,10 +253,11 @@ def train(cfg: Stage2Config) -> dict:
             _log_entry(accelerator, run_log, terms, step, steps_per_epoch, scheduler, window, counters,
                        (step - step_t0) * cfg.train.batch_size * cfg.train.grad_accum * world / (time.time() - t0))
             window = Counter()
-        if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total_steps:
+        # The last step is checkpointed too: a run killed while finishing resumes straight to the outputs.
+        if cfg.train.checkpoint_every and (step % cfg.train.checkpoint_every == 0 or step == total_steps):
             save_checkpoint(accelerator, out_dir, step=step, keep=cfg.train.keep_checkpoints,
-                            data_state=loader_state.to_dict(),
-                            trainer_state={"counters": dict(counters), "log": run_log.to_dict()})
+                            data_state={"loader": loader_state.to_dict(), "counters": dict(counters)},
+                            trainer_state={"log": run_log.to_dict()})
         if step >= total_steps:
             break
     bar.close()
@@ -304,11 +307,21 @@ def _log_entry(accelerator, run_log: RunLog, terms: dict, step: int, steps_per_e
                  entry["synthetic_share"], entry["synthetic_share_total"], entry["quality_dropped_total"])
 
 
+def _sum_counters(per_rank: list[dict]) -> Counter:
+    """All ranks' counts summed; ``nonfinite_steps`` is a global count already (same on every rank)."""
+    total: Counter = Counter()
+    for c in per_rank:
+        total.update({k: v for k, v in c.items() if k != "nonfinite_steps"})
+    total["nonfinite_steps"] = max((c.get("nonfinite_steps", 0) for c in per_rank), default=0)
+    return total
+
+
 def _finish(accelerator, model, cfg: Stage2Config, run_log: RunLog, counters: Counter, tokenizer, eval_data,
             step: int) -> dict:
     accelerator.wait_for_everyone()
     clip = model_of(accelerator, model)
     digests = gather_object([{"rank": accelerator.process_index, "lora_sha256": lora_digest(clip), "steps": step}])
+    counters = _sum_counters(gather_object([dict(counters)]))
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return {}
