@@ -76,7 +76,10 @@ def weighted_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor
 
 
 def word_token_mask(text: torch.Tensor) -> torch.Tensor:
-    """Caption word positions: not padding (id 0), not start-of-text, not end-of-text (argmax id)."""
+    """Caption word positions: not padding (id 0), not start-of-text, not end-of-text (argmax id).
+
+    These are the conventions of open_clip's default tokenizer (all RemoteCLIP models use it).
+    """
     pos = torch.arange(text.shape[1], device=text.device).unsqueeze(0)
     eot = text.argmax(dim=1, keepdim=True)
     return (text != 0) & (pos > 0) & (pos != eot)
