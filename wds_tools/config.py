@@ -71,6 +71,12 @@ def _coerce(value: Any, tp, where: str):
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; accept any numeral Python accepts.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{where}: expected float, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -193,7 +199,9 @@ def parse_cli(
     parser.add_argument("--config", default=default_config, help="YAML config file")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     for flag, key in flags.items():
-        parser.add_argument(flag, dest=key.replace(".", "__"), action="append", help=f"sets {key}")
+        # A bool field's flag may stand alone ("--overwrite" means overwrite=true).
+        bare = {"nargs": "?", "const": "true"} if _field_type(cls, key) is bool else {}
+        parser.add_argument(flag, dest=key.replace(".", "__"), action="append", help=f"sets {key}", **bare)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
     args = parser.parse_args(argv)
     values = {}

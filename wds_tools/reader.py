@@ -1,7 +1,8 @@
 """Safe shard reading: group tar members into samples, join sidecars, decode without unpickling.
 
 Each function here is a small generator over plain iterables, with a curried wrapper
-(``samples_from_shards``, ``decoded``) that slots into ``webdataset.DataPipeline``.
+(``samples_from_shards``, ``decoded``, ``selected``) that slots into ``webdataset.DataPipeline``.
+Importing this module does not import torch or webdataset.
 """
 
 from __future__ import annotations
@@ -10,43 +11,24 @@ import io
 import json
 import logging
 import tarfile
-from collections import Counter
 from typing import Iterable, Iterator, Sequence
 
 import msgpack
 from PIL import Image
-from webdataset.filters import pipelinefilter
 
 from wds_tools.sample import IMAGE_EXTS
+from wds_tools.skips import SkipLog
+from wds_tools.stages import stage
 from wds_tools.urls import open_url, sidecar_url
 
 log = logging.getLogger("wds_tools")
 
 # Members that deserialise by unpickling (or may embed pickles): never decoded, always skipped.
 UNSAFE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib", "dill", "npy", "npz"})
-_LOGGED_PER_REASON = 20
 
 
 class SidecarMismatchError(ValueError):
     """A sidecar's keys do not line up with its shard's keys."""
-
-
-class SkipLog:
-    """Counts skipped members/samples by reason and logs the first few of each with key and URL."""
-
-    def __init__(self) -> None:
-        self.counts: Counter = Counter()
-
-    def add(self, reason: str, key: str | None = None, url: str | None = None) -> None:
-        self.counts[reason] += 1
-        if self.counts[reason] <= _LOGGED_PER_REASON:
-            log.warning("skipped %s (key=%s, url=%s)", reason, key, url)
-
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(sorted(self.counts.items()))
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
@@ -145,7 +127,7 @@ def shards_to_samples(
         yield from iter_shard(url, sidecars=sidecars, allow_pipe=allow_pipe, skips=skips)
 
 
-samples_from_shards = pipelinefilter(shards_to_samples)
+samples_from_shards = stage(shards_to_samples)
 
 
 def _decode_image(data: bytes, mode: str):
@@ -204,7 +186,7 @@ def decode(src: Iterable[dict], *, image: str | None = "pil", skips: SkipLog | N
             yield out
 
 
-decoded = pipelinefilter(decode)
+decoded = stage(decode)
 
 
 def select(src: Iterable[dict], predicate, *, skips: SkipLog | None = None, reason: str = "not_selected"):
@@ -216,4 +198,4 @@ def select(src: Iterable[dict], predicate, *, skips: SkipLog | None = None, reas
             skips.add(reason, sample.get("__key__"), sample.get("__url__"))
 
 
-selected = pipelinefilter(select)
+selected = stage(select)

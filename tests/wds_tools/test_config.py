@@ -21,6 +21,7 @@ class Optim:
 class Cfg:
     input: list[str] = field(default_factory=list)
     output: str = "out"
+    overwrite: bool = False
     steps: int = 10
     pretrained: str | None = None
     optim: Optim = field(default_factory=Optim)
@@ -72,3 +73,16 @@ def test_resolved_config_round_trips(tmp_path):
     path = save_config(cfg, tmp_path / "config.yaml")
     assert yaml.safe_load(path.read_text()) == config_to_dict(cfg)
     assert load_config(Cfg, path) == cfg
+
+
+def test_bool_flag_stands_alone():
+    flags = {"--overwrite": "overwrite", "--steps": "steps"}
+    assert parse_cli(Cfg, ["--overwrite"], prog="t", description="d", flags=flags).overwrite is True
+    assert parse_cli(Cfg, ["--overwrite", "false"], prog="t", description="d", flags=flags).overwrite is False
+    assert parse_cli(Cfg, [], prog="t", description="d", flags=flags).overwrite is False
+
+
+def test_float_written_without_a_dot():
+    assert load_config(Cfg, None, ["optim.lr=1e-4"]).optim.lr == 1e-4
+    with pytest.raises(ConfigError, match="expected float, got 'fast'"):
+        load_config(Cfg, None, ["optim.lr=fast"])

@@ -82,3 +82,9 @@ def test_bad_decode_mode():
         from wds_tools.reader import _decode_image
 
         _decode_image(b"", "float")
+
+
+def test_stages_are_picklable_and_work_on_plain_lists():
+    stage = pickle.loads(pickle.dumps(decoded(image=None)))
+    out = list(stage([{"__key__": "a", "txt": b"hi", "json": b"{}"}]))
+    assert out == [{"__key__": "a", "txt": "hi", "json": {}}]
