@@ -139,14 +139,20 @@ def main() -> None:
         t_bare, n = timed(lambda: bare_loop(urls, scorer, tokenizer, size, args.batch, None), "bare")
         t_bare_iq, _ = timed(lambda: bare_loop(urls, scorer, tokenizer, size, args.batch, cfg.image_quality),
                              "bare+iq")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        t_bare1, _ = timed(lambda: bare_loop(urls, scorer, tokenizer, size, args.batch, None), "bare1")
+        torch.set_num_threads(threads)
         t_filter, res = timed(lambda: score_shards(cfg, urls, clip=(model, size, tokenizer)), "filter")
         assert len(res["scored"]) == len(urls) and not res["failed"], res
-        rows = [("bare decode+model, 1 process", t_bare, "bare"),
+        rows = [(f"bare decode+model, 1 process, {threads} torch threads", t_bare, "bare"),
+                ("bare decode+model, 1 process, 1 torch thread", t_bare1, "bare1"),
                 ("bare decode+model+image quality, 1 process", t_bare_iq, "bare+iq"),
                 (f"quality filter phase 1, {args.workers} workers", t_filter, "filter")]
         for name, t, key in rows:
-            print(f"{name:48s} {n / t:9.1f} images/s   {CPU[key] / n * 1000:6.2f} CPU ms/image")
+            print(f"{name:52s} {n / t:9.1f} images/s   {CPU[key] / n * 1000:6.2f} CPU ms/image")
         print(f"ratio filter / bare            {t_bare / t_filter:.2f}x  (target >= 1.5x)")
+        print(f"ratio filter / bare, 1 thread  {t_bare1 / t_filter:.2f}x")
         print(f"ratio filter / bare+iq         {t_bare_iq / t_filter:.2f}x")
         if device.type == "cuda":
             x = torch.randint(0, 255, (args.batch, 3, size, size), dtype=torch.uint8)

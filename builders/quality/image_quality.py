@@ -86,17 +86,26 @@ def _masked_mean_std(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
     return mean, var
 
 
+CHUNK = 32  # images per pass: keeps the float intermediates of 128 px images in cache
+
+
 def image_quality_scores(images: torch.Tensor, cfg: ImageQualityConfig) -> dict[str, torch.Tensor]:
-    """Raw measures and the combined ``quality`` for each image of a uint8 ``(B, 3, H, W)`` batch.
+    """Raw measures and the combined ``quality`` for each image of a uint8 ``(B, 3, H, W)`` batch."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected a uint8 (B, 3, H, W) batch, got {images.dtype} {tuple(images.shape)}")
+    if images.shape[2] % 2 or images.shape[3] % 2 or min(images.shape[2:]) < 8:
+        raise ValueError(f"image side must be even and >= 8, got {tuple(images.shape[2:])}")
+    parts = [_scores(images[i:i + CHUNK], cfg) for i in range(0, images.shape[0], CHUNK)]
+    return {k: torch.cat([p[k] for p in parts]) for k in SCORE_NAMES}
+
+
+def _scores(images: torch.Tensor, cfg: ImageQualityConfig) -> dict[str, torch.Tensor]:
+    """One chunk of :func:`image_quality_scores`.
 
     The fill mask, brightness, contrast and blank cells use a 2x2-pooled grid (a quarter of the
     work, same fractions); the Laplacian runs on the full grid with its moments pooled to the
     half grid for masking, so H and W must be even.
     """
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected a uint8 (B, 3, H, W) batch, got {images.dtype} {tuple(images.shape)}")
-    if images.shape[2] % 2 or images.shape[3] % 2 or min(images.shape[2:]) < 8:
-        raise ValueError(f"image side must be even and >= 8, got {tuple(images.shape[2:])}")
     # (R + 2G + B) / 4 in int16: a close luma approximation at a fraction of a float RGB->Y cost
     chans = images.to(torch.int16)
     y = (chans[:, 0] + 2 * chans[:, 1] + chans[:, 2]).unsqueeze(1).float() * 0.25  # (B, 1, H, W), 0..255

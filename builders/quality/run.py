@@ -90,6 +90,20 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
     skips: dict[str, int] = defaultdict(int)
     scored = []
     bar = tqdm(total=_expected_samples(urls), unit="img", desc="scoring", dynamic_ncols=True)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and nw:
+        # the workers decode on the same cores: more model threads would spin-wait against them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - nw))
+    try:
+        _consume(loader, scorer, cfg, bar, parts_needed, parts_seen, pending, failed, skips, scored)
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
+    return {"scored": scored, "failed": failed, "skips": dict(skips)}
+
+
+def _consume(loader, scorer, cfg, bar, parts_needed, parts_seen, pending, failed, skips, scored) -> None:
+    """Score each batch, file its records by shard, write a shard's sidecar once all parts are in."""
     for batch in loader:
         sims = scorer(batch["clip_images"], batch["tokens"])
         for r in batch["records"]:
@@ -111,8 +125,6 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
                 if url not in failed:
                     _write_pending(url, records, cfg)
                     scored.append(url)
-    bar.close()
-    return {"scored": scored, "failed": failed, "skips": dict(skips)}
 
 
 def select_global(cfg: QualityConfig, urls: list[str]) -> tuple[float | None, list[dict], int]:
