@@ -16,13 +16,11 @@ from builders.real_build import build_real, format_summary
 from builders.real_config import RealBuildConfig
 
 FLAGS = {"--input": "input", "--output": "output", "--image-root": "image_root",
-         "--executor": "executor", "--workers": "workers", "--vlm-model": "vlm.model"}
+         "--executor": "executor", "--workers": "workers", "--vlm-model": "vlm.model",
+         "--overwrite": "overwrite"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # A bare --overwrite flag reads naturally; it is the override overwrite=true.
-    argv = ["overwrite=true" if a == "--overwrite" else a for a in argv]
     cfg = parse_cli(RealBuildConfig, argv, prog="python -m builders.real",
                     description="Build train/val/test WebDataset shards from real aerial images. "
                                 "Finished shards are kept on rerun; --overwrite rebuilds them.",

@@ -17,31 +17,13 @@ from wds_tools.writer import ShardWriter, is_shard_complete
 
 from builders.augment import center_square, resize_square
 from builders.inputs import UnreadableImage, load_rgb
+from wds_tools.skips import SkipLog
+
 from builders.plan import Unit
 from builders.real_config import RealBuildConfig
 from builders.recipe import build_item
 
 log = logging.getLogger(__name__)
-_LOGGED_PER_REASON = 20
-
-
-class SkipCounter:
-    """Counts skipped images by reason and logs the first few with key and path.
-
-    Same role as wds_tools.reader.SkipLog, kept here because importing the reader pulls in
-    webdataset and torch (about 3 s per spawned worker).
-    """
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    def add(self, reason: str, key: str | None = None, url: str | None = None) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        if self.counts[reason] <= _LOGGED_PER_REASON:
-            log.warning("skipped %s (key=%s, path=%s)", reason, key, url)
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(sorted(self.counts.items()))
 
 
 @dataclass
@@ -85,7 +67,7 @@ def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
     if is_shard_complete(shard) and not cfg.overwrite:
         return result_from_disk(unit, output)
     skips_path(shard).unlink(missing_ok=True)  # counts of a killed earlier attempt
-    skips = SkipCounter()
+    skips = SkipLog()
     loaded = []
     for key, item in unit.items:
         try:

@@ -11,7 +11,7 @@ Layout of the stream (all randomness counter-based, so any position can be rebui
   (independent draws with the source weights, or exact per-batch counts when ``stratified``).
 * Per sample, the caption choice and the crop come from ``rng(..., chunk, offset)``.
 
-Stages (small generators, each with a webdataset ``pipelinefilter`` wrapper): per source
+Stages (small generators, each with a curried ``wds_tools.stages.stage`` wrapper): per source
 ``resampled_samples -> quality_selected -> decoded_augmented``; per worker ``mix_batches ->
 collated`` (uint8 stack + one tokenizer call per batch). No stage reads ahead.
 
@@ -37,13 +37,13 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
-from webdataset.filters import pipelinefilter
-
-from training.model import build_tokenizer
 from wds_tools.manifest import read_index
 from wds_tools.reader import SkipLog, decode_sample, iter_shard
 from wds_tools.sample import IMAGE_EXTS
+from wds_tools.stages import stage
 from wds_tools.urls import expand_urls, sidecar_url, url_exists
+
+from training.model import build_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,8 @@ def decode_augment(src: Iterable[dict], *, spec: LoaderSpec, worker: int, skips:
             yield item
 
 
-quality_selected = pipelinefilter(quality_select)
-decoded_augmented = pipelinefilter(decode_augment)
+quality_selected = stage(quality_select)
+decoded_augmented = stage(decode_augment)
 
 
 def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int, offset: int,
@@ -287,7 +287,7 @@ def collate_tokenize(src: Iterable[dict], *, tokenizer: dict) -> Iterator[dict]:
         }
 
 
-collated = pipelinefilter(collate_tokenize)
+collated = stage(collate_tokenize)
 
 
 def iter_batches(spec: LoaderSpec, worker: int, state: dict | None = None) -> Iterator[dict]:

@@ -199,9 +199,12 @@ def parse_cli(
     parser.add_argument("--config", default=default_config, help="YAML config file")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     for flag, key in flags.items():
-        # A bool field's flag may stand alone ("--overwrite" means overwrite=true).
-        bare = {"nargs": "?", "const": "true"} if _field_type(cls, key) is bool else {}
-        parser.add_argument(flag, dest=key.replace(".", "__"), action="append", help=f"sets {key}", **bare)
+        dest = key.replace(".", "__")
+        if _field_type(cls, key) is bool:
+            # A bool field's flag stands alone: "--overwrite" means overwrite=true.
+            parser.add_argument(flag, dest=dest, action="append_const", const="true", help=f"sets {key}=true")
+        else:
+            parser.add_argument(flag, dest=dest, action="append", help=f"sets {key}")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
     args = parser.parse_args(argv)
     values = {}

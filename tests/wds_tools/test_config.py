@@ -77,8 +77,8 @@ def test_resolved_config_round_trips(tmp_path):
 
 def test_bool_flag_stands_alone():
     flags = {"--overwrite": "overwrite", "--steps": "steps"}
-    assert parse_cli(Cfg, ["--overwrite"], prog="t", description="d", flags=flags).overwrite is True
-    assert parse_cli(Cfg, ["--overwrite", "false"], prog="t", description="d", flags=flags).overwrite is False
+    cfg = parse_cli(Cfg, ["--overwrite", "steps=3"], prog="t", description="d", flags=flags)
+    assert cfg.overwrite is True and cfg.steps == 3
     assert parse_cli(Cfg, [], prog="t", description="d", flags=flags).overwrite is False
 
 
