@@ -118,6 +118,7 @@ def main() -> None:
     ap.add_argument("--pretrained", default=None)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--main-threads", type=int, default=0, help="model threads of the filter (0: auto)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--claims", action="store_true", help="captions with count/position claims (adds M2B)")
@@ -130,6 +131,7 @@ def main() -> None:
     cfg = QualityConfig(input=["unused"])
     cfg.model.name, cfg.model.pretrained, cfg.model.device = args.model, args.pretrained, str(device)
     cfg.model.precision, cfg.model.batch_size, cfg.loader.num_workers = args.precision, args.batch, args.workers
+    cfg.loader.main_threads = args.main_threads
     print(f"cpu cores {os.cpu_count()}, load average {tuple(round(x, 2) for x in os.getloadavg())}, device {device}, model {args.model} "
           f"({size} px input), {args.images} JPEGs of {args.image_px} px in {args.shards} shards, batch {args.batch}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,6 +25,9 @@ class LoaderConfig:
     num_workers: int = 2
     prefetch_factor: int = 4
     allow_pipe: bool = False
+    # torch threads of the scoring process on a CPU device; 0 = cores left over by the workers
+    # (min 1): more would spin-wait against the decoders when decoding is the bottleneck
+    main_threads: int = 0
 
 
 @dataclass
@@ -94,5 +97,7 @@ class QualityConfig:
             raise ValueError(f"composite.clip_high ({c.clip_high}) must exceed clip_low ({c.clip_low})")
         if self.model.batch_size < 1:
             raise ValueError(f"model.batch_size must be >= 1, got {self.model.batch_size}")
+        if self.loader.main_threads < 0:
+            raise ValueError(f"loader.main_threads must be >= 0, got {self.loader.main_threads}")
         if self.loader.num_workers < 0:
             raise ValueError(f"loader.num_workers must be >= 0, got {self.loader.num_workers}")

@@ -91,9 +91,9 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
     scored = []
     bar = tqdm(total=_expected_samples(urls), unit="img", desc="scoring", dynamic_ncols=True)
     threads = torch.get_num_threads()
-    if device.type == "cpu" and nw:
+    if device.type == "cpu" and (nw or cfg.loader.main_threads):
         # the workers decode on the same cores: more model threads would spin-wait against them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - nw))
+        torch.set_num_threads(cfg.loader.main_threads or max(1, (os.cpu_count() or 1) - nw))
     try:
         _consume(loader, scorer, cfg, bar, parts_needed, parts_seen, pending, failed, skips, scored)
     finally:

@@ -143,3 +143,13 @@ def test_cli_flags_and_config_errors(shard_dir, tmp_path, capsys):
         assert e.value.code == 2 and bad.split("=")[0].split(".")[1] in capsys.readouterr().err
     assert main(argv[:2] + ["model.name=x"]) == 2
     assert "input is empty" in capsys.readouterr().err
+
+
+def test_materialize_keeps_exactly_the_selected_samples(scored_once):
+    from wds_tools.materialize import MaterializeConfig, materialize
+    shard_dir, tmp_path, _, report, _, _ = scored_once
+    kept = {k for k, r in records(shard_dir).items() if r["keep"]}
+    out = tmp_path / "materialized"
+    materialize(MaterializeConfig(input=[str(shard_dir)], output=str(out)))
+    got = {s["__key__"] for shard in sorted(out.glob("*.tar")) for s in iter_tar_samples(str(shard))}
+    assert got == kept and len(got) == report["kept"]
