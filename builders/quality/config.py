@@ -97,6 +97,8 @@ class QualityConfig:
             raise ValueError(f"composite.clip_high ({c.clip_high}) must exceed clip_low ({c.clip_low})")
         if self.model.batch_size < 1:
             raise ValueError(f"model.batch_size must be >= 1, got {self.model.batch_size}")
+        if self.image_quality.where not in ("auto", "worker", "device"):
+            raise ValueError(f"image_quality.where must be auto, worker or device, got {self.image_quality.where!r}")
         if self.loader.main_threads < 0:
             raise ValueError(f"loader.main_threads must be >= 0, got {self.loader.main_threads}")
         if self.loader.num_workers < 0:

@@ -20,6 +20,7 @@ image:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,9 @@ class ImageQualityConfig:
     blank_block: int = 8
     blank_std: float = 1.0
     blank_allow: float = 0.5
+    # where the measures run: "worker" (decode processes), "device" (the model's device, e.g. the
+    # GPU), or "auto" (device when it is CUDA, else worker)
+    where: str = "auto"
     brightness_low: float = 0.12
     brightness_high: float = 0.88
     contrast_ref: float = 0.12
@@ -60,8 +64,8 @@ def edge_runs(content: torch.Tensor) -> tuple[torch.Tensor, ...]:
 def runs_to_mask(runs: tuple[torch.Tensor, ...], h: int, w: int, grow: int = 0) -> torch.Tensor:
     """``(B, H, W)`` bool mask of the edge runs, each extended inwards by ``grow`` pixels."""
     left, right, top, bottom = (r + grow for r in runs)
-    cols = torch.arange(w).view(1, 1, w)
-    rows = torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w, device=left.device).view(1, 1, w)
+    rows = torch.arange(h, device=left.device).view(1, h, 1)
     return (
         (cols < left.unsqueeze(2)) | (cols >= w - right.unsqueeze(2))
         | (rows < top.unsqueeze(1)) | (rows >= h - bottom.unsqueeze(1))
@@ -95,7 +99,8 @@ def image_quality_scores(images: torch.Tensor, cfg: ImageQualityConfig) -> dict[
         raise ValueError(f"expected a uint8 (B, 3, H, W) batch, got {images.dtype} {tuple(images.shape)}")
     if images.shape[2] % 2 or images.shape[3] % 2 or min(images.shape[2:]) < 8:
         raise ValueError(f"image side must be even and >= 8, got {tuple(images.shape[2:])}")
-    parts = [_scores(images[i:i + CHUNK], cfg) for i in range(0, images.shape[0], CHUNK)]
+    chunk = CHUNK if images.device.type == "cpu" else max(1, images.shape[0])
+    parts = [_scores(images[i:i + chunk], cfg) for i in range(0, images.shape[0], chunk)]
     return {k: torch.cat([p[k] for p in parts]) for k in SCORE_NAMES}
 
 
@@ -146,7 +151,7 @@ def _scores(images: torch.Tensor, cfg: ImageQualityConfig) -> dict[str, torch.Te
         torch.where(brightness > cfg.brightness_high, (1 - brightness) / (1 - cfg.brightness_high), 1.0),
     ).clamp(0, 1)
     contrast_s = (contrast / cfg.contrast_ref).clamp(0, 1)
-    sharp_s = (torch.log1p(blur) / torch.log1p(torch.tensor(cfg.blur_ref))).clamp(0, 1)
+    sharp_s = (torch.log1p(blur) / math.log1p(cfg.blur_ref)).clamp(0, 1)
     # flat cells are normal in calm water or bare sand; only mostly-flat images count as blank
     blank_penalty = ((blank - cfg.blank_allow) / (1.0 - cfg.blank_allow)).clamp(0, 1)
     fill = torch.maximum(border_fraction, blank_penalty)

@@ -185,12 +185,15 @@ def prepare_samples(
 
 
 def batch_samples(
-    src: Iterable[dict], *, batch_size: int, iq_cfg: ImageQualityConfig, tokenizer: Callable
+    src: Iterable[dict], *, batch_size: int, iq_cfg: ImageQualityConfig, tokenizer: Callable,
+    iq_in_worker: bool = True,
 ) -> Iterator[dict]:
     """Group prepared samples; image quality runs vectorised per batch, captions tokenised per batch.
 
     Batch: ``records`` (plain dicts), ``clip_images`` uint8 ``(n, 3, S, S)`` and ``tokens`` for the
     ``n`` records listed in ``clip_index`` (those with an image and a caption), ``done`` markers.
+    With ``iq_in_worker=False`` the batch carries ``iq_images``/``iq_index`` instead of the scores
+    (on a GPU the measures are nearly free there, and the CPU workers only decode).
     """
     pending: list[dict] = []
     done: list[dict] = []
@@ -199,23 +202,33 @@ def batch_samples(
             done.append(item)
             if pending:
                 continue
-            yield _collate([], done, iq_cfg, tokenizer)
+            yield _collate([], done, iq_cfg, tokenizer, iq_in_worker)
             done = []
             continue
         pending.append(item)
         if len(pending) >= batch_size:
-            yield _collate(pending, done, iq_cfg, tokenizer)
+            yield _collate(pending, done, iq_cfg, tokenizer, iq_in_worker)
             pending, done = [], []
     if pending or done:
-        yield _collate(pending, done, iq_cfg, tokenizer)
+        yield _collate(pending, done, iq_cfg, tokenizer, iq_in_worker)
 
 
-def _collate(items: list[dict], done: list[dict], iq_cfg: ImageQualityConfig, tokenizer: Callable) -> dict:
+def fill_image_quality(records: list[dict], index: list[int], images: torch.Tensor,
+                       iq_cfg: ImageQualityConfig) -> None:
+    """Compute the image-quality scores of ``images`` (on their device) into ``records[index[j]]``."""
+    if not index:
+        return
+    iq = {k: v.tolist() for k, v in image_quality_scores(images, iq_cfg).items()}
+    for j, i in enumerate(index):
+        records[i]["scores"].update({k: v[j] for k, v in iq.items()})
+
+
+def _collate(items: list[dict], done: list[dict], iq_cfg: ImageQualityConfig, tokenizer: Callable,
+             iq_in_worker: bool = True) -> dict:
     with_image = [i for i, it in enumerate(items) if it["iq_image"] is not None]
-    if with_image:
-        iq = image_quality_scores(torch.stack([items[i]["iq_image"] for i in with_image]), iq_cfg)
-        for j, i in enumerate(with_image):
-            items[i]["scores"].update({k: float(v[j]) for k, v in iq.items()})
+    iq_images = torch.stack([items[i]["iq_image"] for i in with_image]) if with_image else None
+    if iq_in_worker:
+        fill_image_quality(items, with_image, iq_images, iq_cfg)
     for it in items:
         if it["iq_image"] is None:
             it["scores"].update({k: None for k in ("brightness", "contrast", "blur", "border_fraction",
@@ -224,7 +237,10 @@ def _collate(items: list[dict], done: list[dict], iq_cfg: ImageQualityConfig, to
     images = torch.stack([items[i]["clip_image"] for i in clip_index]) if clip_index else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
     tokens = tokenizer([items[i]["caption"] for i in clip_index]) if clip_index else torch.empty(0, 1, dtype=torch.long)
     records = [{k: it[k] for k in ("key", "url", "index", "source", "caption", "reasons", "scores")} for it in items]
-    return {"records": records, "clip_images": images, "tokens": tokens, "clip_index": clip_index, "done": done}
+    batch = {"records": records, "clip_images": images, "tokens": tokens, "clip_index": clip_index, "done": done}
+    if not iq_in_worker:  # the scoring process measures them on its device
+        batch.update(iq_images=iq_images, iq_index=with_image)
+    return batch
 
 
 read = pipelinefilter(read_parts)
@@ -237,8 +253,9 @@ class QualityStream(torch.utils.data.IterableDataset):
 
     def __init__(self, *, plan: list[list[ShardPart]], clip_size: int, iq_cfg: ImageQualityConfig,
                  tokenizer: Callable, batch_size: int, compute_boxes: bool = True,
-                 min_box_area: float = 0.0, allow_pipe: bool = False):
+                 min_box_area: float = 0.0, allow_pipe: bool = False, iq_in_worker: bool = True):
         super().__init__()
+        self.iq_in_worker = iq_in_worker
         self.plan, self.clip_size, self.iq_cfg, self.tokenizer = plan, clip_size, iq_cfg, tokenizer
         self.batch_size, self.compute_boxes, self.min_box_area = batch_size, compute_boxes, min_box_area
         self.allow_pipe = allow_pipe
@@ -253,4 +270,5 @@ class QualityStream(torch.utils.data.IterableDataset):
         stream = read_parts(parts, allow_pipe=self.allow_pipe)
         stream = prepare_samples(stream, clip_size=self.clip_size, iq_size=self.iq_cfg.size,
                                  compute_boxes=self.compute_boxes, min_box_area=self.min_box_area)
-        return batch_samples(stream, batch_size=self.batch_size, iq_cfg=self.iq_cfg, tokenizer=self.tokenizer)
+        return batch_samples(stream, batch_size=self.batch_size, iq_cfg=self.iq_cfg, tokenizer=self.tokenizer,
+                             iq_in_worker=self.iq_in_worker)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from builders.quality.clip_model import load_clip, resolve_device
 from builders.quality.clip_score import ClipScorer
 from builders.quality.config import QualityConfig
-from builders.quality.loader import QualityStream, plan_parts
+from builders.quality.loader import QualityStream, fill_image_quality, plan_parts
 from builders.quality.report import plot_grid, plot_histograms, summarise, write_html
 from builders.quality.selection import PENDING, decide, global_threshold, rescore
 from wds_tools.atomic import write_json
@@ -65,6 +65,12 @@ def _write_pending(url: str, records: list[dict], cfg: QualityConfig) -> None:
     write_sidecar(url, SIDECAR, out, check_against_shard=False)
 
 
+def iq_in_worker(cfg: QualityConfig, device: torch.device) -> bool:
+    """Image quality in the decode workers, unless it is asked for (or auto-picked) on the device."""
+    where = cfg.image_quality.where
+    return where == "worker" or (where == "auto" and device.type != "cuda")
+
+
 def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = None) -> dict:
     """Phase 1 over ``urls``; returns ``{"scored": [...], "failed": {url: error}, "skips": {...}}``.
 
@@ -77,7 +83,8 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
     plan = plan_parts(urls, cfg.loader.num_workers)
     stream = QualityStream(plan=plan, clip_size=size, iq_cfg=cfg.image_quality, tokenizer=tokenizer,
                            batch_size=cfg.model.batch_size, compute_boxes=cfg.sanity.compute_boxes,
-                           min_box_area=cfg.sanity.min_box_area, allow_pipe=cfg.loader.allow_pipe)
+                           min_box_area=cfg.sanity.min_box_area, allow_pipe=cfg.loader.allow_pipe,
+                           iq_in_worker=iq_in_worker(cfg, device))
     nw = cfg.loader.num_workers
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=nw, prefetch_factor=cfg.loader.prefetch_factor if nw else None,
@@ -110,6 +117,9 @@ def _consume(loader, scorer, cfg, bar, parts_needed, parts_seen, pending, failed
             r["scores"]["clip"] = None
         for j, i in enumerate(batch["clip_index"]):
             batch["records"][i]["scores"]["clip"] = float(sims[j])
+        if "iq_index" in batch and batch["iq_index"]:
+            fill_image_quality(batch["records"], batch["iq_index"], batch["iq_images"].to(scorer.device),
+                               cfg.image_quality)
         for r in batch["records"]:
             pending[r["url"]].append(r)
         bar.update(len(batch["records"]))

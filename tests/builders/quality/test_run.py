@@ -153,3 +153,19 @@ def test_materialize_keeps_exactly_the_selected_samples(scored_once):
     materialize(MaterializeConfig(input=[str(shard_dir)], output=str(out)))
     got = {s["__key__"] for shard in sorted(out.glob("*.tar")) for s in iter_tar_samples(str(shard))}
     assert got == kept and len(got) == report["kept"]
+
+
+def test_image_quality_on_the_scoring_device_gives_the_same_scores(scored_once, tmp_path):
+    shard_dir = scored_once[0]
+    worker = records(shard_dir)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for shard in sorted(shard_dir.glob("q-*[0-9].tar")):
+        (copy / shard.name).write_bytes(shard.read_bytes())
+    run(tiny_config(tmp_path, f"input={copy}", "loader.num_workers=1", "image_quality.where=device",
+                    "selection.min_clip_score_synthetic=0.0"))
+    device = records(copy)
+    assert device.keys() == worker.keys()
+    for k in worker:
+        assert device[k]["scores"] == pytest.approx(worker[k]["scores"], abs=1e-5), k
+        assert device[k]["keep"] == worker[k]["keep"]
