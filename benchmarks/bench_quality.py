@@ -132,7 +132,8 @@ def main() -> None:
     cfg.model.name, cfg.model.pretrained, cfg.model.device = args.model, args.pretrained, str(device)
     cfg.model.precision, cfg.model.batch_size, cfg.loader.num_workers = args.precision, args.batch, args.workers
     cfg.loader.main_threads = args.main_threads
-    print(f"cpu cores {os.cpu_count()}, load average {tuple(round(x, 2) for x in os.getloadavg())}, device {device}, model {args.model} "
+    load = tuple(round(x, 2) for x in os.getloadavg())
+    print(f"cpu cores {os.cpu_count()}, load average {load}, device {device}, model {args.model} "
           f"({size} px input), {args.images} JPEGs of {args.image_px} px in {args.shards} shards, batch {args.batch}")
     with tempfile.TemporaryDirectory() as tmp:
         urls = make_shards(Path(tmp), images=args.images, shards=args.shards, size=args.image_px,

@@ -65,7 +65,8 @@ def load_clip(
 ) -> tuple[torch.nn.Module, int, open_clip.tokenizer.SimpleTokenizer]:
     """Build ``model_name`` in eval mode on ``device`` -> ``(model, preprocess_size, tokenizer)``.
 
-    Without ``pretrained`` the random weights are seeded (same model every call). The weights stay fp32; reduced ``precision`` is applied with autocast at inference time
+    Without ``pretrained`` the random weights are seeded (same model every call). The weights
+    stay fp32; reduced ``precision`` is applied with autocast at inference time
     (see :func:`autocast_dtype`). ``preprocess_size`` is the square input side in pixels.
     """
     dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device

@@ -234,7 +234,8 @@ def _collate(items: list[dict], done: list[dict], iq_cfg: ImageQualityConfig, to
             it["scores"].update({k: None for k in ("brightness", "contrast", "blur", "border_fraction",
                                                    "blank_fraction", "quality")})
     clip_index = [i for i, it in enumerate(items) if it["clip_image"] is not None and it["caption"]]
-    images = torch.stack([items[i]["clip_image"] for i in clip_index]) if clip_index else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
+    images = (torch.stack([items[i]["clip_image"] for i in clip_index]) if clip_index
+              else torch.empty(0, 3, 1, 1, dtype=torch.uint8))
     tokens = tokenizer([items[i]["caption"] for i in clip_index]) if clip_index else torch.empty(0, 1, dtype=torch.long)
     records = [{k: it[k] for k in ("key", "url", "index", "source", "caption", "reasons", "scores")} for it in items]
     batch = {"records": records, "clip_images": images, "tokens": tokens, "clip_index": clip_index, "done": done}

@@ -103,12 +103,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def load_thumbnails(records: list[dict], size: int) -> dict[tuple[str, str], Image.Image | None]:
-    """Images of the given records (read back from their shards), as thumbnails."""
+def load_thumbnails(records: list[dict], size: int) -> dict[tuple[str, str], tuple[Image.Image | None, str]]:
+    """``(thumbnail, caption)`` of the given records, read back from their shards (sidecars hold
+    scores only); each shard is read once and only up to its last wanted key."""
     wanted: dict[str, set[str]] = defaultdict(set)
     for r in records:
         wanted[r["url"]].add(r["key"])
-    out: dict[tuple[str, str], Image.Image | None] = {}
+    out: dict[tuple[str, str], tuple[Image.Image | None, str]] = {}
     for url, keys in wanted.items():
         for sample in iter_tar_samples(url):
             if sample["__key__"] not in keys:
@@ -120,7 +121,7 @@ def load_thumbnails(records: list[dict], size: int) -> dict[tuple[str, str], Ima
                     img.thumbnail((size, size))
             except Exception:  # noqa: BLE001 - an undecodable image shows as a blank tile
                 img = None
-            out[(url, sample["__key__"])] = img
+            out[(url, sample["__key__"])] = (img, sample.get("txt", b"").decode("utf-8", "replace"))
             keys.discard(sample["__key__"])
             if not keys:
                 break
@@ -139,12 +140,12 @@ def plot_grid(best: list[dict], worst: list[dict], path: Path, *, thumb_size: in
             if col >= len(recs):
                 continue
             r = recs[col]
-            img = thumbs.get((r["url"], r["key"]))
+            img, caption = thumbs.get((r["url"], r["key"]), (None, ""))
             if img is not None:
                 ax.imshow(img)
             s = r["scores"]
             fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-            caption = textwrap.fill(r.get("caption") or "(no caption)", 30)
+            caption = textwrap.fill(caption or "(no caption)", 30)
             ax.set_title(
                 f"{label} {col + 1}: comp {fmt(r['composite'])}\nclip {fmt(s.get('clip'))} "
                 f"san {fmt(s.get('sanity'))} q {fmt(s.get('quality'))}\n{caption}",

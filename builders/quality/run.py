@@ -157,22 +157,6 @@ def select_global(cfg: QualityConfig, urls: list[str]) -> tuple[float | None, li
     return threshold, final, rewritten
 
 
-def _attach_captions(records: list[dict], chosen: list[dict]) -> None:
-    """Captions for the grid come from the shards (sidecars hold scores only)."""
-    from wds_tools.reader import iter_tar_samples
-
-    wanted = defaultdict(set)
-    for r in chosen:
-        wanted[r["url"]].add(r["key"])
-    found = {}
-    for url, keys in wanted.items():
-        for s in iter_tar_samples(url):
-            if s["__key__"] in keys:
-                found[(url, s["__key__"])] = s.get("txt", b"").decode("utf-8", "replace")
-    for r in chosen:
-        r["caption"] = found.get((r["url"], r["key"]), "")
-
-
 def write_report(cfg: QualityConfig, report_dir: Path, threshold: float | None, records: list[dict],
                  phase1: dict, urls: list[str], rewritten: int) -> dict:
     """quality_report.json, the histogram and grid PNGs and index.html in ``report_dir``."""
@@ -191,7 +175,6 @@ def write_report(cfg: QualityConfig, report_dir: Path, threshold: float | None, 
     ranked = sorted((r for r in records if r["composite"] is not None), key=lambda r: r["composite"], reverse=True)
     n = cfg.report.grid_samples
     best, worst = ranked[:n], ranked[::-1][:n] if len(ranked) > n else []
-    _attach_captions(records, best + worst)
     pictures = {
         "Score histograms by source": plot_histograms(records, report_dir / "quality_histograms.png",
                                                       threshold=threshold, bins=cfg.report.bins).name,

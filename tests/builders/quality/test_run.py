@@ -84,7 +84,8 @@ def test_global_threshold_and_report(scored_once):
             assert "below_global_threshold" in r["reasons"]
     # one threshold for all shards: a shard may keep everything or nothing
     kept_real = report["by_source"]["real"]["kept"]
-    assert report["kept"] == sum(r["keep"] for r in recs.values()) == kept_real + report["by_source"]["synthetic"]["kept"]
+    kept_synthetic = report["by_source"]["synthetic"]["kept"]
+    assert report["kept"] == sum(r["keep"] for r in recs.values()) == kept_real + kept_synthetic
     assert report["by_reason"]["missing_caption"] == 1 and report["total"] == len(recs) == 19
     assert report["distributions"]["quality"]["real"]["count"] == 11
     assert report["distributions"]["sanity"]["synthetic"]["count"] == 6
@@ -125,7 +126,7 @@ def test_rerun_is_idempotent_and_resume_rescores_only_missing(scored, shard_dir,
     after = records(shard_dir)
     assert after.keys() == before.keys()
     for k in before:
-        assert after[k]["keep"] == before[k]["keep"] and after[k]["reasons"] == before[k]["reasons"], (k, before[k], after[k], resumed["threshold"])
+        assert after[k]["keep"] == before[k]["keep"] and after[k]["reasons"] == before[k]["reasons"], k
         assert after[k]["scores"] == pytest.approx(before[k]["scores"], abs=1e-5)
 
 
