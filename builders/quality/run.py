@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from builders.quality.clip_model import load_clip, resolve_device
 from builders.quality.clip_score import ClipScorer
 from builders.quality.config import QualityConfig
-from builders.quality.loader import QualityStream, fill_image_quality, plan_parts
+from builders.quality.loader import QualityStream, ShardPart, fill_image_quality, plan_parts
 from builders.quality.report import plot_grid, plot_histograms, summarise, write_html
 from builders.quality.selection import PENDING, decide, global_threshold, rescore
 from wds_tools.atomic import write_json
@@ -90,51 +91,67 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
         stream, batch_size=None, num_workers=nw, prefetch_factor=cfg.loader.prefetch_factor if nw else None,
         pin_memory=device.type == "cuda",
     )
-    parts_needed = {p.url: p.parts for worker in plan for p in worker}
-    parts_seen: dict[str, int] = defaultdict(int)
-    pending: dict[str, list[dict]] = defaultdict(list)
-    failed: dict[str, str] = {}
-    skips: dict[str, int] = defaultdict(int)
-    scored = []
+    collector = ShardCollector(plan=plan, on_complete=lambda url, recs: _write_pending(url, recs, cfg))
     bar = tqdm(total=_expected_samples(urls), unit="img", desc="scoring", dynamic_ncols=True)
     threads = torch.get_num_threads()
     if device.type == "cpu" and (nw or cfg.loader.main_threads):
         # the workers decode on the same cores: more model threads would spin-wait against them
         torch.set_num_threads(cfg.loader.main_threads or max(1, (os.cpu_count() or 1) - nw))
     try:
-        _consume(loader, scorer, cfg, bar, parts_needed, parts_seen, pending, failed, skips, scored)
+        for batch in loader:
+            _score_batch(batch, scorer, cfg)
+            collector.add(batch)
+            bar.update(len(batch["records"]))
     finally:
         torch.set_num_threads(threads)
         bar.close()
-    return {"scored": scored, "failed": failed, "skips": dict(skips)}
+    return {"scored": collector.scored, "failed": collector.failed, "skips": dict(collector.skips)}
 
 
-def _consume(loader, scorer, cfg, bar, parts_needed, parts_seen, pending, failed, skips, scored) -> None:
-    """Score each batch, file its records by shard, write a shard's sidecar once all parts are in."""
-    for batch in loader:
-        sims = scorer(batch["clip_images"], batch["tokens"])
+def _score_batch(batch: dict, scorer: ClipScorer, cfg: QualityConfig) -> None:
+    """Fill each record's CLIP score (None without image or caption) and, if deferred, image quality."""
+    sims = scorer(batch["clip_images"], batch["tokens"])
+    for r in batch["records"]:
+        r["scores"]["clip"] = None
+    for j, i in enumerate(batch["clip_index"]):
+        batch["records"][i]["scores"]["clip"] = float(sims[j])
+    if batch.get("iq_index"):
+        fill_image_quality(batch["records"], batch["iq_index"], batch["iq_images"].to(scorer.device),
+                           cfg.image_quality)
+
+
+class ShardCollector:
+    """Files scored records by shard; once every part of a shard is done, hands them on.
+
+    A part that hit a read error marks its shard failed: no sidecar is written for it, so a later
+    run retries it.
+    """
+
+    def __init__(self, *, plan: list[list[ShardPart]], on_complete: Callable[[str, list[dict]], None]):
+        self.parts_needed = {p.url: p.parts for worker in plan for p in worker}
+        self.parts_seen: dict[str, int] = defaultdict(int)
+        self.pending: dict[str, list[dict]] = defaultdict(list)
+        self.failed: dict[str, str] = {}
+        self.skips: dict[str, int] = defaultdict(int)
+        self.scored: list[str] = []
+        self.on_complete = on_complete
+
+    def add(self, batch: dict) -> None:
+        """Take a scored batch: its records first, then its done markers."""
         for r in batch["records"]:
-            r["scores"]["clip"] = None
-        for j, i in enumerate(batch["clip_index"]):
-            batch["records"][i]["scores"]["clip"] = float(sims[j])
-        if "iq_index" in batch and batch["iq_index"]:
-            fill_image_quality(batch["records"], batch["iq_index"], batch["iq_images"].to(scorer.device),
-                               cfg.image_quality)
-        for r in batch["records"]:
-            pending[r["url"]].append(r)
-        bar.update(len(batch["records"]))
+            self.pending[r["url"]].append(r)
         for marker in batch["done"]:
             url = marker["__done__"].url
-            parts_seen[url] += 1
+            self.parts_seen[url] += 1
             for reason, n in marker["skips"].items():
-                skips[reason] += n
+                self.skips[reason] += n
             if marker["error"]:
-                failed[url] = marker["error"]
-            if parts_seen[url] == parts_needed[url]:
-                records = pending.pop(url, [])
-                if url not in failed:
-                    _write_pending(url, records, cfg)
-                    scored.append(url)
+                self.failed[url] = marker["error"]
+            if self.parts_seen[url] == self.parts_needed[url]:
+                records = self.pending.pop(url, [])
+                if url not in self.failed:
+                    self.on_complete(url, records)
+                    self.scored.append(url)
 
 
 def select_global(cfg: QualityConfig, urls: list[str]) -> tuple[float | None, list[dict], int]:

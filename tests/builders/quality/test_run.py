@@ -170,3 +170,18 @@ def test_image_quality_on_the_scoring_device_gives_the_same_scores(scored_once, 
     for k in worker:
         assert device[k]["scores"] == pytest.approx(worker[k]["scores"], abs=1e-5), k
         assert device[k]["keep"] == worker[k]["keep"]
+
+
+def test_truncated_shard_is_scored_up_to_the_damage(tmp_path):
+    from wds_tools.writer import shard_name, write_shard
+    from tests.builders.quality.conftest import good_sample
+    shards = tmp_path / "t"
+    shards.mkdir()
+    write_shard(shards / shard_name("t", 0), [good_sample(i) for i in range(4)])
+    write_shard(shards / shard_name("t", 1), [good_sample(10 + i) for i in range(4)])
+    bad = shards / shard_name("t", 1)
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    report = run(tiny_config(tmp_path, f"input={shards}", "loader.num_workers=0"))
+    # the whole first shard, the readable samples of the second; the cut one fails with a reason
+    assert report["total"] == 7 and not report["shards"]["failed"]
+    assert report["by_reason"]["missing_caption"] == 1
