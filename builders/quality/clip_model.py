@@ -54,7 +54,11 @@ def resolve_checkpoint(pretrained: str) -> str:
             raise ValueError(f"hub checkpoint must be 'hf-hub:<org>/<repo>/<file>', got {pretrained!r}")
         from huggingface_hub import hf_hub_download
 
-        return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]))
+        try:
+            return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]))
+        except Exception as e:  # noqa: BLE001 - offline, missing repo/file, auth: one clear message
+            raise ValueError(f"cannot fetch checkpoint {pretrained!r} ({type(e).__name__}); "
+                             "give a local file instead, e.g. model.pretrained=/path/RemoteCLIP-ViT-B-32.pt") from e
     if not Path(pretrained).is_file():
         raise ValueError(f"checkpoint not found: {pretrained!r} (give a local file or hf-hub:org/repo/file)")
     return pretrained
@@ -74,12 +78,12 @@ def load_clip(
     name = _register(model_name)
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model_name!r}; e.g. ViT-B-32-quickgelu or a config .json")
+    path = resolve_checkpoint(pretrained) if pretrained else None  # fail before building anything
     # random weights (tests, demos) come from a fixed seed, so a resumed run scores like the first
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = open_clip.create_model(name, pretrained=None, device="cpu")
-    if pretrained:
-        path = resolve_checkpoint(pretrained)
+    if path:
         incompatible = open_clip.load_checkpoint(model, path, weights_only=True)
         log.info("loaded %s into %s (%s)", path, name, incompatible)
     else:
