@@ -44,16 +44,49 @@ def _is_unsafe(ext: str) -> bool:
     return ext.rsplit(".", 1)[-1].lower() in UNSAFE_EXTS
 
 
+class _CountingReader:
+    """Read-through wrapper that counts bytes, to tell a complete tar from a cut one."""
+
+    def __init__(self, f):
+        self._f, self.nbytes = f, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self.nbytes += len(data)
+        return data
+
+    def drain(self) -> int:
+        while self.read(1 << 16):
+            pass
+        return self.nbytes
+
+
+# A tar ends with two zero blocks after its last member; a stream that stops sooner was cut.
+_END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
+
+
+def _data_end(member: tarfile.TarInfo) -> int:
+    blocks = -(-member.size // tarfile.BLOCKSIZE)
+    return member.offset_data + blocks * tarfile.BLOCKSIZE
+
+
 def iter_tar_samples(
     url: str, *, allow_pipe: bool = False, skips: SkipLog | None = None
 ) -> Iterator[dict]:
-    """Yield raw samples ``{"__key__", "__url__", ext: bytes}`` from one tar, in file order."""
+    """Yield raw samples ``{"__key__", "__url__", ext: bytes}`` from one tar, in file order.
+
+    A cut or corrupt tar is a counted ``corrupt_tar`` skip: the samples before the damage are
+    yielded, the sample it cut through is not (it may be missing members).
+    """
     skips = skips if skips is not None else SkipLog()
     current: dict | None = None
+    end = 0
     stream = open_url(url, "rb", allow_pipe=allow_pipe)
+    counted = _CountingReader(stream)
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|*")
+        tar = tarfile.open(fileobj=counted, mode="r|*")
         for member in tar:
+            end = max(end, _data_end(member))
             if not member.isfile():
                 continue
             parts = split_member_name(member.name)
@@ -65,12 +98,16 @@ def iter_tar_samples(
                 skips.add(f"unsafe_member_{ext}", key, url)
                 continue
             data = tar.extractfile(member).read()
+            if len(data) != member.size:
+                raise tarfile.ReadError(f"member {member.name} cut short")
             if current is not None and current["__key__"] != key:
                 yield current
                 current = None
             if current is None:
                 current = {"__key__": key, "__url__": url}
             current[ext] = data
+        if end and counted.drain() < end + _END_OF_ARCHIVE:
+            raise tarfile.ReadError("no end-of-archive marker: the tar was cut")
     except (tarfile.ReadError, EOFError, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise

@@ -2,26 +2,42 @@
 
 For ``X.tar`` the sidecar ``X.<name>.tar`` holds, for every key of X in X's order, members named
 ``<key>.<name>.<ext>`` (for example ``<key>.quality.msgpack``). Attaching scores this way never
-rewrites image bytes. The quality filter's contract: sidecar ``quality``, member ``quality.msgpack``
+rewrites image bytes. Records name members either way: ``{"msgpack": ...}`` or
+``{"quality.msgpack": ...}`` both write ``<key>.quality.msgpack``; readers return
+``"quality.msgpack"``. The quality filter's contract: sidecar ``quality``, member ``quality.msgpack``
 = ``{"scores": {...}, "composite": float | None, "keep": bool, "reasons": [str]}``.
 """
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 from typing import Iterable
 
 import msgpack
 
-from wds_tools.reader import iter_tar_samples
+from wds_tools.reader import iter_tar_samples, split_member_name
 from wds_tools.sample import check_key
-from wds_tools.urls import sidecar_url
+from wds_tools.urls import is_remote, sidecar_url
 from wds_tools.writer import write_tar_members
 
 
 def shard_keys(shard_url: str) -> list[str]:
-    """The keys of a shard, in order."""
-    return [s["__key__"] for s in iter_tar_samples(shard_url)]
+    """The keys of a shard, in order. A local shard is read by headers only (no member data)."""
+    if is_remote(shard_url) or shard_url.startswith("pipe:"):
+        return [s["__key__"] for s in iter_tar_samples(shard_url)]
+    keys: list[str] = []
+    with tarfile.open(shard_url, mode="r:") as tar:
+        for member in tar:
+            parts = split_member_name(member.name) if member.isfile() else None
+            if parts and (not keys or keys[-1] != parts[0]):
+                keys.append(parts[0])
+    return keys
+
+
+def _member_ext(name: str, ext: str) -> str:
+    """Accept both spellings of a member: ``msgpack`` and ``<name>.msgpack``."""
+    return ext[len(name) + 1 :] if ext.startswith(f"{name}.") else ext
 
 
 def _encode(ext: str, value) -> bytes:
@@ -41,7 +57,10 @@ def write_sidecar(
     *,
     check_against_shard: bool = True,
 ) -> Path:
-    """Atomically write ``X.<name>.tar`` for shard ``X.tar`` from ``(key, {ext: value})`` records."""
+    """Atomically write ``X.<name>.tar`` for shard ``X.tar`` from ``(key, {ext: value})`` records.
+
+    ``check_against_shard`` compares the keys with the shard's (headers only for local shards).
+    """
     shard_path = str(shard_path)
     out = Path(sidecar_url(shard_path, name))
     records = list(records)
@@ -56,7 +75,7 @@ def write_sidecar(
                 f"missing {missing}, extra {extra} (order must match too)"
             )
     members = (
-        (f"{key}.{name}.{ext}", _encode(ext, value))
+        (f"{key}.{name}.{_member_ext(name, ext)}", _encode(ext, value))
         for key, values in records
         for ext, value in values.items()
     )

@@ -45,15 +45,37 @@ def test_corrupt_image_is_a_counted_skip(tmp_path):
     assert skips.as_dict() == {"corrupt_jpg": 1}
 
 
-def test_truncated_tar_is_counted(tmp_path):
+def _member_ends(path):
+    with tarfile.open(path) as tar:
+        return [m.offset_data + -(-m.size // 512) * 512 for m in tar.getmembers()]
+
+
+@pytest.mark.parametrize("where", ["mid_member", "member_boundary", "sample_boundary", "end_marker"])
+def test_truncated_tar_is_counted_and_never_yields_a_partial_sample(tmp_path, where):
     samples = make_contract_samples(6)
     path = tmp_path / "t-000000.tar"
     write_tar_members(path, _members(samples))
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2 + 100])
+    ends, data = _member_ends(path), path.read_bytes()
+    cut = {"mid_member": ends[7] - 300, "member_boundary": ends[7], "sample_boundary": ends[8],
+           "end_marker": ends[-1] + 512}[where]
+    path.write_bytes(data[:cut])
     skips = SkipLog()
     got = list(iter_shard(str(path), skips=skips))
-    assert 0 < len(got) < 6 and skips.counts["corrupt_tar"] == 1
+    assert skips.counts["corrupt_tar"] == 1
+    assert all(sorted(k for k in g if not k.startswith("__")) == ["jpg", "json", "txt"] for g in got)
+    assert len(got) == {"mid_member": 2, "member_boundary": 2, "sample_boundary": 2, "end_marker": 5}[where]
+
+
+def test_complete_tar_from_another_writer_is_not_flagged(tmp_path):
+    """Python's own tarfile (seekable, no stream padding) still ends with the two zero blocks."""
+    path = tmp_path / "plain-000000.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, value in _members(make_contract_samples(2)):
+            info = tarfile.TarInfo(name)
+            info.size = len(value)
+            tar.addfile(info, io.BytesIO(value))
+    skips = SkipLog()
+    assert len(list(iter_shard(str(path), skips=skips))) == 2 and skips.total() == 0
 
 
 def test_decompression_bomb_limit_stays_on(tmp_path):

@@ -51,3 +51,13 @@ def test_short_and_long_sidecars(shard_dir):
 def test_missing_sidecar_names_it(shard_dir):
     with pytest.raises(FileNotFoundError, match="real-train-000002.quality.tar"):
         list(iter_shard(str(shard_dir / "real-train-000002.tar"), sidecars=["quality"]))
+
+
+def test_both_member_spellings_and_header_only_keys(shard_dir):
+    shard = shard_dir / "real-train-000000.tar"
+    keys = shard_keys(str(shard))
+    assert keys == ["s0000", "s0001", "s0002", "s0003"]
+    assert keys == [s["__key__"] for s in iter_shard(f"file://{shard}")]
+    write_sidecar(shard, "quality", [(k, {"quality.msgpack": {"keep": True}}) for k in keys])
+    joined = next(iter_shard(str(shard), sidecars=["quality"]))
+    assert sorted(k for k in joined if not k.startswith("__")) == ["jpg", "json", "quality.msgpack", "txt"]
