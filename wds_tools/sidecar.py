@@ -10,6 +10,7 @@ rewrites image bytes. Records name members either way: ``{"msgpack": ...}`` or
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 from typing import Iterable
@@ -23,15 +24,29 @@ from wds_tools.writer import write_tar_members
 
 
 def shard_keys(shard_url: str) -> list[str]:
-    """The keys of a shard, in order. A local shard is read by headers only (no member data)."""
+    """The keys a reader yields from a shard, in order.
+
+    A local shard is read by headers only (no member data); like the reader, a cut tar loses the
+    sample the cut went through.
+    """
     if is_remote(shard_url) or shard_url.startswith("pipe:"):
         return [s["__key__"] for s in iter_tar_samples(shard_url)]
+    size = os.path.getsize(shard_url)
     keys: list[str] = []
-    with tarfile.open(shard_url, mode="r:") as tar:
-        for member in tar:
-            parts = split_member_name(member.name) if member.isfile() else None
-            if parts and (not keys or keys[-1] != parts[0]):
-                keys.append(parts[0])
+    end = 0
+    try:
+        with tarfile.open(shard_url, mode="r:") as tar:
+            for member in tar:
+                end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                if end > size:
+                    raise tarfile.ReadError("cut")
+                parts = split_member_name(member.name) if member.isfile() else None
+                if parts and (not keys or keys[-1] != parts[0]):
+                    keys.append(parts[0])
+        if end and size < end + 2 * tarfile.BLOCKSIZE:
+            raise tarfile.ReadError("cut")
+    except tarfile.ReadError:
+        return keys[:-1]
     return keys
 
 

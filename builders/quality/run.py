@@ -35,8 +35,7 @@ from wds_tools.urls import expand_urls, is_remote, sidecar_url
 
 log = logging.getLogger(__name__)
 SIDECAR = "quality"
-MEMBER = "quality.msgpack"  # as read back / joined; write_sidecar prefixes the sidecar name
-WRITE_EXT = "msgpack"
+MEMBER = "quality.msgpack"
 REPORT_NAME = "quality_report.json"
 
 
@@ -62,8 +61,8 @@ def _write_pending(url: str, records: list[dict], cfg: QualityConfig) -> None:
     out = []
     for r in records:
         r = rescore({**r, "reasons": r["reasons"] + [PENDING]}, cfg.composite)
-        out.append((r["key"], {WRITE_EXT: _sidecar_record({**r, "keep": False})}))
-    write_sidecar(url, SIDECAR, out, check_against_shard=False)
+        out.append((r["key"], {MEMBER: _sidecar_record({**r, "keep": False})}))
+    write_sidecar(url, SIDECAR, out)
 
 
 def iq_in_worker(cfg: QualityConfig, device: torch.device) -> bool:
@@ -168,7 +167,7 @@ def select_global(cfg: QualityConfig, urls: list[str]) -> tuple[float | None, li
     for url, recs in rescored.items():
         decided = {k: _sidecar_record(decide(r, threshold=threshold, cfg=cfg.selection)) for k, r in recs.items()}
         if any(decided[k] != sidecars[url][k][MEMBER] for k in decided):
-            write_sidecar(url, SIDECAR, [(k, {WRITE_EXT: v}) for k, v in decided.items()], check_against_shard=False)
+            write_sidecar(url, SIDECAR, [(k, {MEMBER: v}) for k, v in decided.items()])
             rewritten += 1
         final.extend({**v, "url": url, "key": k} for k, v in decided.items())
     return threshold, final, rewritten

@@ -6,6 +6,7 @@ import pytest
 
 from tests.conftest import make_contract_samples
 from wds_tools.reader import SkipLog, decode_sample, decoded, iter_shard, samples_from_shards
+from wds_tools.sidecar import shard_keys
 from wds_tools.writer import write_tar_members
 
 
@@ -64,6 +65,7 @@ def test_truncated_tar_is_counted_and_never_yields_a_partial_sample(tmp_path, wh
     assert skips.counts["corrupt_tar"] == 1
     assert all(sorted(k for k in g if not k.startswith("__")) == ["jpg", "json", "txt"] for g in got)
     assert len(got) == {"mid_member": 2, "member_boundary": 2, "sample_boundary": 2, "end_marker": 5}[where]
+    assert shard_keys(str(path)) == [g["__key__"] for g in got]  # header-only listing agrees
 
 
 def test_complete_tar_from_another_writer_is_not_flagged(tmp_path):
