@@ -94,3 +94,24 @@ def test_tar_is_plain_and_deterministic(tmp_path):
 def test_bad_prefix():
     with pytest.raises(ValueError, match="'a.b'"):
         shard_name("a.b", 0)
+
+
+@pytest.mark.parametrize("name, size", [("k.jpg", 0), ("abc_0001.quality.msgpack", 12345), ("x" * 99, 7),
+                                        ("y" * 150 + ".txt", 3)])
+def test_fast_header_matches_tarfile(name, size):
+    from wds_tools.writer import _tarinfo, member_header
+
+    fmt = tarfile.USTAR_FORMAT if len(name) < 100 else tarfile.GNU_FORMAT
+    assert member_header(name, size) == _tarinfo(name, size).tobuf(fmt, "utf-8", "surrogateescape")
+
+
+def test_long_keys_round_trip(tmp_path):
+    from wds_tools.reader import iter_shard
+    from wds_tools.sample import make_sample
+
+    key = "k" * 180
+    path = tmp_path / "long-000000.tar"
+    write_shard(path, [make_sample(key=key, image=b"\xff\xd8x", caption="c", meta={"source": "real"})])
+    with tarfile.open(path) as tar:
+        assert tar.getnames() == [f"{key}.jpg", f"{key}.txt", f"{key}.json"]
+    assert [s["__key__"] for s in iter_shard(str(path))] == [key]
