@@ -7,6 +7,10 @@ one run. "bare" decodes, resizes and runs the model in one process; "bare+iq" ad
 image-quality measures the filter computes; "filter" is phase 1 of ``builders.quality`` (worker
 decoding overlapped with inference, plus sanity checks and sidecar writing). With CUDA, the
 filter is also compared with the model's bare ``encode_image`` on pre-made batches.
+
+The balance of decode and model cost decides how much overlap can win on a CPU: with
+``configs/filter/tiny_clip.json`` decoding dominates, with ``benchmarks/models/clip_small_128.json``
+the model does, and ``benchmarks/models/clip_mid_64.json`` puts them near parity.
 """
 
 from __future__ import annotations
