@@ -174,12 +174,14 @@ def train(cfg: Stage2Config) -> dict:
     if cfg.lora.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    # The scheduler's state goes into trainer_state.json, not register_for_checkpointing: Accelerate
+    # loads registered objects with weights_only=False (an unpickle), and checkpoints never unpickle.
 
     resume_from = resolve_resume(out_dir, cfg.train.resume)
     trainer_state, data_state = ({}, None)
     if resume_from:
         trainer_state, data_state = load_checkpoint(accelerator, resume_from)
+        scheduler.load_state_dict(trainer_state["scheduler"])
         log.info("resumed from %s at step %d", resume_from, trainer_state["step"])
     step = int(trainer_state.get("step", 0))
     # Per-rank: where this rank's loader stands and what it has counted (samples, drops, skips).
@@ -257,7 +259,7 @@ def train(cfg: Stage2Config) -> dict:
         if cfg.train.checkpoint_every and (step % cfg.train.checkpoint_every == 0 or step == total_steps):
             save_checkpoint(accelerator, out_dir, step=step, keep=cfg.train.keep_checkpoints,
                             data_state={"loader": loader_state.to_dict(), "counters": dict(counters)},
-                            trainer_state={"log": run_log.to_dict()})
+                            trainer_state={"log": run_log.to_dict(), "scheduler": scheduler.state_dict()})
         if step >= total_steps:
             break
     bar.close()

@@ -130,6 +130,10 @@ def test_kill9_then_resume_sees_the_same_samples(reference_run, shard_dirs, tmp_
     proc.stderr.close()
     assert checkpoint.is_dir()
     assert not (tmp_path / "training_log.json").exists()
+    # nothing in a checkpoint needs an unpickle to load (Accelerate's custom objects would)
+    assert not list(checkpoint.glob("custom_checkpoint_*"))
+    saved_lr = json.loads((checkpoint / "trainer_state.json").read_text())["scheduler"]["_last_lr"]
+    assert saved_lr[0] > 0
 
     train(load_config(Stage2Config, TINY_CONFIG, args))  # train.resume=auto picks step 3
 
