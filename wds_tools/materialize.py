@@ -18,9 +18,9 @@ import msgpack
 from tqdm import tqdm
 
 from wds_tools.config import parse_cli, save_config
-from wds_tools.manifest import write_index
+from wds_tools.manifest import stats_path, write_index
 from wds_tools.reader import SkipLog, iter_shard
-from wds_tools.urls import expand_urls
+from wds_tools.urls import expand_urls, is_shard_name
 from wds_tools.writer import RollingShardWriter
 
 log = logging.getLogger("wds_tools.materialize")
@@ -58,6 +58,15 @@ def keep_verdict(sample: dict, require_keep: Sequence[str]) -> str | None:
     return None
 
 
+def _remove_stale(out: Path, prefix: str, keep: set[str]) -> None:
+    """Shards of an earlier, larger run of the same reshard would otherwise join the new index."""
+    for tar in out.glob(f"{prefix}-*.tar"):
+        if is_shard_name(tar.name) and tar.name not in keep:
+            stats_path(tar).unlink(missing_ok=True)
+            tar.unlink()
+            log.info("removed stale shard %s", tar)
+
+
 def materialize(cfg: MaterializeConfig) -> dict:
     """Run the reshard described by ``cfg``; return the output manifest."""
     if not cfg.input or not cfg.output:
@@ -75,6 +84,7 @@ def materialize(cfg: MaterializeConfig) -> dict:
                     continue
                 writer.write({k: v for k, v in sample.items() if k != "__url__"})
                 kept += 1
+    _remove_stale(out, cfg.prefix, keep={s.name for s in writer.stats})
     save_config(cfg, out / "config.yaml")
     extra = {"materialized_from": urls, "kept": kept, "dropped": dropped.as_dict(), "skipped": skips.as_dict()}
     manifest = write_index(out, name=cfg.name, extra=extra)

@@ -39,3 +39,13 @@ def test_bad_selection_config_fails_before_work(tmp_path, capsys):
     assert e.value.code == 2
     assert "require_keep member 'quality.msgpack'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_rerun_with_fewer_shards_leaves_no_stale_shard(shard_dir, tmp_path):
+    _score_all(shard_dir)
+    out = tmp_path / "filtered"
+    assert main(["--input", str(shard_dir), "--output", str(out), "maxcount=2"]) == 0
+    assert len(list(out.glob("filtered-*.tar"))) == 3
+    assert main(["--input", str(shard_dir), "--output", str(out), "maxcount=4"]) == 0
+    assert sorted(p.name for p in out.glob("filtered-*.tar")) == ["filtered-000000.tar", "filtered-000001.tar"]
+    assert json.loads((out / "dataset.json").read_text())["total_samples"] == 6
