@@ -10,6 +10,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from wds_tools.atomic import write_json
 from wds_tools.manifest import read_stats
@@ -61,6 +62,28 @@ def _vlm_captions(squares: list, cfg: RealBuildConfig) -> list[str | None]:
     return get_captioner(cfg.vlm).caption(squares)
 
 
+def _load_squares(unit: Unit, cfg: RealBuildConfig, skips: SkipLog) -> Iterator[tuple]:
+    """(key, item, centre square) per readable image of ``unit``; unreadable ones are counted."""
+    for key, item in unit.items:
+        try:
+            img = load_rgb(item.path, draft_size=cfg.size)
+        except UnreadableImage as e:
+            skips.add(e.reason, key=key, url=item.path)
+            continue
+        yield key, item, center_square(img)
+
+
+def _groups(items: Iterable, n: int) -> Iterator[list]:
+    group: list = []
+    for x in items:
+        group.append(x)
+        if len(group) == n:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
     """Write ``unit``'s shard unless it is already complete (and overwrite is off)."""
     shard = unit.path(output)
@@ -68,23 +91,18 @@ def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
         return result_from_disk(unit, output)
     skips_path(shard).unlink(missing_ok=True)  # counts of a killed earlier attempt
     skips = SkipLog()
-    loaded = []
-    for key, item in unit.items:
-        try:
-            img = load_rgb(item.path, draft_size=cfg.size)
-        except UnreadableImage as e:
-            skips.add(e.reason, key=key, url=item.path)
-            continue
-        loaded.append((key, item, center_square(img)))
-    vlm = (_vlm_captions([resize_square(sq, cfg.size) for _, _, sq in loaded], cfg)
-           if cfg.vlm.model else [None] * len(loaded))
+    # Without a VLM, each image goes decode -> recipe -> shard while it is still in cache; a VLM
+    # needs its batch decoded first.
+    group_size = max(cfg.vlm.batch_size, 1) if cfg.vlm.model else 1
     with ShardWriter(shard) as w:
-        for (key, item, square), vcap in zip(loaded, vlm):
-            samples = build_item(key, item, square, unit.split, cfg, vlm_caption=vcap)
-            if not samples:
-                skips.add("no_caption", key=key, url=item.path)
-            for s in samples:
-                w.write(s)
+        for group in _groups(_load_squares(unit, cfg, skips), group_size):
+            vlm = _vlm_captions([resize_square(sq, cfg.size) for _, _, sq in group], cfg)
+            for (key, item, square), vcap in zip(group, vlm):
+                samples = build_item(key, item, square, unit.split, cfg, vlm_caption=vcap)
+                if not samples:
+                    skips.add("no_caption", key=key, url=item.path)
+                for s in samples:
+                    w.write(s)
         by_kind = dict(w.stats.by_kind)
         if skips.counts:  # no file means no skips: saves an fsync per clean shard
             write_json(skips_path(shard), skips.as_dict())
