@@ -6,7 +6,8 @@
 - ``water``: rippled blue water over the whole tile.
 - ``forest``: dense dark-green tree crowns with shadow gaps.
 - ``urban``: grey road grid with rectangular roofs (grey, white, terracotta) between roads.
-- ``farmland``: parallel field parcels in greens and browns.
+- ``farmland``: parallel field parcels in greens and browns, with a round farm pond in one
+  quadrant, cycled upper left, upper right, lower right, lower left by tile index.
 - ``beach``: sand on one side, water on the other, along a wavy shoreline; the water side
   is cycled bottom, right, top, left by tile index.
 
@@ -74,7 +75,10 @@ def draw_urban(rng, size):
     return img
 
 
-def draw_farmland(rng, size):
+POND_QUADRANTS = ("upper left", "upper right", "lower right", "lower left")
+
+
+def draw_farmland(rng, size, pond: str | None = None):
     img = np.zeros((size, size, 3), np.float32)
     palette = [(95, 140, 60), (130, 160, 70), (150, 120, 80), (120, 95, 60)]
     edges = np.sort(rng.choice(np.arange(4, size - 4), size=3, replace=False))
@@ -82,7 +86,15 @@ def draw_farmland(rng, size):
     for i in range(len(bounds) - 1):
         img[:, bounds[i]:bounds[i + 1]] = palette[int(rng.integers(len(palette)))]
     rows = (np.arange(size) % 4 < 1)[:, None, None]
-    return img * np.where(rows, 0.9, 1.0)
+    img = img * np.where(rows, 0.9, 1.0)
+    if pond is not None:
+        # A farm pond centred in one quadrant: a local object for M2B boxes and zoom crops.
+        cy = 0.27 if pond.startswith("upper") else 0.73
+        cx = 0.27 if pond.endswith("left") else 0.73
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 < 0.17 ** 2
+        img[inside] = draw_water(rng, size)[inside]
+    return img
 
 
 def draw_beach(rng, size, side: str):
@@ -104,9 +116,10 @@ def draw_tile(cls: str, index: int, *, size: int = 64, seed: int = 0) -> Image.I
     rng = _rng(seed, cls, index)
     if cls == "beach":
         arr = draw_beach(rng, size, WATER_SIDES[index % len(WATER_SIDES)])
+    elif cls == "farmland":
+        arr = draw_farmland(rng, size, POND_QUADRANTS[index % len(POND_QUADRANTS)])
     else:
-        arr = {"water": draw_water, "forest": draw_forest, "urban": draw_urban,
-               "farmland": draw_farmland}[cls](rng, size)
+        arr = {"water": draw_water, "forest": draw_forest, "urban": draw_urban}[cls](rng, size)
     arr = arr + rng.normal(0, 3, arr.shape[:2])[..., None]
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 

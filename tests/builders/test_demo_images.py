@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders.demo_images import CLASSES, WATER_SIDES, draw_tile, make_demo_tree
+from builders.demo_images import CLASSES, POND_QUADRANTS, WATER_SIDES, draw_tile, make_demo_tree
 from builders.m2b import label_fractions
 
 
@@ -35,3 +35,11 @@ def test_bad_arguments():
         draw_tile("desert", 0)
     with pytest.raises(ValueError, match="per_class"):
         make_demo_tree("/nonexistent-never-written", per_class=0)
+
+
+def test_farmland_pond_sits_in_its_quadrant():
+    assert POND_QUADRANTS[1] == "upper right"
+    img = np.asarray(draw_tile("farmland", 1, size=64))
+    assert label_fractions(img[:32, 32:])["water"] > 0.25
+    for quadrant in (img[:32, :32], img[32:, :32], img[32:, 32:]):
+        assert label_fractions(quadrant)["water"] < 0.05
