@@ -1,6 +1,6 @@
 """Quality-filter scoring throughput against a bare single-process decode + model loop.
 
-    python benchmarks/bench_quality.py [--images 960] [--model configs/filter/tiny_clip.json] [--workers 2]
+    python benchmarks/bench_quality.py [--images 960] [--model configs/models/tiny-clip.json] [--workers 2]
 
 Both sides score the same JPEG shards with the same model object and batch size, side by side in
 one run. "bare" decodes, resizes and runs the model in one process; "bare+iq" adds the same
@@ -9,7 +9,7 @@ decoding overlapped with inference, plus sanity checks and sidecar writing). Wit
 filter is also compared with the model's bare ``encode_image`` on pre-made batches.
 
 The balance of decode and model cost decides how much overlap can win on a CPU: with
-``configs/filter/tiny_clip.json`` decoding dominates, with ``benchmarks/models/clip_small_128.json``
+``configs/models/tiny-clip.json`` decoding dominates, with ``benchmarks/models/clip_small_128.json``
 the model does, and ``benchmarks/models/clip_mid_64.json`` puts them near parity.
 """
 
@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=960)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--image-px", type=int, default=256, help="side of the source JPEGs")
-    ap.add_argument("--model", default="configs/filter/tiny_clip.json")
+    ap.add_argument("--model", default="configs/models/tiny-clip.json")
     ap.add_argument("--pretrained", default=None)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)

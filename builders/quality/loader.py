@@ -7,7 +7,7 @@ one part (read by one worker); with fewer shards each shard is striped into ``nu
 After its last sample a part emits a ``{"__done__": ShardPart}`` marker, carried on the next batch,
 so the main process knows when a shard's scores are complete and its sidecar can be written.
 
-Each stage is a small generator with a curried ``pipelinefilter`` wrapper.
+Each stage is a small generator with a curried ``wds_tools.stages.stage`` wrapper.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
-from webdataset.filters import pipelinefilter
 
 from builders.quality.image_quality import ImageQualityConfig, image_quality_scores
 from builders.quality.sanity import has_claims, sanity_scores
 from wds_tools.reader import SkipLog, iter_tar_samples
 from wds_tools.sample import IMAGE_EXTS, SOURCES
+from wds_tools.stages import stage
 
 log = logging.getLogger(__name__)
 _IMAGE_EXTS = IMAGE_EXTS + ("jpeg",)
@@ -244,9 +244,9 @@ def _collate(items: list[dict], done: list[dict], iq_cfg: ImageQualityConfig, to
     return batch
 
 
-read = pipelinefilter(read_parts)
-prepared = pipelinefilter(prepare_samples)
-batched = pipelinefilter(batch_samples)
+read = stage(read_parts)
+prepared = stage(prepare_samples)
+batched = stage(batch_samples)
 
 
 class QualityStream(torch.utils.data.IterableDataset):

@@ -119,7 +119,7 @@ def test_flipped_images_get_mirrored_captions():
 def test_tokenizer_spec_of_tiny_model():
     from training.model import register_model_config
 
-    register_model_config("configs/train/tiny-clip.json")
+    register_model_config("configs/models/tiny-clip.json")
     assert tokenizer_spec("tiny-clip") == TOKENIZER
 
 

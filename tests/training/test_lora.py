@@ -15,7 +15,7 @@ from training.lora import (LoraLinear, apply_lora, load_peft_adapter, lora_modul
                            save_peft_adapter)
 from training.model import create_clip, swap_attention
 
-TINY = ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/train/tiny-clip.json"))
+TINY = ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json"))
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ from training.model import (SdpaAttention, create_clip, encode_image_tokens, enc
                             swap_attention, unswap_attention)
 from training.trainer import Stage2Model
 
-TINY = ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/train/tiny-clip.json"))
+TINY = ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json"))
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ def texture(seed: int, size: int = 64, border: float = 0.0) -> Image.Image:
 def tiny_config(tmp_path: Path, *overrides: str) -> QualityConfig:
     """The tiny CPU config with test-sized batches, resolved from the repository root."""
     return load_config(QualityConfig, TINY_YAML, [
-        f"model.name={REPO / 'configs' / 'filter' / 'tiny_clip.json'}", "model.batch_size=4",
+        f"model.name={REPO / 'configs' / 'models' / 'tiny-clip.json'}", "model.batch_size=4",
         f"output={tmp_path / 'report'}", "report.thumb_size=48", *overrides,
     ])
 

@@ -6,7 +6,7 @@ from builders.quality.clip_model import load_clip
 from builders.quality.clip_score import ClipScorer
 from tests.builders.quality.conftest import REPO
 
-TINY = str(REPO / "configs" / "filter" / "tiny_clip.json")
+TINY = str(REPO / "configs" / "models" / "tiny-clip.json")
 
 
 def test_tiny_model_scores_and_reloads_weights(tmp_path):

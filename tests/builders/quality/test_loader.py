@@ -28,7 +28,7 @@ def test_unreadable_shard_ends_part_with_error(tmp_path):
 
 def test_bad_samples_get_reasons_and_still_flow(shard_dir):
     url = str(shard_dir / "q-000001.tar")
-    _, _, tok = load_clip(model_name=str(REPO / "configs/filter/tiny_clip.json"), pretrained=None,
+    _, _, tok = load_clip(model_name=str(REPO / "configs/models/tiny-clip.json"), pretrained=None,
                           device="cpu", precision="fp32")
     prepared = prepare_samples(read_parts([ShardPart(url)]), clip_size=64, iq_size=64)
     batches = list(batch_samples(prepared, batch_size=3, iq_cfg=ImageQualityConfig(size=64), tokenizer=tok))

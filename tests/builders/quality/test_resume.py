@@ -21,7 +21,7 @@ def test_kill_then_resume(tmp_path):
         write_shard(shards / shard_name("k", s), [good_sample(s * 4 + i) for i in range(4)])
     cmd = [sys.executable, "-m", "builders.quality", "--config", str(REPO / "configs/filter/tiny.yaml"),
            "--input", str(shards), "--output", str(tmp_path / "report"),
-           f"model.name={REPO / 'configs/filter/tiny_clip.json'}", "model.batch_size=4", "loader.num_workers=0"]
+           f"model.name={REPO / 'configs/models/tiny-clip.json'}", "model.batch_size=4", "loader.num_workers=0"]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

@@ -133,7 +133,7 @@ def test_rerun_is_idempotent_and_resume_rescores_only_missing(scored, shard_dir,
 def test_cli_flags_and_config_errors(shard_dir, tmp_path, capsys):
     argv = ["--config", str(Path(__file__).resolve().parents[3] / "configs/filter/tiny.yaml"),
             "--input", str(shard_dir / "q-000000.tar"), "--output", str(tmp_path / "cli"),
-            f"model.name={Path(__file__).resolve().parents[3] / 'configs/filter/tiny_clip.json'}",
+            f"model.name={Path(__file__).resolve().parents[3] / 'configs/models/tiny-clip.json'}",
             "loader.num_workers=0"]
     assert main(argv) == 0
     assert "6 samples" in capsys.readouterr().out
