@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from wds_tools.atomic import write_json
+from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_stats
 from wds_tools.writer import ShardWriter, is_shard_complete
 
@@ -90,6 +91,7 @@ def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
     if is_shard_complete(shard) and not cfg.overwrite:
         return result_from_disk(unit, output)
     skips_path(shard).unlink(missing_ok=True)  # counts of a killed earlier attempt
+    keep_freed_memory()  # a worker of any executor allocates per image: keep freed pages
     skips = SkipLog()
     # Without a VLM, each image goes decode -> recipe -> shard while it is still in cache; a VLM
     # needs its batch decoded first.

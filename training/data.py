@@ -37,6 +37,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
+from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_index
 from wds_tools.reader import SkipLog, decode_sample, iter_shard
 from wds_tools.sample import IMAGE_EXTS
@@ -312,6 +313,7 @@ class MixDataset(IterableDataset):
         state = (self.resume or {}).get("workers", {}).get(str(worker))
         if info is not None:
             torch.set_num_threads(1)
+        keep_freed_memory()  # decoding allocates image-sized buffers per sample
         yield from iter_batches(self.spec, worker, state)
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 from wds_tools.sample import IMAGE_EXTS
 from wds_tools.skips import SkipLog
 from wds_tools.stages import stage
+from wds_tools.tar_members import iter_members
 from wds_tools.urls import open_url, sidecar_url
 
 log = logging.getLogger("wds_tools")
@@ -40,34 +41,14 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     return (f"{head}/{key}" if head else key), ext
 
 
-def _is_unsafe(ext: str) -> bool:
+def is_reserved_key(key: str) -> bool:
+    """Keys whose base name starts with ``__`` are WebDataset metadata, not samples."""
+    return key.rsplit("/", 1)[-1].startswith("__")
+
+
+def is_unsafe_ext(ext: str) -> bool:
+    """True for member types that deserialise by unpickling: never decoded, always skipped."""
     return ext.rsplit(".", 1)[-1].lower() in UNSAFE_EXTS
-
-
-class _CountingReader:
-    """Read-through wrapper that counts bytes, to tell a complete tar from a cut one."""
-
-    def __init__(self, f):
-        self._f, self.nbytes = f, 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        self.nbytes += len(data)
-        return data
-
-    def drain(self) -> int:
-        while self.read(1 << 16):
-            pass
-        return self.nbytes
-
-
-# A tar ends with two zero blocks after its last member; a stream that stops sooner was cut.
-_END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
-
-
-def _data_end(member: tarfile.TarInfo) -> int:
-    blocks = -(-member.size // tarfile.BLOCKSIZE)
-    return member.offset_data + blocks * tarfile.BLOCKSIZE
 
 
 def iter_tar_samples(
@@ -80,34 +61,25 @@ def iter_tar_samples(
     """
     skips = skips if skips is not None else SkipLog()
     current: dict | None = None
-    end = 0
     stream = open_url(url, "rb", allow_pipe=allow_pipe)
-    counted = _CountingReader(stream)
     try:
-        tar = tarfile.open(fileobj=counted, mode="r|*")
-        for member in tar:
-            end = max(end, _data_end(member))
-            if not member.isfile():
+        for member in iter_members(stream):
+            if not member.is_file:
                 continue
             parts = split_member_name(member.name)
-            if parts is None or parts[0].rsplit("/", 1)[-1].startswith("__"):
+            if parts is None or is_reserved_key(parts[0]):
                 skips.add("no_extension", member.name, url)
                 continue
             key, ext = parts
-            if _is_unsafe(ext):
+            if is_unsafe_ext(ext):
                 skips.add(f"unsafe_member_{ext}", key, url)
                 continue
-            data = tar.extractfile(member).read()
-            if len(data) != member.size:
-                raise tarfile.ReadError(f"member {member.name} cut short")
             if current is not None and current["__key__"] != key:
                 yield current
                 current = None
             if current is None:
                 current = {"__key__": key, "__url__": url}
-            current[ext] = data
-        if end and counted.drain() < end + _END_OF_ARCHIVE:
-            raise tarfile.ReadError("no end-of-archive marker: the tar was cut")
+            current[ext] = member.data
     except (tarfile.ReadError, EOFError, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise

@@ -10,15 +10,15 @@ rewrites image bytes. Records name members either way: ``{"msgpack": ...}`` or
 
 from __future__ import annotations
 
-import os
 import tarfile
 from pathlib import Path
 from typing import Iterable
 
 import msgpack
 
-from wds_tools.reader import iter_tar_samples, split_member_name
+from wds_tools.reader import is_reserved_key, is_unsafe_ext, iter_tar_samples, split_member_name
 from wds_tools.sample import check_key
+from wds_tools.tar_members import iter_members
 from wds_tools.urls import is_remote, sidecar_url
 from wds_tools.writer import write_tar_members
 
@@ -31,20 +31,15 @@ def shard_keys(shard_url: str) -> list[str]:
     """
     if is_remote(shard_url) or shard_url.startswith("pipe:"):
         return [s["__key__"] for s in iter_tar_samples(shard_url)]
-    size = os.path.getsize(shard_url)
     keys: list[str] = []
-    end = 0
     try:
-        with tarfile.open(shard_url, mode="r:") as tar:
-            for member in tar:
-                end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-                if end > size:
-                    raise tarfile.ReadError("cut")
-                parts = split_member_name(member.name) if member.isfile() else None
-                if parts and (not keys or keys[-1] != parts[0]):
+        with open(shard_url, "rb") as f:
+            for member in iter_members(f, with_data=False):
+                parts = split_member_name(member.name) if member.is_file else None
+                if parts is None or is_reserved_key(parts[0]) or is_unsafe_ext(parts[1]):
+                    continue  # the reader skips these members too
+                if not keys or keys[-1] != parts[0]:
                     keys.append(parts[0])
-        if end and size < end + 2 * tarfile.BLOCKSIZE:
-            raise tarfile.ReadError("cut")
     except tarfile.ReadError:
         return keys[:-1]
     return keys

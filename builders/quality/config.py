@@ -41,7 +41,11 @@ class SanityConfig:
 
 @dataclass
 class CompositeConfig:
-    """Weights of the composite and the linear map of raw CLIP cosine into [0, 1]."""
+    """Weights of the composite and the linear map of raw CLIP cosine into [0, 1].
+
+    A zero sanity or image-quality weight also skips computing that term: its raw scores are
+    recorded as null. The CLIP score is always computed (the synthetic floor needs it).
+    """
 
     clip_weight: float = 0.50
     sanity_weight: float = 0.25

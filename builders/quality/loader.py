@@ -27,6 +27,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from builders.quality.image_quality import ImageQualityConfig, image_quality_scores
 from builders.quality.sanity import has_claims, sanity_scores
+from wds_tools.malloc import keep_freed_memory
 from wds_tools.reader import SkipLog, iter_tar_samples
 from wds_tools.sample import IMAGE_EXTS, SOURCES
 from wds_tools.stages import stage
@@ -141,12 +142,13 @@ def _boxes(meta: dict, captions: list[str], img: torch.Tensor, compute: bool, de
 
 def prepare_samples(
     src: Iterable[dict], *, clip_size: int, iq_size: int, compute_boxes: bool = True,
-    min_box_area: float = 0.0,
+    min_box_area: float = 0.0, sanity: bool = True, quality: bool = True,
 ) -> Iterator[dict]:
     """Raw sample -> ``{key, url, index, source, caption, reasons, scores, clip_image, iq_image}``.
 
     A missing or undecodable image, a missing caption or bad metadata becomes a reason; the sample
-    still flows on (its sidecar record must exist) but gets no CLIP score.
+    still flows on (its sidecar record must exist) but gets no CLIP score. ``sanity=False`` or
+    ``quality=False`` skips those measures (their scores stay None).
     """
     detect = None
     if compute_boxes:
@@ -169,7 +171,7 @@ def prepare_samples(
                 log.warning("undecodable image %s in %s: %s", sample["__key__"], sample["__url__"], e)
                 reasons.append("undecodable_image")
         scores: dict = {}
-        if img is not None and caption:
+        if img is not None and caption and sanity:
             captions = _captions(caption, meta)
             boxes = _boxes(meta, captions, img, compute_boxes, detect)
             boxes = [b for b in boxes if float(b.get("area", 1.0)) >= min_box_area]
@@ -180,7 +182,7 @@ def prepare_samples(
             "key": sample["__key__"], "url": sample["__url__"], "index": sample["__index__"],
             "source": meta.get("source"), "caption": caption, "reasons": reasons, "scores": scores,
             "clip_image": None if img is None else clip_input(img, clip_size),
-            "iq_image": None if img is None else TF.resize(img, [iq_size, iq_size], antialias=True),
+            "iq_image": None if img is None or not quality else TF.resize(img, [iq_size, iq_size], antialias=True),
         }
 
 
@@ -254,14 +256,17 @@ class QualityStream(torch.utils.data.IterableDataset):
 
     def __init__(self, *, plan: list[list[ShardPart]], clip_size: int, iq_cfg: ImageQualityConfig,
                  tokenizer: Callable, batch_size: int, compute_boxes: bool = True,
-                 min_box_area: float = 0.0, allow_pipe: bool = False, iq_in_worker: bool = True):
+                 min_box_area: float = 0.0, allow_pipe: bool = False, iq_in_worker: bool = True,
+                 sanity: bool = True, quality: bool = True):
         super().__init__()
+        self.sanity, self.quality = sanity, quality
         self.iq_in_worker = iq_in_worker
         self.plan, self.clip_size, self.iq_cfg, self.tokenizer = plan, clip_size, iq_cfg, tokenizer
         self.batch_size, self.compute_boxes, self.min_box_area = batch_size, compute_boxes, min_box_area
         self.allow_pipe = allow_pipe
 
     def __iter__(self) -> Iterator[dict]:
+        keep_freed_memory()  # decoding allocates image-sized buffers per sample
         info = torch.utils.data.get_worker_info()
         if info is None:
             parts = [p for worker_parts in self.plan for p in worker_parts]
@@ -270,6 +275,7 @@ class QualityStream(torch.utils.data.IterableDataset):
             parts = self.plan[info.id] if info.id < len(self.plan) else []
         stream = read_parts(parts, allow_pipe=self.allow_pipe)
         stream = prepare_samples(stream, clip_size=self.clip_size, iq_size=self.iq_cfg.size,
-                                 compute_boxes=self.compute_boxes, min_box_area=self.min_box_area)
+                                 compute_boxes=self.compute_boxes, min_box_area=self.min_box_area,
+                                 sanity=self.sanity, quality=self.quality)
         return batch_samples(stream, batch_size=self.batch_size, iq_cfg=self.iq_cfg, tokenizer=self.tokenizer,
                              iq_in_worker=self.iq_in_worker)

@@ -29,6 +29,7 @@ from builders.quality.report import plot_grid, plot_histograms, summarise, write
 from builders.quality.selection import PENDING, decide, global_threshold, rescore
 from wds_tools.atomic import write_json
 from wds_tools.config import config_to_dict, save_config
+from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_stats
 from wds_tools.sidecar import read_sidecar, write_sidecar
 from wds_tools.urls import expand_urls, is_remote, sidecar_url
@@ -76,6 +77,7 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
 
     ``clip`` is an already loaded ``(model, size, tokenizer)`` (else ``cfg.model`` is loaded).
     """
+    keep_freed_memory()
     device = resolve_device(cfg.model.device)
     model, size, tokenizer = clip or load_clip(model_name=cfg.model.name, pretrained=cfg.model.pretrained,
                                                device=device, precision=cfg.model.precision)
@@ -84,7 +86,10 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
     stream = QualityStream(plan=plan, clip_size=size, iq_cfg=cfg.image_quality, tokenizer=tokenizer,
                            batch_size=cfg.model.batch_size, compute_boxes=cfg.sanity.compute_boxes,
                            min_box_area=cfg.sanity.min_box_area, allow_pipe=cfg.loader.allow_pipe,
-                           iq_in_worker=iq_in_worker(cfg, device))
+                           iq_in_worker=iq_in_worker(cfg, device),
+                           # a term with no weight in the composite is not worth computing
+                           sanity=cfg.composite.sanity_weight > 0,
+                           quality=cfg.composite.image_quality_weight > 0)
     nw = cfg.loader.num_workers
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=nw, prefetch_factor=cfg.loader.prefetch_factor if nw else None,

@@ -186,3 +186,20 @@ def test_truncated_shard_is_scored_up_to_the_damage(tmp_path):
     # is a counted read skip, never scored half-read
     assert report["total"] == 6 and not report["shards"]["failed"]
     assert report["read_skips"] == {"corrupt_tar": 1}
+
+
+def test_zero_weight_terms_are_not_computed(shard_dir, tmp_path):
+    cfg = tiny_config(tmp_path, f"input={shard_dir}", "loader.num_workers=0",
+                      "composite.sanity_weight=0", "composite.image_quality_weight=0")
+    run(cfg)
+    recs = records(shard_dir)
+    scored = [r for r in recs.values() if r["scores"].get("clip") is not None]
+    assert len(scored) == 6 + 4 + 6  # every sample with a decodable image and a caption
+    for r in recs.values():
+        assert r["scores"]["quality"] is None and r["scores"]["blur"] is None
+        assert r["scores"]["sanity"] is None  # even the synthetic ones with count claims
+    # the composite is the normalised CLIP term alone
+    from builders.quality.composite import normalise_clip
+
+    for r in scored:
+        assert r["composite"] == pytest.approx(normalise_clip(r["scores"]["clip"], cfg.composite))
