@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import os
+import random
 import resource
 import sys
 import tempfile
@@ -49,22 +51,30 @@ from wds_tools.reader import iter_tar_samples  # noqa: E402
 from wds_tools.sample import encode_image, make_key, make_sample  # noqa: E402
 from wds_tools.writer import shard_name, write_shard  # noqa: E402
 
-# Plain captions of 6 to ~30 words (RSICD-style and enriched lengths), with nothing for the sanity
-# checks to verify, so no region detection runs. Their lengths matter: the text tower runs up to
-# the longest caption of a batch.
+# Plain captions of 6 to ~30 words (RSICD-style and enriched lengths), a different one for every
+# image (so no run gains from repeated captions), with nothing for the sanity checks to verify, so
+# no region detection runs. Their lengths matter: the text tower runs up to the longest caption of
+# a batch.
+OPENINGS = ("an aerial image of", "a satellite view of", "an overhead photo of", "a remote sensing image of")
 SCENES = ("farmland", "a dense residential area", "a river", "a parking lot", "a forest", "an airport",
           "a harbour with boats", "a baseball field")
 DETAILS = ("with green fields and dirt roads", "beside a lake", "crossed by a railway", "and grey roofs",
            "surrounded by dense trees", "with bare soil and scattered shrubs", "near a wide highway",
            "with blue water and a sandy shore")
+# every set of at most four details, in a fixed order: 163 of them
+DETAIL_SETS = [c for r in range(5) for c in itertools.combinations(DETAILS, r)]
 
 
 def plain_caption(i: int) -> str:
-    extra = " ".join(DETAILS[(i + k) % len(DETAILS)] for k in range(i % 5))
-    return f"an aerial image of {SCENES[i % len(SCENES)]} {extra}".strip()
+    """Caption ``i``: distinct for ``i`` below 4 x 8 x 163 = 5216."""
+    opening = OPENINGS[i % len(OPENINGS)]
+    scene = SCENES[(i // len(OPENINGS)) % len(SCENES)]
+    details = DETAIL_SETS[(i // (len(OPENINGS) * len(SCENES))) % len(DETAIL_SETS)]
+    return " ".join([opening, scene, *details])
 
 
-CAPTIONS = tuple(plain_caption(i) for i in range(40))
+# shuffled once, so a batch mixes short and long captions as real shards do
+CAPTIONS = tuple(random.Random(0).sample([plain_caption(i) for i in range(5216)], 5216))
 # captions with count/position claims: the filter also runs M2B region detection on them
 CLAIM_CAPTIONS = ("two buildings next to a road", "a river on the left", "many cars in a parking lot")
 

@@ -1,5 +1,4 @@
 """VLM captions from a tiny random-weight Qwen2-VL saved locally (real load + generate path)."""
-import pytest
 from PIL import Image
 from wds_tools.config import load_config
 from wds_tools.reader import decode_sample, iter_shard
