@@ -28,6 +28,11 @@ class LoaderConfig:
     # torch threads of the scoring process on a CPU device; 0 = cores left over by the workers
     # (min 1): more would spin-wait against the decoders when decoding is the bottleneck
     main_threads: int = 0
+    # where CLIP runs: "main" (the scoring process), "workers" (each decode worker scores its own
+    # batches with a forked copy of the model) or "auto" (workers on a CPU device, main on a GPU).
+    # On CPUs one single-threaded model per worker beats one multi-threaded model fed by workers:
+    # no process waits for another and the images never cross a process boundary.
+    score_in: str = "auto"
 
 
 @dataclass
@@ -101,6 +106,8 @@ class QualityConfig:
             raise ValueError(f"composite.clip_high ({c.clip_high}) must exceed clip_low ({c.clip_low})")
         if self.model.batch_size < 1:
             raise ValueError(f"model.batch_size must be >= 1, got {self.model.batch_size}")
+        if self.loader.score_in not in ("auto", "main", "workers"):
+            raise ValueError(f"loader.score_in must be auto, main or workers, got {self.loader.score_in!r}")
         if self.image_quality.where not in ("auto", "worker", "device"):
             raise ValueError(f"image_quality.where must be auto, worker or device, got {self.image_quality.where!r}")
         if self.loader.main_threads < 0:

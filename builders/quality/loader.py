@@ -246,20 +246,42 @@ def _collate(items: list[dict], done: list[dict], iq_cfg: ImageQualityConfig, to
     return batch
 
 
+def score_batches(src: Iterable[dict], *, scorer: Callable) -> Iterator[dict]:
+    """Fill each batch's CLIP scores where it is made and drop its images and tokens.
+
+    ``scorer(images, tokens)`` returns one cosine per image; a batch marked ``scored`` tells the
+    scoring process to take the scores as they are.
+    """
+    for batch in src:
+        sims = scorer(batch["clip_images"], batch["tokens"])
+        for r in batch["records"]:
+            r["scores"]["clip"] = None
+        for j, i in enumerate(batch["clip_index"]):
+            batch["records"][i]["scores"]["clip"] = float(sims[j])
+        # fresh empty tensors: a [:0] view would still ship the whole storage to the main process
+        batch.update(clip_images=torch.empty(0, dtype=torch.uint8), tokens=torch.empty(0, dtype=torch.long),
+                     clip_index=[], scored=True)
+        yield batch
+
+
 read = stage(read_parts)
 prepared = stage(prepare_samples)
 batched = stage(batch_samples)
+scored = stage(score_batches)
 
 
 class QualityStream(torch.utils.data.IterableDataset):
-    """Batches for the scorer; each DataLoader worker runs its own list of parts."""
+    """Batches for the scorer; each DataLoader worker runs its own list of parts.
+
+    With ``scorer`` set, each worker also runs CLIP on its batches (see ``score_batches``).
+    """
 
     def __init__(self, *, plan: list[list[ShardPart]], clip_size: int, iq_cfg: ImageQualityConfig,
                  tokenizer: Callable, batch_size: int, compute_boxes: bool = True,
                  min_box_area: float = 0.0, allow_pipe: bool = False, iq_in_worker: bool = True,
-                 sanity: bool = True, quality: bool = True):
+                 sanity: bool = True, quality: bool = True, scorer: Callable | None = None):
         super().__init__()
-        self.sanity, self.quality = sanity, quality
+        self.sanity, self.quality, self.scorer = sanity, quality, scorer
         self.iq_in_worker = iq_in_worker
         self.plan, self.clip_size, self.iq_cfg, self.tokenizer = plan, clip_size, iq_cfg, tokenizer
         self.batch_size, self.compute_boxes, self.min_box_area = batch_size, compute_boxes, min_box_area
@@ -277,5 +299,6 @@ class QualityStream(torch.utils.data.IterableDataset):
         stream = prepare_samples(stream, clip_size=self.clip_size, iq_size=self.iq_cfg.size,
                                  compute_boxes=self.compute_boxes, min_box_area=self.min_box_area,
                                  sanity=self.sanity, quality=self.quality)
-        return batch_samples(stream, batch_size=self.batch_size, iq_cfg=self.iq_cfg, tokenizer=self.tokenizer,
-                             iq_in_worker=self.iq_in_worker)
+        stream = batch_samples(stream, batch_size=self.batch_size, iq_cfg=self.iq_cfg, tokenizer=self.tokenizer,
+                               iq_in_worker=self.iq_in_worker)
+        return stream if self.scorer is None else score_batches(stream, scorer=self.scorer)

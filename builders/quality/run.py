@@ -24,7 +24,7 @@ from tqdm import tqdm
 from builders.quality.clip_model import load_clip, resolve_device
 from builders.quality.clip_score import ClipScorer
 from builders.quality.config import QualityConfig
-from builders.quality.loader import QualityStream, ShardPart, fill_image_quality, plan_parts
+from builders.quality.loader import QualityStream, ShardPart, fill_image_quality, plan_parts, score_batches
 from builders.quality.report import plot_grid, plot_histograms, summarise, write_html
 from builders.quality.selection import PENDING, decide, global_threshold, rescore
 from wds_tools.atomic import write_json
@@ -72,6 +72,12 @@ def iq_in_worker(cfg: QualityConfig, device: torch.device) -> bool:
     return where == "worker" or (where == "auto" and device.type != "cuda")
 
 
+def score_in_workers(cfg: QualityConfig, device: torch.device) -> bool:
+    """CLIP in the decode workers: asked for, or auto-picked on a CPU device with workers."""
+    where = cfg.loader.score_in
+    return cfg.loader.num_workers > 0 and (where == "workers" or (where == "auto" and device.type == "cpu"))
+
+
 def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = None) -> dict:
     """Phase 1 over ``urls``; returns ``{"scored": [...], "failed": {url: error}, "skips": {...}}``.
 
@@ -89,7 +95,8 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
                            iq_in_worker=iq_in_worker(cfg, device),
                            # a term with no weight in the composite is not worth computing
                            sanity=cfg.composite.sanity_weight > 0,
-                           quality=cfg.composite.image_quality_weight > 0)
+                           quality=cfg.composite.image_quality_weight > 0,
+                           scorer=scorer if score_in_workers(cfg, device) else None)
     nw = cfg.loader.num_workers
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=nw, prefetch_factor=cfg.loader.prefetch_factor if nw else None,
@@ -98,7 +105,7 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
     collector = ShardCollector(plan=plan, on_complete=lambda url, recs: _write_pending(url, recs, cfg))
     bar = tqdm(total=_expected_samples(urls), unit="img", desc="scoring", dynamic_ncols=True)
     threads = torch.get_num_threads()
-    if device.type == "cpu" and (nw or cfg.loader.main_threads):
+    if device.type == "cpu" and (nw or cfg.loader.main_threads) and not stream.scorer:
         # the workers decode on the same cores: more model threads would spin-wait against them
         torch.set_num_threads(cfg.loader.main_threads or max(1, (os.cpu_count() or 1) - nw))
     try:
@@ -114,11 +121,8 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
 
 def _score_batch(batch: dict, scorer: ClipScorer, cfg: QualityConfig) -> None:
     """Fill each record's CLIP score (None without image or caption) and, if deferred, image quality."""
-    sims = scorer(batch["clip_images"], batch["tokens"])
-    for r in batch["records"]:
-        r["scores"]["clip"] = None
-    for j, i in enumerate(batch["clip_index"]):
-        batch["records"][i]["scores"]["clip"] = float(sims[j])
+    if not batch.get("scored"):  # else a worker scored it already
+        next(score_batches([batch], scorer=scorer))
     if batch.get("iq_index"):
         fill_image_quality(batch["records"], batch["iq_index"], batch["iq_images"].to(scorer.device),
                            cfg.image_quality)

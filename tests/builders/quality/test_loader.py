@@ -42,3 +42,18 @@ def test_bad_samples_get_reasons_and_still_flow(shard_dir):
     assert [m["__done__"].url for b in batches for m in b["done"]] == [url]
     by_key = {r["key"]: r["scores"] for r in records}
     assert by_key["noimg_100"]["quality"] is None and by_key["nocap_100"]["quality"] is not None
+
+
+def test_score_batches_fills_scores_and_drops_images_on_plain_lists():
+    import pickle
+
+    import torch
+
+    from builders.quality.loader import score_batches, scored
+
+    batch = {"records": [{"scores": {}} for _ in range(3)], "clip_index": [0, 2],
+             "clip_images": torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "tokens": torch.zeros(2, 77, dtype=torch.long)}
+    out = list(score_batches([batch], scorer=lambda images, tokens: torch.tensor([0.5, -0.25])))
+    assert [r["scores"]["clip"] for r in out[0]["records"]] == [0.5, None, -0.25]
+    assert out[0]["scored"] and out[0]["clip_images"].numel() == 0 and out[0]["clip_index"] == []
+    pickle.dumps(scored(scorer=max))  # the curried stage pickles (DataLoader workers under spawn)

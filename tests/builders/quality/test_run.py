@@ -203,3 +203,35 @@ def test_zero_weight_terms_are_not_computed(shard_dir, tmp_path):
 
     for r in scored:
         assert r["composite"] == pytest.approx(normalise_clip(r["scores"]["clip"], cfg.composite))
+
+
+def test_scores_made_in_the_workers_equal_scores_made_in_main(tmp_path):
+    """CPU default: each decode worker runs CLIP itself; the main-process path gives the same."""
+    got = {}
+    for where in ("workers", "main"):
+        shard_dir = make_shards(tmp_path / where)
+        run(tiny_config(tmp_path / where, f"input={shard_dir}", "loader.num_workers=2", f"loader.score_in={where}"))
+        got[where] = {k: r["scores"]["clip"] for k, r in records(shard_dir).items()}
+    assert got["workers"].keys() == got["main"].keys()
+    assert sum(v is not None for v in got["workers"].values()) == 16
+    for k, v in got["main"].items():
+        assert (v is None) == (got["workers"][k] is None)
+        if v is not None:
+            assert got["workers"][k] == pytest.approx(v, abs=1e-5)
+
+
+def test_score_in_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="'gpu'"):
+        tiny_config(tmp_path, "loader.score_in=gpu").validate()
+
+
+def test_where_clip_runs(tmp_path):
+    import torch
+
+    from builders.quality.run import score_in_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert score_in_workers(tiny_config(tmp_path, "loader.num_workers=2"), cpu)
+    assert not score_in_workers(tiny_config(tmp_path, "loader.num_workers=2"), gpu)
+    assert not score_in_workers(tiny_config(tmp_path, "loader.num_workers=0"), cpu)  # no workers to use
+    assert score_in_workers(tiny_config(tmp_path, "loader.num_workers=1", "loader.score_in=workers"), gpu)
