@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import json
 import os
 import random
 import resource
@@ -182,6 +183,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the fastest of each run counts")
+    ap.add_argument("--out", default="bench_out/quality", help="results.json and results.png go here")
     ap.add_argument("--claims", action="store_true", help="captions with count/position claims (adds M2B)")
     args = ap.parse_args()
     # the pipelines tune the allocator in every process they run in; the bare loops share this one
@@ -236,10 +238,17 @@ def main() -> None:
         t_full = timed(lambda: bare_loop(urls, scorer, tokenizer, size, args.batch, None, trim=False), "untrimmed")[0]
         print(f"{'bare, text tower run on all 77 tokens':52s} {n / t_full:9.1f} images/s   "
               f"{CPU['untrimmed'] / n * 1000:6.2f} CPU ms/image  (ClipScorer trims to the longest caption)")
-        print(f"same work: filter CLIP only / bare   {best['bare'] / best['filter_clip']:.2f}x  (target >= 1.5x)")
-        print(f"same work: filter all / bare+iq      {best['bare+iq'] / best['filter']:.2f}x")
-        print(f"filter all / bare (more work)        {best['bare'] / best['filter']:.2f}x")
-        print(f"filter CLIP only / bare, 1 thread    {best['bare1'] / best['filter_clip']:.2f}x")
+        ratios = {"same_work_clip_only_vs_bare": best["bare"] / best["filter_clip"],
+                  "same_work_all_vs_bare_iq": best["bare+iq"] / best["filter"],
+                  "all_vs_bare_more_work": best["bare"] / best["filter"],
+                  "clip_only_vs_bare_1_thread": best["bare1"] / best["filter_clip"]}
+        print(f"same work: filter CLIP only / bare   {ratios['same_work_clip_only_vs_bare']:.2f}x  (target >= 1.5x)")
+        print(f"same work: filter all / bare+iq      {ratios['same_work_all_vs_bare_iq']:.2f}x")
+        print(f"filter all / bare (more work)        {ratios['all_vs_bare_more_work']:.2f}x")
+        print(f"filter CLIP only / bare, 1 thread    {ratios['clip_only_vs_bare_1_thread']:.2f}x")
+        results = {"args": vars(args), "device": str(device), "load_average_before": load, "malloc_tuned": tuned,
+                   "images_per_s": {names[k]: n / best[k] for k in names} | {"bare, untrimmed text": n / t_full},
+                   "cpu_ms_per_image": {names[k]: CPU[k] / n * 1000 for k in names}, "ratios": ratios}
         if device.type == "cuda":
             x = torch.randint(0, 255, (args.batch, 3, size, size), dtype=torch.uint8)
             tok = tokenizer([CAPTIONS[0]] * args.batch)
@@ -257,6 +266,35 @@ def main() -> None:
             print(f"bare encode_image               {enc:9.1f} images/s")
             print(f"scorer (image+text) on batches  {reps * args.batch / t_score:9.1f} images/s")
             print(f"filter end-to-end / bare encode_image: {n / best['filter'] / enc:.2f} (target >= 0.8)")
+            results["images_per_s"]["bare encode_image"] = enc
+            results["ratios"]["filter_vs_bare_encode_image"] = n / best["filter"] / enc
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "results.png")
+    print(f"wrote {out / 'results.json'} and {out / 'results.png'}")
+
+
+def plot(results: dict, path: Path) -> None:
+    """Bar chart of images/s per run, the same-work ratios in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = results["images_per_s"]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.barh(list(rates), list(rates.values()), color="tab:blue")
+    for i, v in enumerate(rates.values()):
+        ax.text(v, i, f" {v:.0f}", va="center")
+    ax.invert_yaxis()
+    ax.set_xlabel("images / s")
+    r = results["ratios"]
+    ax.set_title(f"quality filter vs bare loop (same work): CLIP only {r['same_work_clip_only_vs_bare']:.2f}x, "
+                 f"all scores {r['same_work_all_vs_bare_iq']:.2f}x", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
