@@ -11,9 +11,11 @@ rewrites image bytes. Records name members either way: ``{"msgpack": ...}`` or
 from __future__ import annotations
 
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
+import fsspec
 import msgpack
 
 from wds_tools.reader import is_reserved_key, is_unsafe_ext, iter_tar_samples, split_member_name
@@ -66,13 +68,16 @@ def write_sidecar(
     records: Iterable[tuple[str, dict]],
     *,
     check_against_shard: bool = True,
-) -> Path:
+) -> Path | str:
     """Atomically write ``X.<name>.tar`` for shard ``X.tar`` from ``(key, {ext: value})`` records.
 
     ``check_against_shard`` compares the keys with the shard's (headers only for local shards).
+    Beside a remote shard (``s3://``, ``gs://``, ...) the sidecar is finished in a local temporary
+    file and uploaded in one piece, which object stores make visible whole or not at all.
+    Returns the sidecar's path (local) or URL (remote).
     """
-    shard_path = str(shard_path)
-    out = Path(sidecar_url(shard_path, name))
+    shard_path = _local_path(str(shard_path))
+    out = sidecar_url(shard_path, name)
     records = list(records)
     keys = [check_key(k) for k, _ in records]
     if check_against_shard:
@@ -89,8 +94,20 @@ def write_sidecar(
         for key, values in records
         for ext, value in values.items()
     )
-    write_tar_members(out, members)
+    if not is_remote(out):
+        write_tar_members(Path(out), members)
+        return Path(out)
+    fs, remote_path = fsspec.core.url_to_fs(out)
+    with tempfile.TemporaryDirectory(prefix="sidecar-") as tmp:
+        local = Path(tmp) / Path(remote_path).name
+        write_tar_members(local, members)
+        fs.put_file(str(local), remote_path)
     return out
+
+
+def _local_path(url: str) -> str:
+    """``file://`` URLs are local paths: written with a local atomic rename, not an upload."""
+    return url[len("file://"):] if url.startswith("file://") else url
 
 
 def read_sidecar(shard_url: str, name: str) -> dict[str, dict]:

@@ -32,7 +32,7 @@ from wds_tools.config import config_to_dict, save_config
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_stats
 from wds_tools.sidecar import read_sidecar, write_sidecar
-from wds_tools.urls import expand_urls, is_remote, sidecar_url
+from wds_tools.urls import expand_urls, is_remote, sidecar_url, url_exists
 
 log = logging.getLogger(__name__)
 SIDECAR = "quality"
@@ -42,7 +42,8 @@ REPORT_NAME = "quality_report.json"
 
 def has_sidecar(url: str) -> bool:
     """True when the shard's quality sidecar exists (it is only ever written whole)."""
-    return os.path.exists(sidecar_url(url, SIDECAR))
+    side = sidecar_url(url, SIDECAR)
+    return url_exists(side) if is_remote(side) else os.path.exists(side)
 
 
 def _expected_samples(urls: list[str]) -> int | None:
@@ -221,9 +222,12 @@ def run(cfg: QualityConfig) -> dict:
     urls = expand_urls(cfg.input, allow_pipe=cfg.loader.allow_pipe)
     if not urls:
         raise ValueError(f"no shards found for input {cfg.input}")
-    remote = [u for u in urls if is_remote(u) or u.startswith("pipe:")]
-    if remote:
-        raise ValueError(f"sidecars are written beside the shards, so input must be local; got {remote[0]!r}")
+    piped = [u for u in urls if u.startswith("pipe:")]
+    if piped:
+        raise ValueError(f"sidecars are written beside the shards, so a pipe: input has nowhere to put them; "
+                         f"got {piped[0]!r}")
+    if not cfg.output and is_remote(urls[0]):
+        raise ValueError(f"the shards are remote ({urls[0]!r}): set output= to a local report directory")
     todo = urls if cfg.rescore else [u for u in urls if not has_sidecar(u)]
     log.info("%d shards, %d to score (%d already have sidecars)", len(urls), len(todo), len(urls) - len(todo))
     phase1 = score_shards(cfg, todo) if todo else {"scored": [], "failed": {}, "skips": {}}
