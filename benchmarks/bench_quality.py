@@ -92,10 +92,14 @@ def aerial_like(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(img.clip(0, 255).astype(np.uint8))
 
 
-def make_shards(out: Path, *, images: int, shards: int, size: int, captions=CAPTIONS) -> list[str]:
+def make_shards(out: Path, *, images: int, shards: int, size: int, captions=CAPTIONS,
+                caption_repeats: int = 1) -> list[str]:
+    """JPEG shards; each caption serves ``caption_repeats`` consecutive images of a shard (as an
+    original and its augmentations share one in a real set)."""
     rng = np.random.default_rng(0)
+    # sample i lands in shard i % shards at position i // shards: repeat along positions
     samples = [make_sample(key=make_key("b", i), image=encode_image(aerial_like(rng, size), ext="jpg"),
-                           caption=captions[i % len(captions)],
+                           caption=captions[(i % shards + shards * (i // shards // caption_repeats)) % len(captions)],
                            meta={"source": "synthetic" if i % 3 == 0 else "real"}) for i in range(images)]
     urls = []
     for s in range(shards):
@@ -184,6 +188,8 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the fastest of each run counts")
     ap.add_argument("--out", default="bench_out/quality", help="results.json and results.png go here")
+    ap.add_argument("--caption-repeats", type=int, default=1,
+                    help="consecutive images per caption (6: a real set's original plus 5 augmentations)")
     ap.add_argument("--claims", action="store_true", help="captions with count/position claims (adds M2B)")
     args = ap.parse_args()
     # the pipelines tune the allocator in every process they run in; the bare loops share this one
@@ -199,10 +205,11 @@ def main() -> None:
     cfg.loader.main_threads = args.main_threads
     load = tuple(round(x, 2) for x in os.getloadavg())
     print(f"cpu cores {os.cpu_count()}, load average {load}, device {device}, model {args.model} "
-          f"({size} px input), malloc tuned {tuned}, {args.images} JPEGs of {args.image_px} px in {args.shards} shards, batch {args.batch}")
+          f"({size} px input), malloc tuned {tuned}, captions repeated x{args.caption_repeats}, {args.images} JPEGs of {args.image_px} px in {args.shards} shards, batch {args.batch}")
     with tempfile.TemporaryDirectory() as tmp:
         urls = make_shards(Path(tmp), images=args.images, shards=args.shards, size=args.image_px,
-                           captions=CLAIM_CAPTIONS if args.claims else CAPTIONS)
+                           captions=CLAIM_CAPTIONS if args.claims else CAPTIONS,
+                           caption_repeats=args.caption_repeats)
         bare_loop(urls[:1], scorer, tokenizer, size, args.batch, None)  # warm-up
         threads = torch.get_num_threads()
         clip_only = copy.deepcopy(cfg)
@@ -251,7 +258,7 @@ def main() -> None:
                    "cpu_ms_per_image": {names[k]: CPU[k] / n * 1000 for k in names}, "ratios": ratios}
         if device.type == "cuda":
             x = torch.randint(0, 255, (args.batch, 3, size, size), dtype=torch.uint8)
-            tok = tokenizer([CAPTIONS[0]] * args.batch)
+            tok = tokenizer([CAPTIONS[i % len(CAPTIONS)] for i in range(args.batch)])  # all distinct
             reps = max(1, n // args.batch)
 
             def bare_encode():

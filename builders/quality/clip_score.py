@@ -49,7 +49,7 @@ def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 
 class ClipScorer:
-    """Cosine similarity between each image and its own caption.
+    """Cosine similarity between each image and its own caption (each distinct caption encoded once).
 
     Images arrive as uint8 ``(B, 3, S, S)`` (resized in the workers); scaling to [0, 1] and the
     model's mean/std normalisation happen on the device, so the workers move 4x fewer bytes.
@@ -76,8 +76,11 @@ class ClipScorer:
             return torch.empty(0)
         non_blocking = self.device.type == "cuda"
         x = (images.to(self.device, non_blocking=non_blocking).float() - self.mean) / self.std
-        t = tokens.to(self.device, non_blocking=non_blocking)
+        # a real set repeats each caption over an original and its augmentations, which sit
+        # together in a shard: encode each distinct caption of the batch once
+        unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)
+        t = unique.to(self.device, non_blocking=non_blocking)
         with self._autocast():
             img = self.model.encode_image(x)
-            txt = encode_text(self.model, t)
+            txt = encode_text(self.model, t)[inverse.to(self.device)]
         return (F.normalize(img.float(), dim=-1) * F.normalize(txt.float(), dim=-1)).sum(-1).cpu()

@@ -62,3 +62,19 @@ def test_scorer_uses_the_trimmed_text_and_matches_the_plain_cosine(tiny):
         img = model.encode_image((images.float() / 255 - mean) / std, normalize=True)
         txt = model.encode_text(tokens, normalize=True)
     torch.testing.assert_close(sims, (img * txt).sum(-1), atol=1e-5, rtol=1e-4)
+
+
+def test_repeated_captions_are_encoded_once_with_the_same_scores(tiny):
+    model, size, tokenizer = tiny
+    captions = ["a river", "a river", "two buildings", "a river", "two buildings", "a forest"]
+    images = torch.randint(0, 256, (len(captions), 3, size, size), dtype=torch.uint8)
+    scorer = ClipScorer(model=model, device=torch.device("cpu"), precision="fp32")
+    seen = []
+    hook = model.token_embedding.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    try:
+        sims = scorer(images, tokenizer(captions))
+    finally:
+        hook.remove()
+    assert seen == [3]  # three distinct captions went through the text tower
+    alone = torch.cat([scorer(images[i:i + 1], tokenizer(captions[i:i + 1])) for i in range(len(captions))])
+    torch.testing.assert_close(sims, alone, atol=1e-5, rtol=1e-4)
