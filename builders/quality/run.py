@@ -76,6 +76,9 @@ def iq_in_worker(cfg: QualityConfig, device: torch.device) -> bool:
 def score_in_workers(cfg: QualityConfig, device: torch.device) -> bool:
     """CLIP in the decode workers: asked for, or auto-picked on a CPU device with workers."""
     where = cfg.loader.score_in
+    if where == "workers" and device.type != "cpu":
+        raise ValueError(f"loader.score_in=workers needs a CPU device, got {device.type!r}: forked decode "
+                         "workers cannot use the accelerator; use main or auto")
     return cfg.loader.num_workers > 0 and (where == "workers" or (where == "auto" and device.type == "cpu"))
 
 

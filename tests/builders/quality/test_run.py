@@ -234,4 +234,6 @@ def test_where_clip_runs(tmp_path):
     assert score_in_workers(tiny_config(tmp_path, "loader.num_workers=2"), cpu)
     assert not score_in_workers(tiny_config(tmp_path, "loader.num_workers=2"), gpu)
     assert not score_in_workers(tiny_config(tmp_path, "loader.num_workers=0"), cpu)  # no workers to use
-    assert score_in_workers(tiny_config(tmp_path, "loader.num_workers=1", "loader.score_in=workers"), gpu)
+    assert score_in_workers(tiny_config(tmp_path, "loader.num_workers=1", "loader.score_in=workers"), cpu)
+    with pytest.raises(ValueError, match="needs a CPU device, got 'cuda'"):
+        score_in_workers(tiny_config(tmp_path, "loader.num_workers=1", "loader.score_in=workers"), gpu)
