@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from training.model import build_tokenizer, image_norm, image_size, tokenizer_spec
+from training.text_tower import encode_text, trim_text
 from wds_tools.reader import SkipLog, decode_sample, iter_shard
 from wds_tools.sample import IMAGE_EXTS
 from wds_tools.urls import expand_urls
@@ -86,7 +87,8 @@ def _embed_images(model, images: torch.Tensor, *, mean, std, batch_size: int, de
 def _embed_texts(model, texts: list[str], *, tokenizer, batch_size: int, device) -> torch.Tensor:
     out = []
     for i in range(0, len(texts), batch_size):
-        out.append(F.normalize(model.encode_text(tokenizer(texts[i:i + batch_size]).to(device)).float(), dim=-1))
+        tokens = trim_text(model, tokenizer(texts[i:i + batch_size])).to(device)
+        out.append(F.normalize(encode_text(model, tokens, trim=False).float(), dim=-1))
     return torch.cat(out)
 
 

@@ -239,24 +239,3 @@ def encode_image_tokens(model: nn.Module, images: torch.Tensor) -> tuple[torch.T
     finally:
         visual.output_tokens = False
     return pooled, tokens @ visual.proj
-
-
-def encode_text_tokens(model: nn.Module, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pooled embedding, projected per-token embeddings B x L x D) for CLIP and CustomTextCLIP."""
-    if hasattr(model, "text"):
-        model.text.output_tokens = True
-        try:
-            pooled, tokens = model.text(text)
-        finally:
-            model.text.output_tokens = False
-        proj = model.text.text_projection
-    else:
-        cast_dtype = model.transformer.get_cast_dtype()
-        x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding.to(cast_dtype)
-        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
-        pooled = open_clip.transformer.text_global_pool(
-            x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-        proj, tokens = model.text_projection, x
-        pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
-        return pooled, (proj(tokens) if isinstance(proj, nn.Linear) else tokens @ proj)
-    return pooled, (proj(tokens) if isinstance(proj, nn.Linear) else tokens @ proj)

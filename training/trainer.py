@@ -23,9 +23,10 @@ from training.data import LoaderSpec, LoaderState, build_sources, make_loader, r
 from training.evaluate import evaluate_model, load_eval_set
 from training.lora import apply_lora, lora_state_dict, mark_trainable
 from training.losses import rare_class_weights, sparc_loss, weighted_clip_loss, weighted_mean, word_token_mask
-from training.model import (build_tokenizer, create_clip, encode_image_tokens, encode_text_tokens,
+from training.model import (build_tokenizer, create_clip, encode_image_tokens,
                             has_patch_tokens, image_norm, image_size, swap_attention, tokenizer_spec)
 from training.plots import plot_training_log
+from training.text_tower import encode_text, encode_text_tokens, trim_text
 from wds_tools.atomic import atomic_open
 from wds_tools.config import config_to_dict, save_config
 
@@ -49,7 +50,7 @@ class Stage2Model(nn.Module):
             img, out["patches"] = encode_image_tokens(self.clip, x)
             txt, out["words"] = encode_text_tokens(self.clip, text)
         else:
-            img, txt = self.clip.encode_image(x), self.clip.encode_text(text)
+            img, txt = self.clip.encode_image(x), encode_text(self.clip, text, trim=False)
         out["image"], out["text"] = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
         return out
 
@@ -222,12 +223,15 @@ def train(cfg: Stage2Config) -> dict:
     bar = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="stage2")
     model.train()
     micro = 0
+    clip_ref = model_of(accelerator, model)
     for batch in make_loader(spec, loader_saved) if step < total_steps else ():
         loader_state.update(batch)
         _count_batch(batch, counters, window)
         if keys_file:
             keys_file.write(json.dumps({"step": step, "micro": micro, "keys": batch["keys"]}) + "\n")
             keys_file.flush()
+        # captions cut after the batch's last end-of-text token: exact for CLIP's causal text tower
+        batch["text"] = trim_text(clip_ref, batch["text"])
         moved = {k: batch[k].to(accelerator.device, non_blocking=True) for k in ("images", "text", "weights")}
         with accelerator.accumulate(model):
             with accelerator.autocast():

@@ -1,4 +1,4 @@
-"""Main-process CLIP scoring of uint8 image batches against tokenised captions."""
+"""CLIP scoring of uint8 image batches against tokenised captions (in the scoring process or a decode worker)."""
 
 from __future__ import annotations
 
@@ -7,45 +7,9 @@ import contextlib
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import text_global_pool
 
 from builders.quality.clip_model import autocast_dtype
-
-
-def _pool_index(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor | None:
-    """Per caption, the token position the text tower pools from; None if it pools otherwise."""
-    if not isinstance(model, open_clip.CLIP) or getattr(model, "attn_mask", None) is None:
-        return None
-    if model.text_pool_type == "argmax":  # the end-of-text token has the largest id
-        return tokens.argmax(dim=-1)
-    eos = getattr(model, "text_eos_id", None)
-    if model.text_pool_type == "eos" and eos is not None:
-        return (tokens == eos).int().argmax(dim=-1)
-    return None
-
-
-def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """``model.encode_text(tokens)``, run only up to the batch's longest caption when that is exact.
-
-    CLIP's text tower is causal and pools from the end-of-text token, so the padding after it
-    cannot change the result: cutting every caption to the batch's longest one gives the same
-    features (up to float rounding) for a fraction of the work, since captions are short and the
-    context is 77 tokens. Towers that pool otherwise (or attend both ways) get the full call.
-    """
-    pool = _pool_index(model, tokens)
-    if pool is None or tokens.shape[0] == 0:
-        return model.encode_text(tokens)
-    n = int(pool.max()) + 1
-    if n >= tokens.shape[1]:
-        return model.encode_text(tokens)
-    tokens = tokens[:, :n]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
-    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
-    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    if model.text_projection is None:
-        return x
-    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+from training.text_tower import encode_text  # the text tower up to the longest caption
 
 
 class ClipScorer:

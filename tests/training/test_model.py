@@ -13,8 +13,9 @@ from torch import nn
 from tests.training.conftest import REPO
 from training.config import LoraConfig, ModelConfig
 from training.lora import apply_lora, head_parameter_names, mark_trainable
-from training.model import (SdpaAttention, create_clip, encode_image_tokens, encode_text_tokens, has_patch_tokens,
+from training.model import (SdpaAttention, create_clip, encode_image_tokens, has_patch_tokens,
                             swap_attention, unswap_attention)
+from training.text_tower import encode_text_tokens
 from training.trainer import Stage2Model
 
 TINY = ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json"))
