@@ -18,8 +18,12 @@ from open_clip.transformer import text_global_pool
 from torch import nn
 
 
+ROUND_TO = 8  # few distinct lengths: torch.compile and cuDNN/cuBLAS plans see a handful of shapes
+
+
 def keep_length(model: nn.Module, text: torch.Tensor) -> int | None:
-    """Tokens to keep so every caption keeps its end-of-text token; None when cutting is not exact."""
+    """Tokens to keep so every caption keeps its end-of-text token, rounded up to a multiple of
+    ``ROUND_TO`` (at most the context); None when cutting is not exact."""
     if not isinstance(model, open_clip.CLIP) or getattr(model, "attn_mask", None) is None:
         return None
     if model.text_pool_type == "argmax":  # the end-of-text token has the largest id
@@ -28,7 +32,9 @@ def keep_length(model: nn.Module, text: torch.Tensor) -> int | None:
         pool = (text == model.text_eos_id).int().argmax(dim=-1)
     else:
         return None
-    return int(pool.max()) + 1 if text.shape[0] else None
+    if not text.shape[0]:
+        return None
+    return min(-(-(int(pool.max()) + 1) // ROUND_TO) * ROUND_TO, text.shape[1])
 
 
 def trim_text(model: nn.Module, text: torch.Tensor) -> torch.Tensor:
