@@ -2,8 +2,9 @@
 
     python benchmarks/bench_quality.py [--images 4800] [--model configs/models/tiny-clip.json] [--workers 2]
 
-Every run scores the same JPEG shards with the same model object, batch size and ``ClipScorer``
-(whose text tower stops at the batch's longest caption), best of ``--repeats`` interleaved rounds:
+Every run scores the same JPEG shards with the same model object, batch size, ``ClipScorer``
+(whose text tower stops at the batch's longest caption) and ``CachedTokenizer``, best of
+``--repeats`` interleaved rounds:
 
 - "bare": decode, resize and score in one process, torch on all cores (and on 1 thread);
 - "bare+iq": the same plus the image-quality measures the filter computes;
@@ -47,6 +48,7 @@ from builders.quality.config import QualityConfig  # noqa: E402
 from builders.quality.image_quality import ImageQualityConfig, image_quality_scores  # noqa: E402
 from builders.quality.loader import clip_input, decode_rgb  # noqa: E402
 from builders.quality.run import score_shards  # noqa: E402
+from training.text_tower import CachedTokenizer  # noqa: E402
 from wds_tools.malloc import keep_freed_memory  # noqa: E402
 from wds_tools.reader import iter_tar_samples  # noqa: E402
 from wds_tools.sample import encode_image, make_key, make_sample  # noqa: E402
@@ -116,6 +118,7 @@ def bare_loop(urls, scorer, tokenizer, size: int, batch: int, iq_cfg: ImageQuali
     ``trim=False`` runs the text tower over the whole 77-token context, as ``encode_text`` does.
     """
     n, imgs, caps, small = 0, [], [], []
+    tokenizer = CachedTokenizer(tokenizer)  # as the filter's workers do
 
     def flush():
         if trim:

@@ -45,6 +45,7 @@ from wds_tools.stages import stage
 from wds_tools.urls import expand_urls, sidecar_url, url_exists
 
 from training.model import build_tokenizer
+from training.text_tower import CachedTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ def mix_batches(spec: LoaderSpec, worker: int, state: dict | None = None) -> Ite
 
 def collate_tokenize(src: Iterable[dict], *, tokenizer: dict) -> Iterator[dict]:
     """Stage: stack uint8 images, tokenise the batch's captions in one call."""
-    tok = build_tokenizer(tokenizer)
+    tok = CachedTokenizer(build_tokenizer(tokenizer))  # augmentations repeat their parent's captions
     for batch in src:
         items = batch["items"]
         yield {

@@ -7,10 +7,14 @@ end-of-text token gives the same features (up to float rounding) and the same gr
 fraction of the work, since captions are short and the context is 77 tokens. Towers that pool
 otherwise (or attend both ways, as ``CustomTextCLIP``'s Hugging Face towers do) are left alone.
 
-Shared by Stage 2 (trainer and evaluation) and the quality filter's scorer.
+Shared by Stage 2 (trainer and evaluation) and the quality filter's scorer, as is
+:class:`CachedTokenizer`.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 import open_clip
 import torch
@@ -87,3 +91,30 @@ def encode_text_tokens(model: nn.Module, text: torch.Tensor) -> tuple[torch.Tens
     x = _tower(model, text)
     pooled = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     return _project(model, pooled), _project(model, x)
+
+
+class CachedTokenizer:
+    """A tokenizer that remembers the tokens of its most recent ``max_entries`` distinct captions.
+
+    A real set repeats a caption over an original and its augmentations, which sit together in a
+    shard, and open_clip's tokenizer cleans and splits every caption in Python; the misses of a
+    batch go to the wrapped tokenizer in one call. Picklable when the wrapped tokenizer is.
+    """
+
+    def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor], *, max_entries: int = 8192):
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self.tokenizer, self.max_entries = tokenizer, max_entries
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        fresh = dict(zip(missing, self.tokenizer(missing).clone())) if missing else {}
+        rows = [fresh[t] if t in fresh else self._cache[t] for t in texts]
+        for t in dict.fromkeys(texts):  # most recently used last
+            self._cache[t] = fresh.get(t, self._cache.get(t))
+            self._cache.move_to_end(t)
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+        return torch.stack(rows) if rows else self.tokenizer([])

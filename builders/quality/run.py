@@ -27,6 +27,7 @@ from builders.quality.config import QualityConfig
 from builders.quality.loader import QualityStream, ShardPart, fill_image_quality, plan_parts, score_batches
 from builders.quality.report import plot_grid, plot_histograms, summarise, write_html
 from builders.quality.selection import PENDING, decide, global_threshold, rescore
+from training.text_tower import CachedTokenizer
 from wds_tools.atomic import write_json
 from wds_tools.config import config_to_dict, save_config
 from wds_tools.malloc import keep_freed_memory
@@ -93,7 +94,7 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
                                                device=device, precision=cfg.model.precision)
     scorer = ClipScorer(model=model, device=device, precision=cfg.model.precision)
     plan = plan_parts(urls, cfg.loader.num_workers)
-    stream = QualityStream(plan=plan, clip_size=size, iq_cfg=cfg.image_quality, tokenizer=tokenizer,
+    stream = QualityStream(plan=plan, clip_size=size, iq_cfg=cfg.image_quality, tokenizer=CachedTokenizer(tokenizer),
                            batch_size=cfg.model.batch_size, compute_boxes=cfg.sanity.compute_boxes,
                            min_box_area=cfg.sanity.min_box_area, allow_pipe=cfg.loader.allow_pipe,
                            iq_in_worker=iq_in_worker(cfg, device),

@@ -68,3 +68,29 @@ def test_text_that_fills_the_context_is_not_cut():
     model = create_clip(_cfg(False).model)
     text = open_clip.get_tokenizer("tiny-clip")(["field " * 100])
     assert trim_text(model, text) is text
+
+
+def test_cached_tokenizer_equals_the_tokenizer_and_tokenises_each_caption_once():
+    import pickle
+
+    from training.text_tower import CachedTokenizer
+
+    tok = open_clip.get_tokenizer("tiny-clip")
+    calls = []
+
+    def counting(texts):
+        calls.append(list(texts))
+        return tok(texts)
+
+    cached = CachedTokenizer(counting, max_entries=3)
+    batch1 = ["a river", "a river", "two planes", "a river"]
+    batch2 = ["two planes", "a forest", "a lake", "a river"]
+    assert torch.equal(cached(batch1), tok(batch1)) and torch.equal(cached(batch2), tok(batch2))
+    assert calls == [["a river", "two planes"], ["a forest", "a lake"]]  # misses only, once each
+    # the cache holds the 3 most recently used: "a river" was used last, "two planes" was evicted
+    assert list(cached._cache) == ["a forest", "a lake", "a river"]
+    assert torch.equal(cached(["two planes"]), tok(["two planes"])) and calls[-1] == ["two planes"]
+    assert cached([]).shape == (0, 77)
+    assert torch.equal(pickle.loads(pickle.dumps(CachedTokenizer(tok)))(batch1), tok(batch1))
+    with pytest.raises(ValueError, match="max_entries must be >= 1, got 0"):
+        CachedTokenizer(tok, max_entries=0)
