@@ -189,7 +189,7 @@ def main() -> None:
     ap.add_argument("--main-threads", type=int, default=0, help="model threads of the filter (0: auto)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the fastest of each run counts")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the fastest of each run counts")
     ap.add_argument("--out", default="bench_out/quality", help="results.json and results.png go here")
     ap.add_argument("--caption-repeats", type=int, default=1,
                     help="consecutive images per caption (6: a real set's original plus 5 augmentations)")
