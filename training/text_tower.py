@@ -28,15 +28,13 @@ ROUND_TO = 8  # few distinct lengths: torch.compile and cuDNN/cuBLAS plans see a
 def keep_length(model: nn.Module, text: torch.Tensor) -> int | None:
     """Tokens to keep so every caption keeps its end-of-text token, rounded up to a multiple of
     ``ROUND_TO`` (at most the context); None when cutting is not exact."""
-    if not isinstance(model, open_clip.CLIP) or getattr(model, "attn_mask", None) is None:
+    if not text.shape[0] or not isinstance(model, open_clip.CLIP) or getattr(model, "attn_mask", None) is None:
         return None
     if model.text_pool_type == "argmax":  # the end-of-text token has the largest id
         pool = text.argmax(dim=-1)
     elif model.text_pool_type == "eos" and getattr(model, "text_eos_id", None) is not None:
         pool = (text == model.text_eos_id).int().argmax(dim=-1)
     else:
-        return None
-    if not text.shape[0]:
         return None
     return min(-(-(int(pool.max()) + 1) // ROUND_TO) * ROUND_TO, text.shape[1])
 
@@ -109,12 +107,14 @@ class CachedTokenizer:
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            return self.tokenizer([])
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        fresh = dict(zip(missing, self.tokenizer(missing).clone())) if missing else {}
-        rows = [fresh[t] if t in fresh else self._cache[t] for t in texts]
-        for t in dict.fromkeys(texts):  # most recently used last
-            self._cache[t] = fresh.get(t, self._cache.get(t))
+        if missing:
+            self._cache.update(zip(missing, self.tokenizer(missing).clone()))
+        rows = [self._cache[t] for t in texts]
+        for t in dict.fromkeys(texts):  # most recently used last, then evict the oldest
             self._cache.move_to_end(t)
         while len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
-        return torch.stack(rows) if rows else self.tokenizer([])
+        return torch.stack(rows)
