@@ -13,7 +13,7 @@ from __future__ import annotations
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import fsspec
 import msgpack
@@ -68,10 +68,13 @@ def write_sidecar(
     records: Iterable[tuple[str, dict]],
     *,
     check_against_shard: bool = True,
+    known_keys: Sequence[str] | None = None,
 ) -> Path | str:
     """Atomically write ``X.<name>.tar`` for shard ``X.tar`` from ``(key, {ext: value})`` records.
 
-    ``check_against_shard`` compares the keys with the shard's (headers only for local shards).
+    ``check_against_shard`` compares the keys with the shard's: ``known_keys`` when the caller has
+    just read them (a remote shard is not fetched again), else listed from the shard (headers
+    only for local shards).
     Beside a remote shard (``s3://``, ``gs://``, ...) the sidecar is finished in a local temporary
     file and uploaded in one piece, which object stores make visible whole or not at all.
     Returns the sidecar's path (local) or URL (remote).
@@ -81,7 +84,7 @@ def write_sidecar(
     records = list(records)
     keys = [check_key(k) for k, _ in records]
     if check_against_shard:
-        expected = shard_keys(shard_path)
+        expected = list(known_keys) if known_keys is not None else shard_keys(shard_path)
         if keys != expected:
             missing = sorted(set(expected) - set(keys))[:5]
             extra = sorted(set(keys) - set(expected))[:5]

@@ -63,22 +63,27 @@ def plan_parts(urls: Sequence[str], num_workers: int) -> list[list[ShardPart]]:
 def read_parts(parts: Iterable[ShardPart], *, allow_pipe: bool = False) -> Iterator[dict]:
     """Raw samples of each part (with ``__index__`` = position in the shard), then a done marker.
 
+    The marker lists every key of the shard in order (a part reads them all, decoding only its
+    share), so the sidecar can be checked against the shard without reading it again.
     A shard that cannot be read at all ends its part with ``error`` set instead of crashing.
     """
     for p in parts:
         skips = SkipLog()
         count = 0
+        keys: list[str] = []
         try:
             for i, sample in enumerate(iter_tar_samples(p.url, allow_pipe=allow_pipe, skips=skips)):
+                keys.append(sample["__key__"])
                 if i % p.parts == p.part:
                     sample["__index__"] = i
                     count += 1
                     yield sample
         except Exception as e:  # noqa: BLE001 - one unreadable shard must not end the run
             log.error("cannot read %s: %s", p.url, e)
-            yield {"__done__": p, "count": count, "skips": skips.as_dict(), "error": f"{type(e).__name__}: {e}"}
+            yield {"__done__": p, "count": count, "skips": skips.as_dict(), "keys": keys,
+                   "error": f"{type(e).__name__}: {e}"}
             continue
-        yield {"__done__": p, "count": count, "skips": skips.as_dict(), "error": None}
+        yield {"__done__": p, "count": count, "skips": skips.as_dict(), "keys": keys, "error": None}
 
 
 def decode_rgb(data: bytes) -> torch.Tensor:

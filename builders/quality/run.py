@@ -43,8 +43,7 @@ REPORT_NAME = "quality_report.json"
 
 def has_sidecar(url: str) -> bool:
     """True when the shard's quality sidecar exists (it is only ever written whole)."""
-    side = sidecar_url(url, SIDECAR)
-    return url_exists(side) if is_remote(side) else os.path.exists(side)
+    return url_exists(sidecar_url(url, SIDECAR))
 
 
 def _expected_samples(urls: list[str]) -> int | None:
@@ -59,13 +58,13 @@ def _sidecar_record(r: dict) -> dict:
             "reasons": r["reasons"], "source": r.get("source")}
 
 
-def _write_pending(url: str, records: list[dict], cfg: QualityConfig) -> None:
+def _write_pending(url: str, records: list[dict], cfg: QualityConfig, shard_keys: list[str]) -> None:
     records = sorted(records, key=lambda r: r["index"])
     out = []
     for r in records:
         r = rescore({**r, "reasons": r["reasons"] + [PENDING]}, cfg.composite)
         out.append((r["key"], {MEMBER: _sidecar_record({**r, "keep": False})}))
-    write_sidecar(url, SIDECAR, out)
+    write_sidecar(url, SIDECAR, out, known_keys=shard_keys)
 
 
 def iq_in_worker(cfg: QualityConfig, device: torch.device) -> bool:
@@ -107,7 +106,7 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
         stream, batch_size=None, num_workers=nw, prefetch_factor=cfg.loader.prefetch_factor if nw else None,
         pin_memory=device.type == "cuda",
     )
-    collector = ShardCollector(plan=plan, on_complete=lambda url, recs: _write_pending(url, recs, cfg))
+    collector = ShardCollector(plan=plan, on_complete=lambda url, recs, keys: _write_pending(url, recs, cfg, keys))
     bar = tqdm(total=_expected_samples(urls), unit="img", desc="scoring", dynamic_ncols=True)
     threads = torch.get_num_threads()
     if device.type == "cpu" and (nw or cfg.loader.main_threads) and not stream.scorer:
@@ -134,16 +133,18 @@ def _score_batch(batch: dict, scorer: ClipScorer, cfg: QualityConfig) -> None:
 
 
 class ShardCollector:
-    """Files scored records by shard; once every part of a shard is done, hands them on.
+    """Files scored records by shard; once every part of a shard is done, hands them on with the
+    shard's keys (as part 0 read them).
 
     A part that hit a read error marks its shard failed: no sidecar is written for it, so a later
     run retries it.
     """
 
-    def __init__(self, *, plan: list[list[ShardPart]], on_complete: Callable[[str, list[dict]], None]):
+    def __init__(self, *, plan: list[list[ShardPart]], on_complete: Callable[[str, list[dict], list[str]], None]):
         self.parts_needed = {p.url: p.parts for worker in plan for p in worker}
         self.parts_seen: dict[str, int] = defaultdict(int)
         self.pending: dict[str, list[dict]] = defaultdict(list)
+        self.keys: dict[str, list[str]] = {}
         self.failed: dict[str, str] = {}
         self.skips: dict[str, int] = defaultdict(int)
         self.scored: list[str] = []
@@ -156,14 +157,16 @@ class ShardCollector:
         for marker in batch["done"]:
             url = marker["__done__"].url
             self.parts_seen[url] += 1
-            for reason, n in marker["skips"].items():
-                self.skips[reason] += n
+            if marker["__done__"].part == 0:  # every part of a striped shard reads all of it
+                self.keys[url] = marker["keys"]
+                for reason, n in marker["skips"].items():
+                    self.skips[reason] += n
             if marker["error"]:
                 self.failed[url] = marker["error"]
             if self.parts_seen[url] == self.parts_needed[url]:
-                records = self.pending.pop(url, [])
+                records, keys = self.pending.pop(url, []), self.keys.pop(url)
                 if url not in self.failed:
-                    self.on_complete(url, records)
+                    self.on_complete(url, records, keys)
                     self.scored.append(url)
 
 
@@ -181,7 +184,9 @@ def select_global(cfg: QualityConfig, urls: list[str]) -> tuple[float | None, li
     for url, recs in rescored.items():
         decided = {k: _sidecar_record(decide(r, threshold=threshold, cfg=cfg.selection)) for k, r in recs.items()}
         if any(decided[k] != sidecars[url][k][MEMBER] for k in decided):
-            write_sidecar(url, SIDECAR, [(k, {MEMBER: v}) for k, v in decided.items()])
+            # the keys of a sidecar that was checked against its shard when it was written
+            write_sidecar(url, SIDECAR, [(k, {MEMBER: v}) for k, v in decided.items()],
+                          known_keys=list(sidecars[url]))
             rewritten += 1
         final.extend({**v, "url": url, "key": k} for k, v in decided.items())
     return threshold, final, rewritten

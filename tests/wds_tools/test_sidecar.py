@@ -61,3 +61,15 @@ def test_both_member_spellings_and_header_only_keys(shard_dir):
     write_sidecar(shard, "quality", [(k, {"quality.msgpack": {"keep": True}}) for k in keys])
     joined = next(iter_shard(str(shard), sidecars=["quality"]))
     assert sorted(k for k in joined if not k.startswith("__")) == ["jpg", "json", "quality.msgpack", "txt"]
+
+
+def test_known_keys_replace_the_shard_listing(shard_dir, monkeypatch):
+    import wds_tools.sidecar as sc
+
+    shard = sorted(shard_dir.glob("*[0-9].tar"))[0]
+    keys = shard_keys(str(shard))
+    monkeypatch.setattr(sc, "shard_keys", lambda url: pytest.fail("the shard was read again"))
+    write_sidecar(shard, "quality", _quality(keys), known_keys=keys)
+    assert list(read_sidecar(str(shard), "quality")) == keys
+    with pytest.raises(ValueError, match="do not match shard"):
+        write_sidecar(shard, "quality", _quality(keys[:-1]), known_keys=keys)

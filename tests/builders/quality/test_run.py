@@ -9,7 +9,7 @@ import pytest
 from builders.quality.__main__ import main
 from builders.quality.run import MEMBER, SIDECAR, run
 from builders.quality.selection import PENDING
-from tests.builders.quality.conftest import make_shards, tiny_config
+from tests.builders.quality.conftest import good_sample, make_shards, tiny_config
 from wds_tools.reader import iter_tar_samples
 from wds_tools.sidecar import read_sidecar
 from wds_tools.urls import sidecar_url
@@ -237,3 +237,22 @@ def test_where_clip_runs(tmp_path):
     assert score_in_workers(tiny_config(tmp_path, "loader.num_workers=1", "loader.score_in=workers"), cpu)
     with pytest.raises(ValueError, match="needs a CPU device, got 'cuda'"):
         score_in_workers(tiny_config(tmp_path, "loader.num_workers=1", "loader.score_in=workers"), gpu)
+
+
+def test_a_striped_shard_counts_its_read_skips_once(tmp_path):
+    """One shard, two workers: both read the whole tar, but its skipped members count once."""
+    import pickle as pk
+
+    from wds_tools.writer import write_tar_members
+
+    d = tmp_path / "one"
+    d.mkdir()
+    members = []
+    for i in range(6):
+        s = good_sample(i)
+        members += [(f"{s['__key__']}.{ext}", s[ext]) for ext in ("jpg", "json", "txt")]
+    members.append((f"{good_sample(0)['__key__']}.pyd", pk.dumps({"x": 1})))
+    write_tar_members(d / "q-000000.tar", members)
+    report = run(tiny_config(tmp_path, f"input={d}", "loader.num_workers=2"))
+    assert report["read_skips"] == {"unsafe_member_pyd": 1}
+    assert report["shards"]["scored_this_run"] == 1 and report["total"] == 6
