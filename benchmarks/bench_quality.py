@@ -42,13 +42,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from builders.quality.clip_model import load_clip, resolve_device  # noqa: E402
+from clip_models.scoring import load_clip, resolve_device  # noqa: E402
 from builders.quality.clip_score import ClipScorer  # noqa: E402
 from builders.quality.config import QualityConfig  # noqa: E402
 from builders.quality.image_quality import ImageQualityConfig, image_quality_scores  # noqa: E402
 from builders.quality.loader import clip_input, decode_rgb  # noqa: E402
 from builders.quality.run import score_shards  # noqa: E402
-from training.text_tower import CachedTokenizer  # noqa: E402
+from clip_models.text_tower import CachedTokenizer  # noqa: E402
 from wds_tools.malloc import keep_freed_memory  # noqa: E402
 from wds_tools.reader import iter_tar_samples  # noqa: E402
 from wds_tools.sample import encode_image, make_key, make_sample  # noqa: E402

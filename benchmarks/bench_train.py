@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from training.config import LoraConfig, ModelConfig
 from training.lora import apply_lora, mark_trainable
 from training.losses import weighted_clip_loss
-from training.model import create_clip, swap_attention
+from clip_models.model import create_clip, swap_attention
 
 TINY_JSON = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-clip.json"
 

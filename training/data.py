@@ -44,8 +44,8 @@ from wds_tools.sample import IMAGE_EXTS
 from wds_tools.stages import stage
 from wds_tools.urls import expand_urls, sidecar_url, url_exists
 
-from training.model import build_tokenizer
-from training.text_tower import CachedTokenizer
+from clip_models.model import build_tokenizer
+from clip_models.text_tower import CachedTokenizer
 
 log = logging.getLogger(__name__)
 

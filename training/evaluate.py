@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from training.model import build_tokenizer, image_norm, image_size, tokenizer_spec
-from training.text_tower import encode_text, trim_text
+from clip_models.model import build_tokenizer, image_norm, image_size, tokenizer_spec
+from clip_models.text_tower import encode_text, trim_text
 from wds_tools.reader import SkipLog, decode_sample, iter_shard
 from wds_tools.sample import IMAGE_EXTS
 from wds_tools.urls import expand_urls

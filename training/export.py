@@ -21,7 +21,7 @@ from torch import nn
 from training.checkpoint import load_heads
 from training.config import CLI_FLAGS, Stage2Config
 from training.lora import apply_lora, load_peft_adapter, merge_lora
-from training.model import create_clip, swap_attention, unswap_attention
+from clip_models.model import create_clip, swap_attention, unswap_attention
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from training.data import LoaderSpec, LoaderState, build_sources, make_loader, r
 from training.evaluate import evaluate_model, load_eval_set
 from training.lora import apply_lora, lora_state_dict, mark_trainable
 from training.losses import rare_class_weights, sparc_loss, weighted_clip_loss, weighted_mean, word_token_mask
-from training.model import (build_tokenizer, create_clip, encode_image_tokens,
+from clip_models.model import (build_tokenizer, create_clip, encode_image_tokens,
                             has_patch_tokens, image_norm, image_size, swap_attention, tokenizer_spec)
 from training.plots import plot_training_log
-from training.text_tower import encode_text, encode_text_tokens, trim_text
+from clip_models.text_tower import encode_text, encode_text_tokens, trim_text
 from wds_tools.atomic import atomic_open
 from wds_tools.config import config_to_dict, save_config
 

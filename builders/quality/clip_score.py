@@ -8,8 +8,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from builders.quality.clip_model import autocast_dtype
-from training.text_tower import encode_text  # the text tower up to the longest caption
+from clip_models.scoring import autocast_dtype
+from clip_models.text_tower import encode_text  # the text tower up to the longest caption
 
 
 class ClipScorer:

@@ -157,7 +157,7 @@ def prepare_samples(
     """
     detect = None
     if compute_boxes:
-        from builders.m2b import detect_regions as detect
+        from builders.real.m2b import detect_regions as detect
     for sample in src:
         if "__done__" in sample:
             yield sample

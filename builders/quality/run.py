@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from builders.quality.clip_model import load_clip, resolve_device
+from clip_models.scoring import load_clip, resolve_device
 from builders.quality.clip_score import ClipScorer
 from builders.quality.config import QualityConfig
 from builders.quality.loader import QualityStream, ShardPart, fill_image_quality, plan_parts, score_batches
 from builders.quality.report import plot_grid, plot_histograms, summarise, write_html
 from builders.quality.selection import PENDING, decide, global_threshold, rescore
-from training.text_tower import CachedTokenizer
+from clip_models.text_tower import CachedTokenizer
 from wds_tools.atomic import write_json
 from wds_tools.config import config_to_dict, save_config
 from wds_tools.malloc import keep_freed_memory

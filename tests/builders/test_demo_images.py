@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from builders.demo_images import CLASSES, POND_QUADRANTS, WATER_SIDES, draw_tile, make_demo_tree
-from builders.m2b import label_fractions
+from builders.real.m2b import label_fractions
 
 
 def test_tree_layout_and_determinism(tmp_path):

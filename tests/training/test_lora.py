@@ -13,7 +13,7 @@ from tests.training.conftest import REPO
 from training.config import LoraConfig, ModelConfig
 from training.lora import (LoraLinear, apply_lora, load_peft_adapter, lora_modules, mark_trainable, merge_lora,
                            save_peft_adapter)
-from training.model import create_clip, swap_attention
+from clip_models.model import create_clip, swap_attention
 
 TINY = ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json"))
 

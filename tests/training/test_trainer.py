@@ -20,7 +20,7 @@ from tests.training.conftest import REPO, TINY_CONFIG
 from training.config import Stage2Config
 from training.export import export_merged, load_trained
 from training.lora import apply_lora, load_lora_state_dict
-from training.model import create_clip, swap_attention
+from clip_models.model import create_clip, swap_attention
 from training.trainer import train
 from wds_tools.config import load_config
 

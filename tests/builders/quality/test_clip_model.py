@@ -2,7 +2,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from builders.quality.clip_model import load_clip
+from clip_models.scoring import load_clip
 from builders.quality.clip_score import ClipScorer
 from tests.builders.quality.conftest import REPO
 

@@ -2,7 +2,7 @@ import open_clip
 import pytest
 import torch
 
-from builders.quality.clip_model import load_clip
+from clip_models.scoring import load_clip
 from builders.quality.clip_score import ClipScorer, encode_text
 from tests.builders.quality.conftest import REPO
 

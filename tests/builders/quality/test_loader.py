@@ -1,6 +1,6 @@
 from builders.quality.image_quality import ImageQualityConfig
 from builders.quality.loader import ShardPart, batch_samples, plan_parts, prepare_samples, read_parts
-from builders.quality.clip_model import load_clip
+from clip_models.scoring import load_clip
 from tests.builders.quality.conftest import REPO
 
 

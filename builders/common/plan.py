@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from wds_tools.sample import make_key
 from wds_tools.writer import shard_name
 
-from builders.inputs import SPLITS, SourceItem
+from builders.common.inputs import SPLITS, SourceItem
 
 SHARD_PREFIX = "real"
 

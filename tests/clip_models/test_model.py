@@ -13,9 +13,9 @@ from torch import nn
 from tests.training.conftest import REPO
 from training.config import LoraConfig, ModelConfig
 from training.lora import apply_lora, head_parameter_names, mark_trainable
-from training.model import (SdpaAttention, create_clip, encode_image_tokens, has_patch_tokens,
+from clip_models.model import (SdpaAttention, create_clip, encode_image_tokens, has_patch_tokens,
                             swap_attention, unswap_attention)
-from training.text_tower import encode_text_tokens
+from clip_models.text_tower import encode_text_tokens
 from training.trainer import Stage2Model
 
 TINY = ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json"))
@@ -116,7 +116,7 @@ def test_resnet_tower_lora_on_text_and_attnpool_head_trained(tmp_path):
 def test_hub_id_resolves_to_the_remoteclip_file(tiny, tmp_path, monkeypatch):
     import huggingface_hub
 
-    from training.model import hub_filename
+    from clip_models.model import hub_filename
 
     calls = []
     local = tmp_path / "RemoteCLIP-tiny.pt"

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 from wds_tools.config import load_config
 
-from builders.augment import transform_box
-from builders.inputs import SourceItem
-from builders.real_config import RealBuildConfig
-from builders.recipe import build_item
+from builders.real.augment import transform_box
+from builders.common.inputs import SourceItem
+from builders.real.config import RealBuildConfig
+from builders.real.recipe import build_item
 
 DET = {"box": [0.05, 0.05, 0.25, 0.25], "label": "airplane", "score": 0.8, "source": "detector"}
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders.inputs import UnreadableImage, load_rgb, read_items
+from builders.common.inputs import UnreadableImage, load_rgb, read_items
 
 
 def test_folder_tree_classes(demo_tree):

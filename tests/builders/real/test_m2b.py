@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders.m2b import detect_regions, label_fractions
+from builders.real.m2b import detect_regions, label_fractions
 
-UCM = Path(__file__).resolve().parents[3] / "shared" / "data" / "ucm_sample"
+UCM = Path(__file__).resolve().parents[4] / "shared" / "data" / "ucm_sample"
 
 
 def _noise(rng, shape, amp):

@@ -12,11 +12,11 @@ from PIL import Image
 from wds_tools.config import ConfigError, load_config
 from wds_tools.reader import decode_sample, iter_shard
 
-from builders.augment import rewrite_positions
-from builders.real_build import build_real
-from builders.real_config import RealBuildConfig
+from builders.real.augment import rewrite_positions
+from builders.real.build import build_real
+from builders.real.config import RealBuildConfig
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "configs" / "build" / "real.yaml"
 FAST = ["size=32", "images_per_shard=3", "workers=1", "m2b.analysis_size=32"]
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from builders.b2c import regions_to_caption, spatial_phrase
-from builders.m2b import detect_regions, label_fractions
+from builders.real.b2c import regions_to_caption, spatial_phrase
+from builders.real.m2b import detect_regions, label_fractions
 
 
 def _caption(img):

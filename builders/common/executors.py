@@ -60,7 +60,7 @@ def run_ray(fn: Callable, units: Sequence, args: tuple, *, workers: int, address
 
     started, pending = False, []
     if not ray.is_initialized():
-        repo_root = str(Path(__file__).resolve().parents[1])
+        repo_root = str(Path(__file__).resolve().parents[2])
         join = address or os.environ.get("RAY_ADDRESS", "")
         ray.init(address=join or None, num_cpus=None if join else workers,
                  include_dashboard=False, log_to_driver=False,

@@ -17,13 +17,13 @@ from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_stats
 from wds_tools.writer import ShardWriter, is_shard_complete
 
-from builders.augment import center_square, resize_square
-from builders.inputs import UnreadableImage, load_rgb
+from builders.real.augment import center_square, resize_square
+from builders.common.inputs import UnreadableImage, load_rgb
 from wds_tools.skips import SkipLog
 
-from builders.plan import Unit
-from builders.real_config import RealBuildConfig
-from builders.recipe import build_item
+from builders.common.plan import Unit
+from builders.real.config import RealBuildConfig
+from builders.real.recipe import build_item
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def result_from_disk(unit: Unit, output: str | Path) -> UnitResult:
 def _vlm_captions(squares: list, cfg: RealBuildConfig) -> list[str | None]:
     if not cfg.vlm.model or not squares:
         return [None] * len(squares)
-    from builders.vlm_captions import get_captioner  # torch/transformers only when used
+    from builders.common.vlm_captions import get_captioner  # torch/transformers only when used
 
     return get_captioner(cfg.vlm).caption(squares)
 

@@ -30,12 +30,12 @@ from wds_tools.atomic import write_json
 from wds_tools.config import ConfigError, config_to_dict, save_config
 from wds_tools.manifest import write_index
 
-from builders.executors import run_units
-from builders.inputs import SPLITS, read_items
-from builders.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
-from builders.preview import write_preview
-from builders.real_config import RealBuildConfig
-from builders.unit_build import UnitResult, build_unit
+from builders.common.executors import run_units
+from builders.common.inputs import SPLITS, read_items
+from builders.common.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
+from builders.common.preview import write_preview
+from builders.real.config import RealBuildConfig
+from builders.real.unit import UnitResult, build_unit
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from builders.augment import resize_square
-from builders.b2c import crop_caption, describe_element
+from builders.real.augment import resize_square
+from builders.real.b2c import crop_caption, describe_element
 
 
 @dataclass

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders.m2b import detect_regions
-from builders.zoom import cut, select_crops, square_box
+from builders.real.m2b import detect_regions
+from builders.real.zoom import cut, select_crops, square_box
 
 
 def test_square_box_grows_squares_and_clamps():

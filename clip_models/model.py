@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.config import ModelConfig
+from clip_models.config import ModelConfig
 
 log = logging.getLogger(__name__)
 

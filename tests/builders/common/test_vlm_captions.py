@@ -3,12 +3,12 @@ from PIL import Image
 from wds_tools.config import load_config
 from wds_tools.reader import decode_sample, iter_shard
 
-from builders.real_build import build_real
-from builders.real_config import RealBuildConfig, VLMConfig
+from builders.real.build import build_real
+from builders.real.config import RealBuildConfig, VLMConfig
 
 
 def test_captioner_batches_and_returns_one_caption_per_image(tiny_vlm):
-    from builders.vlm_captions import get_captioner
+    from builders.common.vlm_captions import get_captioner
 
     cfg = VLMConfig(model=str(tiny_vlm), batch_size=2, max_new_tokens=6, max_pixels=112 * 112,
                     min_pixels=56 * 56)

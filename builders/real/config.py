@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from builders.common.vlm_captions import VLMConfig
+
 
 @dataclass
 class SplitConfig:
@@ -74,23 +76,6 @@ class ZoomConfig:
     min_side: float = 0.25
     max_side: float = 0.6           # crops that would cover more than this are dropped
 
-
-@dataclass
-class VLMConfig:
-    """USE_VLM_CAPTIONS: on when ``model`` (local path or hub id) is set."""
-
-    model: str = ""
-    prompt: str = "Describe this aerial image in one sentence."
-    batch_size: int = 8
-    max_new_tokens: int = 48
-    device: str = "auto"            # auto: cuda when available, else cpu
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on GPU
-    max_pixels: int = 448 * 448
-    min_pixels: int = 56 * 56
-
-    def validate(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Input -> shard unit mapping is deterministic and keeps splits apart."""
 import pytest
 
-from builders.inputs import SourceItem
-from builders.plan import hashed_split, item_key, plan_units
+from builders.common.inputs import SourceItem
+from builders.common.plan import hashed_split, item_key, plan_units
 
 
 def _items(n, split=None):

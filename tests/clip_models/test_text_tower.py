@@ -6,8 +6,8 @@ import torch
 
 from tests.training.conftest import REPO
 from training.config import ModelConfig, Stage2Config
-from training.model import create_clip
-from training.text_tower import encode_text, encode_text_tokens, keep_length, trim_text
+from clip_models.model import create_clip
+from clip_models.text_tower import encode_text, encode_text_tokens, keep_length, trim_text
 from training.trainer import build_model, forward_losses
 
 CAPTIONS = ["a harbour", "two planes parked on a runway next to the terminal", "", "many green fields"]
@@ -73,7 +73,7 @@ def test_text_that_fills_the_context_is_not_cut():
 def test_cached_tokenizer_equals_the_tokenizer_and_tokenises_each_caption_once():
     import pickle
 
-    from training.text_tower import CachedTokenizer
+    from clip_models.text_tower import CachedTokenizer
 
     tok = open_clip.get_tokenizer("tiny-clip")
     calls = []

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders.augment import apply_aug, aug_params, rewrite_positions, transform_box
-from builders.b2c import regions_to_caption
-from builders.m2b import analyse
+from builders.real.augment import apply_aug, aug_params, rewrite_positions, transform_box
+from builders.real.b2c import regions_to_caption
+from builders.real.m2b import analyse
 
 
 def test_params_are_deterministic_and_geometrically_distinct():

@@ -3,7 +3,7 @@
     python -m builders.real --config configs/build/real.yaml --input DIR_OR_CAPTION_FILE \\
         --output DIR [--overwrite] [key=value ...]
 
-See builders.real_build for the output layout and builders.recipe for what each sample holds.
+See builders.real.build for the output layout and builders.real.recipe for what each sample holds.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import sys
 
 from wds_tools.config import parse_cli
 
-from builders.real_build import build_real, format_summary
-from builders.real_config import RealBuildConfig
+from builders.real.build import build_real, format_summary
+from builders.real.config import RealBuildConfig
 
 FLAGS = {"--input": "input", "--output": "output", "--image-root": "image_root",
          "--executor": "executor", "--workers": "workers", "--vlm-model": "vlm.model",

@@ -8,12 +8,32 @@ captions reproducible. One captioner is cached per process (a worker loads the m
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Literal
 
 from PIL import Image
 
-from builders.real_config import VLMConfig
-
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class VLMConfig:
+    """USE_VLM_CAPTIONS: on when ``model`` (local path or hub id) is set."""
+
+    model: str = ""
+    prompt: str = "Describe this aerial image in one sentence."
+    batch_size: int = 8
+    max_new_tokens: int = 48
+    device: str = "auto"            # auto: cuda when available, else cpu
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on GPU
+    max_pixels: int = 448 * 448
+    min_pixels: int = 56 * 56
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
 _CACHE: dict[tuple, "VLMCaptioner"] = {}
 # Qwen2-VL's chat layout, used when a processor ships no chat template.
 _QWEN_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>\n"

@@ -18,13 +18,13 @@ import numpy as np
 from PIL import Image
 from wds_tools.sample import encode_image, make_key, make_sample
 
-from builders.augment import (aug_params, apply_aug, resize_square, rewrite_positions,
+from builders.real.augment import (aug_params, apply_aug, resize_square, rewrite_positions,
                               transform_box)
-from builders.b2c import regions_to_caption
-from builders.inputs import SourceItem
-from builders.m2b import analyse
-from builders.real_config import RealBuildConfig
-from builders.zoom import cut, select_crops
+from builders.real.b2c import regions_to_caption
+from builders.common.inputs import SourceItem
+from builders.real.m2b import analyse
+from builders.real.config import RealBuildConfig
+from builders.real.zoom import cut, select_crops
 
 _BOX_FIELDS = ("box", "label", "score", "source", "area", "cell")
 

@@ -4,9 +4,9 @@ import json
 import pytest
 from wds_tools.config import load_config
 
-from builders.executors import resolve_workers, run_units
-from builders.real_build import build_real
-from builders.real_config import RealBuildConfig
+from builders.common.executors import resolve_workers, run_units
+from builders.real.build import build_real
+from builders.real.config import RealBuildConfig
 
 FAST = ["size=32", "images_per_shard=3", "m2b.analysis_size=32"]
 

@@ -1,0 +1,1 @@
+"""What the Stage 1 builders share: input readers, shard planning, executors, preview, VLM captions."""
