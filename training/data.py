@@ -44,8 +44,8 @@ from wds_tools.sample import IMAGE_EXTS
 from wds_tools.stages import stage
 from wds_tools.urls import expand_urls, sidecar_url, url_exists
 
-from clip_models.model import build_tokenizer
-from clip_models.text_tower import CachedTokenizer
+from clip_models.preprocess import resized_crop
+from clip_models.text_tower import CachedTokenizer, build_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def random_resized_crop(img: torch.Tensor, *, size: int, scale_min: float, hflip
         if 0 < cw_ <= w and 0 < ch_ <= h:
             top, left, ch, cw = int(rng.integers(0, h - ch_ + 1)), int(rng.integers(0, w - cw_ + 1)), ch_, cw_
             break
-    out = TF.resized_crop(img, top, left, ch, cw, [size, size], antialias=True)
+    out = resized_crop(img, top=top, left=left, height=ch, width=cw, size=size)
     flipped = bool(hflip and rng.random() < 0.5)
     return (out.flip(-1) if flipped else out).contiguous(), flipped
 

@@ -23,10 +23,12 @@ from training.data import LoaderSpec, LoaderState, build_sources, make_loader, r
 from training.evaluate import evaluate_model, load_eval_set
 from training.lora import apply_lora, lora_state_dict, mark_trainable
 from training.losses import rare_class_weights, sparc_loss, weighted_clip_loss, weighted_mean, word_token_mask
-from clip_models.model import (build_tokenizer, create_clip, encode_image_tokens,
-                            has_patch_tokens, image_norm, image_size, swap_attention, tokenizer_spec)
+from clip_models.attention import swap_attention
+from clip_models.image_tower import encode_image_tokens, has_patch_tokens
+from clip_models.loading import create_model, model_name
+from clip_models.preprocess import image_norm, image_size
 from training.plots import plot_training_log
-from clip_models.text_tower import encode_text, encode_text_tokens, trim_text
+from clip_models.text_tower import build_tokenizer, encode_text, encode_text_tokens, tokenizer_spec, trim_text
 from wds_tools.atomic import atomic_open
 from wds_tools.config import config_to_dict, save_config
 
@@ -57,7 +59,7 @@ class Stage2Model(nn.Module):
 
 def build_model(cfg: Stage2Config) -> tuple[Stage2Model, dict]:
     """open_clip model, attention swapped, LoRA applied, backbone frozen."""
-    clip = create_clip(cfg.model)
+    clip = create_model(cfg.model)
     if cfg.model.swap_attention:
         swap_attention(clip)
     wrapped = apply_lora(clip, cfg.lora)
@@ -190,7 +192,7 @@ def train(cfg: Stage2Config) -> dict:
     counters = Counter((data_state or {}).get("counters", {}))
     run_log = RunLog(path=out_dir / "training_log.json", config=config_to_dict(cfg), saved=trainer_state.get("log"))
 
-    clip_name = cfg.model.name
+    clip_name = model_name(cfg.model)
     spec = LoaderSpec(sources=sources, batch_size=cfg.train.batch_size, image_size=image_size(model_of(accelerator, model)),
                       tokenizer=tokenizer_spec(clip_name), seed=cfg.train.seed, rank=rank, world_size=world,
                       num_workers=cfg.data.num_workers, stratified=cfg.data.stratified,

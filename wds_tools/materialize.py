@@ -17,7 +17,7 @@ from typing import Sequence
 import msgpack
 from tqdm import tqdm
 
-from wds_tools.config import parse_cli, save_config
+from wds_tools.config import parse_cli, prog_name, run_main, save_config
 from wds_tools.manifest import stats_path, write_index
 from wds_tools.reader import SkipLog, iter_shard
 from wds_tools.urls import expand_urls, is_shard_name
@@ -93,9 +93,14 @@ def materialize(cfg: MaterializeConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``remoteclip-materialize``): a user error is one line and exit status 2."""
+    return run_main(_main, argv, prog=prog_name("wds_tools.materialize"))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = parse_cli(
-        MaterializeConfig, argv, prog="wds-materialize", description=__doc__.split("\n")[0],
+        MaterializeConfig, argv, prog=prog_name("wds_tools.materialize"), description=__doc__.split("\n")[0],
         flags={"--input": "input", "--output": "output"},
     )
     m = materialize(cfg)

@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from clip_models.scoring import load_clip, resolve_device
 from builders.quality.clip_score import ClipScorer
 from builders.quality.config import QualityConfig
 from builders.quality.loader import QualityStream, ShardPart, fill_image_quality, plan_parts, score_batches
 from builders.quality.report import plot_grid, plot_histograms, summarise, write_html
 from builders.quality.selection import PENDING, decide, global_threshold, rescore
+from clip_models.device import resolve_device
+from clip_models.loading import load_clip
 from clip_models.text_tower import CachedTokenizer
 from wds_tools.atomic import write_json
 from wds_tools.config import config_to_dict, save_config
@@ -89,8 +90,7 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
     """
     keep_freed_memory()
     device = resolve_device(cfg.model.device)
-    model, size, tokenizer = clip or load_clip(model_name=cfg.model.name, pretrained=cfg.model.pretrained,
-                                               device=device, precision=cfg.model.precision)
+    model, size, tokenizer = clip or load_clip(cfg.model)
     scorer = ClipScorer(model=model, device=device, precision=cfg.model.precision)
     plan = plan_parts(urls, cfg.loader.num_workers)
     stream = QualityStream(plan=plan, clip_size=size, iq_cfg=cfg.image_quality, tokenizer=CachedTokenizer(tokenizer),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from wds_tools.config import parse_cli
+from wds_tools.config import parse_cli, prog_name, run_main
 
 from builders.real.build import build_real, format_summary
 from builders.real.config import RealBuildConfig
@@ -21,7 +21,12 @@ FLAGS = {"--input": "input", "--output": "output", "--image-root": "image_root",
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_cli(RealBuildConfig, argv, prog="python -m builders.real",
+    """Console entry point (``remoteclip-build-real``): a user error is one line and exit status 2."""
+    return run_main(_main, argv, prog=prog_name("builders.real"))
+
+
+def _main(argv: list[str] | None) -> int:
+    cfg = parse_cli(RealBuildConfig, argv, prog=prog_name("builders.real"),
                     description="Build train/val/test WebDataset shards from real aerial images. "
                                 "Finished shards are kept on rerun; --overwrite rebuilds them.",
                     flags=FLAGS, default_config=None)

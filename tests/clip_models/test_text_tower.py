@@ -6,7 +6,7 @@ import torch
 
 from tests.training.conftest import REPO
 from training.config import ModelConfig, Stage2Config
-from clip_models.model import create_clip
+from clip_models.loading import create_model
 from clip_models.text_tower import encode_text, encode_text_tokens, keep_length, trim_text
 from training.trainer import build_model, forward_losses
 
@@ -52,7 +52,7 @@ def test_losses_and_lora_gradients_are_unchanged_by_trimming(fine_grained):
 
 
 def test_encoders_on_cut_text_match_open_clip():
-    model = create_clip(_cfg(False).model).eval()
+    model = create_model(_cfg(False).model).eval()
     text = open_clip.get_tokenizer("tiny-clip")(CAPTIONS)
     cut = trim_text(model, text)
     assert keep_length(model, text) == cut.shape[1] < 77
@@ -65,7 +65,7 @@ def test_encoders_on_cut_text_match_open_clip():
 
 
 def test_text_that_fills_the_context_is_not_cut():
-    model = create_clip(_cfg(False).model)
+    model = create_model(_cfg(False).model)
     text = open_clip.get_tokenizer("tiny-clip")(["field " * 100])
     assert trim_text(model, text) is text
 

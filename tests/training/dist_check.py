@@ -16,7 +16,7 @@ from wds_tools.config import load_config
 
 def fixed_global_batch(n: int, *, size: int, seed: int = 0) -> dict:
     """A deterministic batch of ``n`` samples (uint8 images, tokens, weights with one rare class)."""
-    from clip_models.model import build_tokenizer, tokenizer_spec
+    from clip_models.text_tower import build_tokenizer, tokenizer_spec
 
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)

@@ -20,7 +20,8 @@ from tests.training.conftest import REPO, TINY_CONFIG
 from training.config import Stage2Config
 from training.export import export_merged, load_trained
 from training.lora import apply_lora, load_lora_state_dict
-from clip_models.model import create_clip, swap_attention
+from clip_models.attention import swap_attention
+from clip_models.loading import create_model
 from training.trainer import train
 from wds_tools.config import load_config
 
@@ -80,7 +81,7 @@ def test_peft_adapter_and_merged_export_reproduce_the_trained_model(reference_ru
     from peft import PeftModel
 
     out, cfg, _ = reference_run
-    lean = create_clip(cfg.model)
+    lean = create_model(cfg.model)
     swap_attention(lean)
     apply_lora(lean, cfg.lora)
     load_lora_state_dict(lean, torch.load(out / "lora_final.pt", weights_only=True))
@@ -88,7 +89,7 @@ def test_peft_adapter_and_merged_export_reproduce_the_trained_model(reference_ru
     with torch.no_grad():
         for name, t in heads.items():
             dict(lean.named_parameters())[name].copy_(t)
-    base = create_clip(cfg.model)
+    base = create_model(cfg.model)
     swap_attention(base)
     peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(out / "peft_adapter"))
     with torch.no_grad():
@@ -158,3 +159,19 @@ def test_nonfinite_losses_are_skipped_then_abort(shard_dirs, tmp_path):
         "train.checkpoint_every=0", "loss.use_fine_grained=false"))
     with pytest.raises(RuntimeError, match="aborting: 3 steps with NaN/inf loss"):
         train(cfg)
+
+
+def test_stage2_model_normalises_uint8_on_device():
+    from clip_models.config import ModelConfig
+    from training.trainer import Stage2Model
+
+    tiny = create_model(ModelConfig(name=str(REPO / "configs/models/tiny-clip.json"))).eval()
+    model = Stage2Model(clip=copy.deepcopy(tiny), fine_grained=False).eval()
+    img = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    text = open_clip.get_tokenizer("tiny-clip")(["a", "b"])
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = model(img, text)
+        want = torch.nn.functional.normalize(tiny.encode_image((img.float() / 255 - mean) / std), dim=-1)
+    torch.testing.assert_close(out["image"], want)
