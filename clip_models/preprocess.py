@@ -9,12 +9,15 @@ antialiasing like open_clip. :func:`normalize` maps uint8 to the model's normali
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import open_clip
 import torch
 import torchvision.transforms.functional as TF
+from PIL import Image
 from torch import nn
+from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import InterpolationMode
 
 INTERPOLATION = InterpolationMode.BICUBIC  # open_clip's default, train and eval
@@ -49,6 +52,19 @@ def image_norm(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the model's preprocessing normalises [0, 1] pixels with."""
     p = preprocess_of(model)
     return p.mean, p.std
+
+
+def decode_uint8(data: bytes) -> torch.Tensor:
+    """Image bytes -> uint8 ``(3, H, W)`` RGB with torchvision's decoders (a ``wds_tools.reader`` decoder).
+
+    torchvision has no pixel limit, so the size is read from the header first (PIL reads no pixels
+    for that) and PIL's decompression-bomb limit applies as it does to PIL decoding.
+    """
+    with Image.open(io.BytesIO(data)) as im:
+        w, h = im.size
+    if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(f"{w}x{h} image exceeds the limit of {Image.MAX_IMAGE_PIXELS} pixels")
+    return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 
 def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:

@@ -44,7 +44,7 @@ from wds_tools.sample import IMAGE_EXTS
 from wds_tools.stages import stage
 from wds_tools.urls import expand_urls, sidecar_url, url_exists
 
-from clip_models.preprocess import resized_crop
+from clip_models.preprocess import decode_uint8, resized_crop
 from clip_models.text_tower import CachedTokenizer, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int, 
 def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, skips: SkipLog) -> dict | None:
     """Decode to uint8, crop, caption choice and class weight; None = counted skip."""
     key, url = raw["__key__"], raw.get("__url__")
-    sample = decode_sample({k: v for k, v in raw.items() if k != "__pos__"}, image="uint8", skips=skips)
+    sample = decode_sample({k: v for k, v in raw.items() if k != "__pos__"}, image=decode_uint8, skips=skips)
     if sample is None:
         return None
     ext = next((e for e in IMAGE_EXTS + ("jpeg",) if e in sample), None)

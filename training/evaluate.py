@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from clip_models.device import resolve_device
-from clip_models.preprocess import image_norm, image_size, resize_center_crop
+from clip_models.preprocess import decode_uint8, image_norm, image_size, resize_center_crop
 from clip_models.text_tower import build_tokenizer, encode_text, tokenizer_spec, trim_text
 from wds_tools.reader import SkipLog, decode_sample, iter_shard
 from wds_tools.sample import IMAGE_EXTS
@@ -46,7 +46,7 @@ def load_eval_set(urls: Sequence[str], *, size: int, max_samples: int = 0, allow
     images, captions, classes = [], [], []
     for url in expand_urls(list(urls), allow_pipe=allow_pipe):
         for raw in iter_shard(url, allow_pipe=allow_pipe, skips=skips):
-            s = decode_sample(raw, image="uint8", skips=skips)
+            s = decode_sample(raw, image=decode_uint8, skips=skips)
             ext = next((e for e in IMAGE_EXTS + ("jpeg",) if s and e in s), None)
             if s is None or ext is None:
                 continue

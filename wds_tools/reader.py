@@ -139,16 +139,13 @@ def shards_to_samples(
 samples_from_shards = stage(shards_to_samples)
 
 
-def _decode_image(data: bytes, mode: str):
+def _decode_image(data: bytes, mode):
     if mode == "pil":
         with Image.open(io.BytesIO(data)) as img:
             return img.convert("RGB")
-    if mode == "uint8":
-        import torch
-        from torchvision.io import ImageReadMode, decode_image
-
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    raise ValueError(f"image decode mode must be 'pil', 'uint8' or None, got {mode!r}")
+    if callable(mode):  # e.g. clip_models.preprocess.decode_uint8: tensors without torch in wds_tools
+        return mode(data)
+    raise ValueError(f"image decode mode must be 'pil', a callable (bytes -> image) or None, got {mode!r}")
 
 
 def _decode_member(ext: str, data: bytes, image: str | None):
