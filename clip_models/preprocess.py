@@ -10,6 +10,7 @@ antialiasing like open_clip. :func:`normalize` maps uint8 to the model's normali
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 import open_clip
@@ -60,8 +61,10 @@ def decode_uint8(data: bytes) -> torch.Tensor:
     torchvision has no pixel limit, so the size is read from the header first (PIL reads no pixels
     for that) and PIL's decompression-bomb limit applies as it does to PIL decoding.
     """
-    with Image.open(io.BytesIO(data)) as im:
-        w, h = im.size
+    with warnings.catch_warnings():  # over the limit is an error just below, not a warning
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
     if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
         raise Image.DecompressionBombError(f"{w}x{h} image exceeds the limit of {Image.MAX_IMAGE_PIXELS} pixels")
     return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
