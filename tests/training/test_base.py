@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clip_models.config import ModelConfig
-from clip_models.model import create_clip
+from clip_models.loading import create_model
 from tests.training.conftest import REPO
 from training.base import BaseConfig, main, train_base
 from wds_tools.config import load_config
@@ -26,8 +26,8 @@ def test_base_trains_every_parameter_and_loads_as_a_pretrained_checkpoint(shard_
     assert (tmp_path / "base_curves.png").stat().st_size > 0
     assert json.loads((tmp_path / "base_log.json").read_text())["training_log"] == result["training_log"]
 
-    init = create_clip(ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json")))
-    trained = create_clip(ModelConfig(name="tiny-clip", pretrained=str(tmp_path / "base.pt")))
+    init = create_model(ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json")))
+    trained = create_model(ModelConfig(name="tiny-clip", pretrained=str(tmp_path / "base.pt")))
     changed = {n for n, p in trained.named_parameters() if not torch.equal(p, init.state_dict()[n])}
     # a full training moves the token embedding too (LoRA cannot), and both towers
     assert "token_embedding.weight" in changed
