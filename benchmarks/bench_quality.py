@@ -208,7 +208,8 @@ def main() -> None:
     cfg.loader.main_threads = args.main_threads
     load = tuple(round(x, 2) for x in os.getloadavg())
     print(f"cpu cores {os.cpu_count()}, load average {load}, device {device}, model {args.model} "
-          f"({size} px input), malloc tuned {tuned}, captions repeated x{args.caption_repeats}, {args.images} JPEGs of {args.image_px} px in {args.shards} shards, batch {args.batch}")
+          f"({size} px input), malloc tuned {tuned}, captions repeated x{args.caption_repeats}, "
+          f"{args.images} JPEGs of {args.image_px} px in {args.shards} shards, batch {args.batch}")
     with tempfile.TemporaryDirectory() as tmp:
         urls = make_shards(Path(tmp), images=args.images, shards=args.shards, size=args.image_px,
                            captions=CLAIM_CAPTIONS if args.claims else CAPTIONS,

@@ -139,7 +139,8 @@ class RunLog:
         self.summary: dict = dict(saved.get("summary", {}))
 
     def to_dict(self) -> dict:
-        return {"config": self.config, "training_log": self.entries, "evaluation": self.evaluation, "summary": self.summary}
+        return {"config": self.config, "training_log": self.entries, "evaluation": self.evaluation,
+                "summary": self.summary}
 
     def write(self) -> None:
         with atomic_open(self.path, "w") as f:
@@ -198,7 +199,8 @@ def train(cfg: Stage2Config) -> dict:
     run_log = RunLog(path=out_dir / "training_log.json", config=config_to_dict(cfg), saved=trainer_state.get("log"))
 
     clip_name = model_name(cfg.model)
-    spec = LoaderSpec(sources=sources, batch_size=cfg.train.batch_size, image_size=image_size(model_of(accelerator, model)),
+    spec = LoaderSpec(sources=sources, batch_size=cfg.train.batch_size,
+                      image_size=image_size(model_of(accelerator, model)),
                       tokenizer=tokenizer_spec(clip_name), seed=cfg.train.seed, rank=rank, world_size=world,
                       num_workers=cfg.data.num_workers, stratified=cfg.data.stratified,
                       shards_per_chunk=cfg.data.shards_per_chunk, crop_scale_min=cfg.data.crop_scale_min,

@@ -137,7 +137,8 @@ def format_report(report: dict) -> str:
         lines.append(f"classes:  {t['classes']}")
     for k, s in t["scores"].items():
         if s["n"]:
-            lines.append(f"score {k}: min {s['min']:.4g}  mean {s['mean']:.4g}  max {s['max']:.4g}  (n={s['n']}, missing {s['missing']})")
+            lines.append(f"score {k}: min {s['min']:.4g}  mean {s['mean']:.4g}  max {s['max']:.4g}  "
+                         f"(n={s['n']}, missing {s['missing']})")
         else:
             lines.append(f"score {k}: no values (missing {s['missing']})")
     for k, c in t["flags"].items():

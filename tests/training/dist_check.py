@@ -21,7 +21,8 @@ def fixed_global_batch(n: int, *, size: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
     words = ["airport", "forest", "river", "beach", "harbor", "farmland", "desert", "bridge"]
-    text = build_tokenizer(tokenizer_spec("tiny-clip"))([f"an aerial view of a {words[i % 8]} number {i}" for i in range(n)])
+    captions = [f"an aerial view of a {words[i % 8]} number {i}" for i in range(n)]
+    text = build_tokenizer(tokenizer_spec("tiny-clip"))(captions)
     weights = torch.tensor([2.0 if i % 3 == 0 else 1.0 for i in range(n)])
     return {"images": images, "text": text, "weights": weights}
 

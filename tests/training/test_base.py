@@ -19,7 +19,8 @@ BASE_YAML = REPO / "configs" / "train" / "base-tiny.yaml"
 def test_base_trains_every_parameter_and_loads_as_a_pretrained_checkpoint(shard_dirs, tmp_path):
     cfg = load_config(BaseConfig, BASE_YAML, [f"data.real=[{shard_dirs['real']}]", f"train.output={tmp_path}",
                                               "train.steps=3", "train.batch_size=4", "train.log_every=1",
-                                              "data.num_workers=0", f"model.config_file={REPO / 'configs/models/tiny-clip.json'}"])
+                                              "data.num_workers=0",
+                                              f"model.config_file={REPO / 'configs/models/tiny-clip.json'}"])
     result = train_base(cfg)
     assert [e["step"] for e in result["training_log"]] == [1, 2, 3]
     assert result["summary"]["stand_in_for"] == "RemoteCLIP"

@@ -40,12 +40,12 @@ def test_word_token_mask_excludes_specials_and_padding():
 def test_sparc_loss_decreases_on_a_learnable_toy():
     """Words are noisy linear images of specific patches; learning the map lowers the loss."""
     g = torch.Generator().manual_seed(0)
-    b, p, l, d = 8, 9, 5, 16
+    b, p, w, d = 8, 9, 5, 16
     patches = torch.randn(b, p, d, generator=g)
-    which = torch.stack([torch.randperm(p, generator=g)[:l] for _ in range(b)])
+    which = torch.stack([torch.randperm(p, generator=g)[:w] for _ in range(b)])
     mix = torch.randn(d, d, generator=g)
-    words_in = patches.gather(1, which.unsqueeze(-1).expand(-1, -1, d)) @ mix + 0.05 * torch.randn(b, l, d, generator=g)
-    mask = torch.ones(b, l, dtype=torch.bool)
+    words_in = patches.gather(1, which.unsqueeze(-1).expand(-1, -1, d)) @ mix + 0.05 * torch.randn(b, w, d, generator=g)
+    mask = torch.ones(b, w, dtype=torch.bool)
     mask[0, 3:] = False
     proj = torch.nn.Linear(d, d)
     opt = torch.optim.Adam(proj.parameters(), lr=0.02)

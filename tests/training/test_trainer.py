@@ -197,7 +197,7 @@ def test_losses_and_lora_gradients_are_unchanged_by_trimming(fine_grained):
     cfg.loss.use_fine_grained = fine_grained
     model, _ = build_model(cfg)
     with torch.no_grad():  # LoRA starts as a no-op (B = 0): give the adapters weight
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
     text = open_clip.get_tokenizer("tiny-clip")(TRIM_CAPTIONS)
