@@ -70,6 +70,12 @@ def build_model(cfg: Stage2Config) -> tuple[Stage2Model, dict]:
     return Stage2Model(clip=clip, fine_grained=fine), {**counts, "lora_modules": len(wrapped), "fine_grained": fine}
 
 
+def _false_negative_ids(batch: dict, cfg: Stage2Config) -> dict[str, torch.Tensor | None]:
+    """The id tensors the contrastive loss masks by, as the loss config enables them."""
+    return {"groups": batch.get("groups") if cfg.loss.mask_same_source else None,
+            "captions": batch.get("caption_ids") if cfg.loss.mask_same_caption else None}
+
+
 def forward_losses(model: nn.Module, batch: dict, cfg: Stage2Config) -> dict[str, torch.Tensor]:
     """All loss terms of one (local) batch; ``total`` is what is back-propagated."""
     out = model(batch["images"], batch["text"])
@@ -86,12 +92,6 @@ def forward_losses(model: nn.Module, batch: dict, cfg: Stage2Config) -> dict[str
         total = total + cfg.loss.fine_grained_weight * terms["fine_grained_loss"]
     terms["total_loss"] = total
     return terms
-
-
-def _false_negative_ids(batch: dict, cfg: Stage2Config) -> dict[str, torch.Tensor | None]:
-    """The id tensors the contrastive loss masks by, as the loss config enables them."""
-    return {"groups": batch.get("groups") if cfg.loss.mask_same_source else None,
-            "captions": batch.get("caption_ids") if cfg.loss.mask_same_caption else None}
 
 
 def cosine_with_warmup(optimizer, *, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
