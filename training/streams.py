@@ -108,6 +108,9 @@ def resampled_samples(*, spec: LoaderSpec, src_idx: int, worker: int, resume: li
     """
     if spec.shuffle_buffer < 1:
         raise ValueError(f"shuffle_buffer must be >= 1, got {spec.shuffle_buffer}")
+    if resume is not None and len(resume) != 5:
+        raise ValueError(f"data position {resume!r} is not a shuffle state [chunk, offset, t, last_key, "
+                         f"last_t] (a checkpoint of an older loader); start a new run (train.resume=)")
     chunk, offset, t, last_key, last_t = resume or (0, 0, 0, -1, -1)
     delay = _delays(spec, src_idx, worker)
     heap: list = []

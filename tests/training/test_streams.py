@@ -44,3 +44,5 @@ def test_shuffle_buffer_bounds_memory_and_resumes_across_chunks(tmp_path, monkey
     with pytest.raises(ValueError, match="shuffle_buffer"):
         next(streams.resampled_samples(spec=LoaderSpec(**{**spec.__dict__, "shuffle_buffer": 0}), src_idx=0,
                                     worker=0, skips=streams.SkipLog()))
+    with pytest.raises(ValueError, match="older loader"):
+        next(streams.resampled_samples(spec=spec, src_idx=0, worker=0, resume=[3, 4], skips=streams.SkipLog()))
