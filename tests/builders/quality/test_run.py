@@ -172,7 +172,7 @@ def test_image_quality_on_the_scoring_device_gives_the_same_scores(scored_once, 
         assert device[k]["keep"] == worker[k]["keep"]
 
 
-def test_truncated_shard_is_scored_up_to_the_damage(tmp_path):
+def test_cut_image_shard_is_a_failed_shard_retried_on_rerun(tmp_path):
     from wds_tools.writer import shard_name, write_shard
     from tests.builders.quality.conftest import good_sample
     shards = tmp_path / "t"
@@ -180,12 +180,19 @@ def test_truncated_shard_is_scored_up_to_the_damage(tmp_path):
     write_shard(shards / shard_name("t", 0), [good_sample(i) for i in range(4)])
     write_shard(shards / shard_name("t", 1), [good_sample(10 + i) for i in range(4)])
     bad = shards / shard_name("t", 1)
-    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    whole = bad.read_bytes()
+    bad.write_bytes(whole[: len(whole) // 2])
     report = run(tiny_config(tmp_path, f"input={shards}", "loader.num_workers=0"))
-    # the whole first shard and the intact samples of the second; the sample the cut went through
-    # is a counted read skip, never scored half-read
-    assert report["total"] == 6 and not report["shards"]["failed"]
-    assert report["read_skips"] == {"corrupt_tar": 1}
+    # no short sidecar: the cut shard is reported failed and left out of the selection
+    assert report["total"] == 4 and str(bad) in report["shards"]["failed"]
+    assert "cut or corrupt" in report["shards"]["failed"][str(bad)]
+    assert not Path(sidecar_url(str(bad), SIDECAR)).exists()
+    selection = json.loads((shards / "selection.json").read_text())
+    assert [e["shard"] for e in selection["sidecars"]] == ["t-000000.tar"]
+    assert selection["not_selected"] == [str(bad)]
+    bad.write_bytes(whole)  # the shard is repaired (re-copied): the rerun scores it
+    report = run(tiny_config(tmp_path, f"input={shards}", "loader.num_workers=0"))
+    assert report["total"] == 8 and not report["shards"]["failed"] and report["shards"]["scored_this_run"] == 1
 
 
 def test_zero_weight_terms_are_not_computed(shard_dir, tmp_path):
