@@ -78,13 +78,14 @@ class QualityRecord:
     @classmethod
     def from_dict(cls, d: dict) -> QualityRecord:
         """Inverse of :meth:`to_dict`; records written before per-caption scores have no ``captions``."""
-        if not isinstance(d, dict) or not isinstance(d.get("scores"), dict) or not isinstance(d.get("reasons"), list):
-            raise QualityRecordError(f"not a quality record: {str(d)[:120]!r}")
+        if (not isinstance(d, dict) or not isinstance(d.get("keep"), bool)
+                or not isinstance(d.get("scores", {}), dict) or not isinstance(d.get("reasons", []), list)):
+            raise QualityRecordError(f"not a quality record (a mapping with a bool keep): {str(d)[:120]!r}")
         caps = d.get("captions") or []
         if not isinstance(caps, list) or not all(isinstance(c, dict) for c in caps):
             raise QualityRecordError(f"quality record captions must be a list of mappings, got {caps!r}")
-        return cls(scores=d["scores"], composite=d.get("composite"), keep=bool(d.get("keep", False)),
-                   reasons=[str(r) for r in d["reasons"]], source=d.get("source"), cls=d.get("class"),
+        return cls(scores=d.get("scores", {}), composite=d.get("composite"), keep=d["keep"],
+                   reasons=[str(r) for r in d.get("reasons", [])], source=d.get("source"), cls=d.get("class"),
                    captions=[CaptionScore(source=str(c.get("source", "unknown")), clip=c.get("clip"),
                                           keep=bool(c.get("keep", True))) for c in caps])
 
