@@ -38,11 +38,11 @@ class MixSelection:
     problems: list[str]
 
 
-def _advice(problems: list[str], urls: list[str]) -> str:
+def _advice(problems: list[str], urls: list[str], where: str) -> str:
     shown = "\n  ".join(problems[:5])
     more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
-    return (f"{len(problems)} of {len(urls)} shards are not covered by a finished quality selection:\n  "
-            f"{shown}{more}\nRun the quality filter over these shards and let it finish "
+    return (f"{len(problems)} of {len(urls)} shards are not covered by a finished quality selection "
+            f"({where}):\n  {shown}{more}\nRun the quality filter over these shards and let it finish "
             f"(python -m builders.quality --input DIR; a killed run resumes), or point data.selection at "
             f"its selection.json, or set data.use_quality=false to train unfiltered on purpose "
             f"(data.require_selection=false trains anyway with what the sidecars say)")
@@ -53,15 +53,12 @@ def check_mix_selection(urls: list[str], *, files: list[str], require: bool,
     """Check ``urls`` (every shard of the mix) against the selection; see the module docstring."""
     found = list(files) or find_selection(urls)
     selection = read_selection(found) if found else None
-    if selection is None:
-        problems = [f"no selection.json beside the shards ({', '.join(sorted({u.rsplit('/', 1)[0] for u in urls})[:3])})"
-                    " and none given (data.selection)"]
-    else:
-        problems = selection.problems(urls, check_hashes=check_hashes)
+    where = (", ".join(found) if found else "no selection.json beside the shards and none given in data.selection")
+    problems = (selection or Selection(files=[], entries={}, docs=[])).problems(urls, check_hashes=check_hashes)
     if problems and require:
-        raise SelectionError(_advice(problems, urls))
+        raise SelectionError(_advice(problems, urls, where))
     if problems:
-        log.warning("data.require_selection=false: %s", _advice(problems, urls))
+        log.warning("data.require_selection=false: %s", _advice(problems, urls, where))
     kept_by_class = selection.kept_by_class(urls) if selection else {}
     kept = selection.kept(urls) if selection else 0
     if selection:
