@@ -141,6 +141,19 @@ def kept_caption_indices(record: QualityRecord, n_captions: int) -> list[int] | 
     return [i for i, c in enumerate(record.captions) if c.keep]
 
 
+def drop_unkept_captions(meta: dict, txt: str | None, record: QualityRecord) -> tuple[dict, str | None]:
+    """``meta`` and ``txt`` with only the captions the record kept (for a reshard that must train
+    the same without its sidecar). Unchanged when the record has no caption list or it does not
+    line up; ``txt`` becomes the first kept caption when the primary one was dropped."""
+    pairs = sample_captions(meta, txt)
+    kept = kept_caption_indices(record, len(pairs))
+    if not record.captions or kept is None or len(kept) == len(pairs) or not kept:
+        return meta, txt
+    caps = [pairs[i] for i in kept]
+    out = {**meta, "captions": [c for c, _ in caps], "caption_sources": [s for _, s in caps]}
+    return out, txt if txt in out["captions"] else out["captions"][0]
+
+
 def read_quality_sidecar(shard_url: str, keys: Sequence[str]) -> dict[str, QualityRecord]:
     """Every record of the shard's quality sidecar, checked whole: ``keys`` are the shard's keys.
 

@@ -57,7 +57,7 @@ def by_class(records: list[dict]) -> dict[str, dict]:
 
 def class_warnings(classes: dict[str, dict], warn_below: float) -> list[str]:
     """One line per class that keeps less than ``warn_below`` of its samples."""
-    return [f"class {name!r} keeps {row['kept']} of {row['total']} samples ({row['kept_share']:.0%}), "
+    return [f"class {name!r} keeps {row['kept']} of {row['total']} samples ({row['kept_share']:.1%}), "
             f"below {warn_below:.0%}: the cut reshapes the class mix (see selection.per_class / "
             f"selection.min_class_share)"
             for name, row in classes.items() if row["kept_share"] < warn_below]
@@ -134,6 +134,8 @@ def plot_kept_shares(report: dict, path: Path) -> Path:
     shares = [classes[n]["kept_share"] for n in names]
     ax = axes[0][0]
     ax.barh(names, shares, color=["tab:red" if v < warn else "tab:blue" for v in shares])
+    for y, n in enumerate(names):
+        ax.text(0.01, y, f"{classes[n]['kept']}/{classes[n]['total']}", va="center", fontsize=7, color="white")
     ax.axvline(warn, color="red", linestyle=":", label=f"warning below {warn:.0%}")
     kept_all = report["kept"] / report["total"] if report["total"] else 0.0
     ax.axvline(kept_all, color="black", linestyle="--", label=f"all samples {kept_all:.0%}")
@@ -142,6 +144,8 @@ def plot_kept_shares(report: dict, path: Path) -> Path:
     cap_names = list(caps)
     ax.barh(cap_names, [caps[n]["kept"] / caps[n]["total"] if caps[n]["total"] else 0 for n in cap_names],
             color="tab:green")
+    for y, n in enumerate(cap_names):
+        ax.text(0.01, y, f"{caps[n]['kept']}/{caps[n]['total']}", va="center", fontsize=7)
     ax.set_xlim(0, 1), ax.set_title("kept share of captions by caption source")
     if not cap_names:
         ax.text(0.5, 0.5, "no per-caption scores", ha="center", va="center", transform=ax.transAxes)
