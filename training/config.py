@@ -39,7 +39,12 @@ class DataConfig:
     # Draw one of meta["captions"] at random per sample; False = always the primary caption.
     random_caption: bool = True
     quality_sidecar: str = "quality"
+    # Join the quality filter's sidecars and train only on what it selected (training/selection.py).
     use_quality: bool = True
+    # selection.json files of the filter; empty = the selection.json beside the shards.
+    selection: list[str] = field(default_factory=list)
+    # A shard whose sidecar is missing, pending or not in the selection stops the run (false: a warning).
+    require_selection: bool = True
     allow_pipe: bool = False
 
 
@@ -101,6 +106,9 @@ class EvalConfig:
     after: bool = True
     batch_size: int = 64
     max_samples: int = 0
+    # Caption sources used as retrieval queries/targets (e.g. [original] for benchmark numbers on
+    # human captions only); empty = every caption of an image.
+    caption_sources: list[str] = field(default_factory=list)
     templates: list[str] = field(
         default_factory=lambda: [
             "a satellite photo of {}.",

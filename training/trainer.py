@@ -22,6 +22,7 @@ from training.data import LoaderSpec, LoaderState, build_sources, make_loader, r
 from training.evaluate import evaluate_model, load_eval_set
 from training.lora import apply_lora, lora_state_dict, mark_trainable
 from training.losses import rare_class_weights, sparc_loss, weighted_clip_loss, weighted_mean, word_token_mask
+from training.selection import selected_counts
 from clip_models.model import (build_tokenizer, create_clip, encode_image_tokens,
                             has_patch_tokens, image_norm, image_size, swap_attention, tokenizer_spec)
 from training.plots import plot_training_log
@@ -180,10 +181,12 @@ def train(cfg: Stage2Config) -> dict:
     sources = build_sources(cfg.data.real, cfg.data.synthetic, cfg.data.synthetic_ratio,
                             allow_pipe=cfg.data.allow_pipe)
     manifests = read_manifests([u for s in (cfg.data.real, cfg.data.synthetic) for u in s])
-    class_weights = rare_class_weights(manifests["by_class"], rare_weight=cfg.loss.rare_class_weight,
+    # rare classes and the epoch size from what the quality filter kept, not from the manifests
+    counts = selected_counts(cfg.data, sources, manifests)
+    class_weights = rare_class_weights(counts["by_class"], rare_weight=cfg.loss.rare_class_weight,
                                        threshold=cfg.loss.rare_class_threshold)
     rare = sorted(c for c, w in class_weights.items() if w != 1.0)
-    steps_per_epoch, total_steps = plan_steps(cfg, manifests["total_samples"], world)
+    steps_per_epoch, total_steps = plan_steps(cfg, counts["total_samples"], world)
     optimizer = make_optimizer(model, cfg)
     scheduler = cosine_with_warmup(optimizer, warmup=cfg.train.warmup_steps, total=total_steps)
     if cfg.lora.compile:
@@ -216,13 +219,14 @@ def train(cfg: Stage2Config) -> dict:
     loader_state = LoaderState(num_workers=cfg.data.num_workers, saved=loader_saved)
     tokenizer = build_tokenizer(spec.tokenizer)
     eval_data = (load_eval_set(cfg.eval.shards, size=spec.image_size, max_samples=cfg.eval.max_samples,
-                               allow_pipe=cfg.data.allow_pipe)
+                               allow_pipe=cfg.data.allow_pipe, caption_sources=cfg.eval.caption_sources)
                  if cfg.eval.shards and accelerator.is_main_process else None)
     if accelerator.is_main_process:
-        log.info("mix: %s; rare classes (weight %.1f): %s; %d steps (%d per epoch)",
+        log.info("mix: %s; rare classes (weight %.1f, counts from %s): %s; %d steps (%d per epoch)",
                  ", ".join(f"{s.name} {s.weight:.2f} ({len(s.urls)} shards)" for s in sources),
-                 cfg.loss.rare_class_weight, rare or "none", total_steps, steps_per_epoch)
+                 cfg.loss.rare_class_weight, counts["from"], rare or "none", total_steps, steps_per_epoch)
         run_log.summary.update({"model": model_info, "rare_classes": rare, "class_weights": class_weights,
+                                "class_counts": counts["by_class"], "class_counts_from": counts["from"],
                                 "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                                 "world_size": world, "requested_mix": {s.name: s.weight for s in sources}})
     if step == 0 and cfg.eval.before:

@@ -2,8 +2,9 @@
 
     python -m wds_tools.materialize --input shards/real --output shards/real_filtered [key=value ...]
 
-By default the ``quality`` sidecar is joined and a sample is kept iff its ``quality.msgpack`` says
-``keep: true``. The output has its own ``dataset.json`` (with kept/dropped counts), ``sizes.json``
+By default the ``quality`` sidecar is joined and a sample is kept iff its quality record is selected
+(``wds_tools.quality_record.keep``: never while pending); captions the record dropped are removed
+from its ``json`` (and ``txt``), so the reshard trains the same without the sidecar. The output has its own ``dataset.json`` (with kept/dropped counts), ``sizes.json``
 and the resolved ``config.yaml``.
 """
 
@@ -14,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import json
+
 import msgpack
 
+from wds_tools import quality_record
 from wds_tools.config import parse_cli, save_config
 from wds_tools.manifest import stats_path, write_index
 from wds_tools.progress import progress
@@ -32,9 +36,9 @@ class MaterializeConfig:
 
     input: list[str] = field(default_factory=list)
     output: str = ""
-    sidecars: list[str] = field(default_factory=lambda: ["quality"])
+    sidecars: list[str] = field(default_factory=lambda: [quality_record.SIDECAR])
     # Sidecar members (e.g. "quality.msgpack") whose "keep" field must be true; empty keeps all.
-    require_keep: list[str] = field(default_factory=lambda: ["quality.msgpack"])
+    require_keep: list[str] = field(default_factory=lambda: [quality_record.MEMBER])
     prefix: str = "filtered"
     maxcount: int = 1000
     name: str = "materialized"
@@ -51,11 +55,30 @@ class MaterializeConfig:
 def keep_verdict(sample: dict, require_keep: Sequence[str]) -> str | None:
     """``None`` if the sample passes, else the drop reason."""
     for member in require_keep:
-        record = msgpack.unpackb(sample[member], raw=False, strict_map_key=False)
-        if not record.get("keep", False):
-            reasons = record.get("reasons") or ["not_kept"]
-            return f"{member.split('.', 1)[0]}:{reasons[0]}"
+        if member == quality_record.MEMBER:
+            record = quality_record.decode(sample[member])
+            kept, reasons = quality_record.keep(record), record.reasons
+        else:
+            value = msgpack.unpackb(sample[member], raw=False, strict_map_key=False)
+            kept, reasons = bool(value.get("keep", False)), value.get("reasons")
+        if not kept:
+            return f"{member.split('.', 1)[0]}:{(reasons or ['not_kept'])[0]}"
     return None
+
+
+def _kept_captions(sample: dict) -> dict:
+    """The sample with the captions its quality record dropped removed from ``json`` and ``txt``."""
+    if quality_record.MEMBER not in sample or "json" not in sample:
+        return sample
+    meta = json.loads(sample["json"])
+    txt = sample["txt"].decode("utf-8") if "txt" in sample else None
+    new_meta, new_txt = quality_record.drop_unkept_captions(meta, txt, quality_record.decode(sample[quality_record.MEMBER]))
+    if new_meta is meta:
+        return sample
+    out = {**sample, "json": json.dumps(new_meta, ensure_ascii=False).encode("utf-8")}
+    if new_txt is not None:
+        out["txt"] = new_txt.encode("utf-8")
+    return out
 
 
 def _remove_stale(out: Path, prefix: str, keep: set[str]) -> None:
@@ -84,7 +107,7 @@ def materialize(cfg: MaterializeConfig) -> dict:
                 if reason is not None:
                     dropped.counts[reason] += 1
                     continue
-                writer.write({k: v for k, v in sample.items() if k != "__url__"})
+                writer.write({k: v for k, v in _kept_captions(sample).items() if k != "__url__"})
                 kept += 1
         bar.close()
     _remove_stale(out, cfg.prefix, keep={s.name for s in writer.stats})
