@@ -82,6 +82,8 @@ class LoaderSpec:
     quality_sidecar: str | None = "quality"
     allow_pipe: bool = False
     class_weights: dict[str, float] = field(default_factory=dict)
+    # images above this many pixels are counted skips (0 = PIL's Image.MAX_IMAGE_PIXELS)
+    max_image_pixels: int = 0
 
 
 def _rng(*parts: int) -> np.random.Generator:
@@ -220,7 +222,8 @@ def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int, 
 def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, skips: SkipLog) -> dict | None:
     """Decode to uint8, crop, caption choice and class weight; None = counted skip."""
     key, url = raw["__key__"], raw.get("__url__")
-    sample = decode_sample({k: v for k, v in raw.items() if k != "__pos__"}, image="uint8", skips=skips)
+    sample = decode_sample({k: v for k, v in raw.items() if k != "__pos__"}, image="uint8", skips=skips,
+                           max_pixels=spec.max_image_pixels)
     if sample is None:
         return None
     ext = next((e for e in IMAGE_EXTS + ("jpeg",) if e in sample), None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from builders.quality.image_quality import ImageQualityConfig
+from clip_models.devices import check_device
 
 
 @dataclass
@@ -114,3 +115,6 @@ class QualityConfig:
             raise ValueError(f"loader.main_threads must be >= 0, got {self.loader.main_threads}")
         if self.loader.num_workers < 0:
             raise ValueError(f"loader.num_workers must be >= 0, got {self.loader.num_workers}")
+        if self.loader.prefetch_factor < 1:
+            raise ValueError(f"loader.prefetch_factor must be >= 1, got {self.loader.prefetch_factor}")
+        check_device(self.model.device, where="model.device")
