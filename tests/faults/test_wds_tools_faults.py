@@ -209,3 +209,15 @@ def test_gnu_long_link_header_is_not_a_member():
     members = list(iter_members(io.BytesIO(raw)))
     assert [(m.name, m.is_file) for m in members] == [
         ("s0000.txt", True), ("s0000.jpg", False), ("s0001.txt", True)]
+
+
+def test_quality_filter_refuses_a_bomb_before_decoding(bomb, caplog):
+    from builders.quality.loader import prepare_samples
+
+    sample = {"__key__": "bomb0001", "__url__": "shards/x-000000.tar", "__index__": 0, "png": bomb,
+              "txt": b"a field", "json": json.dumps({"source": "synthetic"}).encode()}
+    with caplog.at_level(logging.WARNING):
+        (out,) = prepare_samples([sample], clip_size=32, iq_size=32, compute_boxes=False, sanity=False)
+    assert out["reasons"] == ["undecodable_image"] and out["clip_image"] is None  # a hard fail
+    assert any("bomb0001" in r.getMessage() and "shards/x-000000.tar" in r.getMessage()
+               and "exceeds the limit" in r.getMessage() for r in caplog.records)
