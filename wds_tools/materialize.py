@@ -53,6 +53,8 @@ def check_output_apart(output: str | Path, inputs: Sequence[str], urls: Sequence
     """Refuse an output folder that is, contains or lies inside an input (it would rewrite its
     index and add its own shards to it); ``urls`` are the expanded input shards."""
     out = Path(output).resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {str(output)!r} is a file, not a folder")
     places = {Path(u).resolve().parent for u in urls if not is_remote(u) and not u.startswith("pipe:")}
     places |= {Path(i).resolve() for i in inputs if not is_remote(i) and Path(i).is_dir()}
     for place in sorted(places):

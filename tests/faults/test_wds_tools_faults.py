@@ -108,6 +108,16 @@ def test_materialize_refuses_an_output_overlapping_its_input(shard_dir, where, c
     assert _tree(shard_dir) == before  # not a byte changed, no index rewritten
 
 
+def test_materialize_refuses_an_output_that_is_a_file(shard_dir, tmp_path_factory, capsys):
+    _scored(shard_dir)
+    output = tmp_path_factory.mktemp("out") / "taken"
+    output.write_text("not a folder")
+    with pytest.raises((ValueError, SystemExit)) as e:
+        materialize_main(["--input", str(shard_dir), "--output", str(output)])
+    assert "is a file, not a folder" in str(e.value) + capsys.readouterr().err
+    assert output.read_text() == "not a folder"
+
+
 def _shard_with_bad_json(root: Path) -> Path:
     """A shard of 4 samples: s0001's json member is cut, s0002's is a list (the writer refuses
     both, so the tar is written member by member, as a foreign tool would)."""
