@@ -92,6 +92,8 @@ class LoaderSpec:
     quality_sidecar: str | None = "quality"
     allow_pipe: bool = False
     class_weights: dict[str, float] = field(default_factory=dict)
+    # images above this many pixels are counted skips (0 = PIL's Image.MAX_IMAGE_PIXELS)
+    max_image_pixels: int = 0
 
 
 def mix_plan(rng: np.random.Generator, weights: list[float], batch_size: int, stratified: bool) -> np.ndarray:
@@ -205,7 +207,7 @@ def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, ski
     """
     key, url = raw["__key__"], raw.get("__url__")
     sample = decode_sample({k: v for k, v in raw.items() if k not in ("__pos__", "__resume__", CAPTION_KEEP)},
-                           image="uint8", skips=skips)
+                           image="uint8", skips=skips, max_pixels=spec.max_image_pixels)
     if sample is None:
         return None
     ext = next((e for e in IMAGE_EXTS + ("jpeg",) if e in sample), None)

@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from torch import nn
 
-from training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, save_final
+from training.checkpoint import load_checkpoint, open_sample_keys, resolve_resume, save_checkpoint, save_final
 from training.config import Stage2Config
 from training.data import LoaderSpec, LoaderState, build_sources, make_loader, read_manifests
 from training.evaluate import evaluate_model, load_eval_set
@@ -121,7 +121,9 @@ def plan_steps(cfg: Stage2Config, total_samples: int, world: int) -> tuple[int, 
     per_epoch = max(1, samples // global_batch) if samples else 0
     total = cfg.train.max_steps or per_epoch * cfg.train.num_epochs
     if total <= 0:
-        raise ValueError("cannot size the run: no dataset.json beside the shards; set train.max_steps "
+        raise ValueError(f"cannot size the run: train.max_steps is 0 (unset) and no epoch size is known "
+                         f"(the dataset.json beside the shards counts {total_samples} samples, "
+                         f"train.samples_per_epoch={cfg.train.samples_per_epoch}); set train.max_steps "
                          "or train.samples_per_epoch")
     return per_epoch or total, total
 
@@ -215,11 +217,13 @@ def train(cfg: Stage2Config) -> dict:
                       shuffle_buffer=cfg.data.shuffle_buffer, crop_scale_min=cfg.data.crop_scale_min,
                       hflip=cfg.data.hflip, random_caption=cfg.data.random_caption,
                       quality_sidecar=cfg.data.quality_sidecar if cfg.data.use_quality else None,
-                      allow_pipe=cfg.data.allow_pipe, class_weights=class_weights)
+                      allow_pipe=cfg.data.allow_pipe, class_weights=class_weights,
+                      max_image_pixels=cfg.data.max_image_pixels)
     loader_state = LoaderState(num_workers=cfg.data.num_workers, saved=loader_saved)
     tokenizer = build_tokenizer(spec.tokenizer)
     eval_data = (load_eval_set(cfg.eval.shards, size=spec.image_size, max_samples=cfg.eval.max_samples,
-                               allow_pipe=cfg.data.allow_pipe, caption_sources=cfg.eval.caption_sources)
+                               allow_pipe=cfg.data.allow_pipe, caption_sources=cfg.eval.caption_sources,
+                               max_pixels=cfg.data.max_image_pixels)
                  if cfg.eval.shards and accelerator.is_main_process else None)
     if accelerator.is_main_process:
         log.info("mix: %s; rare classes (weight %.1f, counts from %s): %s; %d steps (%d per epoch)",
@@ -236,7 +240,8 @@ def train(cfg: Stage2Config) -> dict:
             log.info("eval before: %s", json.dumps(result))
     accelerator.wait_for_everyone()
 
-    keys_file = open(out_dir / f"sample_keys.rank{rank}.jsonl", "a") if cfg.train.log_sample_keys else None
+    keys_file = (open_sample_keys(out_dir / f"sample_keys.rank{rank}.jsonl", resume_step=step)
+                 if cfg.train.log_sample_keys else None)
     window: Counter = Counter()
     t0, step_t0 = time.time(), step
     bar = progress(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="stage2",
@@ -268,6 +273,7 @@ def train(cfg: Stage2Config) -> dict:
                 accelerator.backward(terms["total_loss"])
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                clamp_logit_scale(clip_ref)
         micro += 1
         if not accelerator.sync_gradients:
             continue
@@ -290,6 +296,13 @@ def train(cfg: Stage2Config) -> dict:
     if keys_file:
         keys_file.close()
     return _finish(accelerator, model, cfg, run_log, counters, tokenizer, eval_data, step)
+
+
+def clamp_logit_scale(clip: nn.Module, *, max_scale: float = 100.0) -> None:
+    """Keep the learned temperature in [0, ln 100] after each update, as open_clip's trainer does
+    (an unbounded scale lets the loss collapse onto a few logits)."""
+    with torch.no_grad():
+        clip.logit_scale.clamp_(0, math.log(max_scale))
 
 
 def model_of(accelerator, model: nn.Module) -> nn.Module:

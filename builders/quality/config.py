@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from builders.quality.image_quality import ImageQualityConfig
+from clip_models.devices import check_device
 
 
 @dataclass
@@ -150,6 +151,7 @@ class QualityConfig:
             raise ValueError(f"loader.score_in must be auto, main or workers, got {self.loader.score_in!r}")
         if self.image_quality.where not in ("auto", "worker", "device"):
             raise ValueError(f"image_quality.where must be auto, worker or device, got {self.image_quality.where!r}")
+        check_device(self.model.device, where="model.device")
 
 
 def _in_range(name: str, value: float, low: float, high: float) -> None:

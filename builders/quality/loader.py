@@ -27,6 +27,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from builders.quality.image_quality import ImageQualityConfig, image_quality_scores
 from builders.quality.sanity import has_claims, sanity_scores
+from wds_tools.images import check_image_pixels
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.quality_record import sample_captions
 from wds_tools.reader import SkipLog, iter_tar_samples
@@ -95,6 +96,7 @@ def read_parts(parts: Iterable[ShardPart], *, allow_pipe: bool = False) -> Itera
 
 def decode_rgb(data: bytes) -> torch.Tensor:
     """Image bytes -> uint8 ``(3, H, W)``; torchvision's decoders first, PIL for anything else."""
+    check_image_pixels(data)  # header only: a decompression bomb raises before any decode
     try:
         return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except Exception:  # noqa: BLE001 - fall back to PIL, which raises on truly broken bytes
