@@ -24,6 +24,7 @@ from tqdm import tqdm
 from clip_models.scoring import load_clip, resolve_device
 from builders.quality.clip_score import ClipScorer
 from builders.quality.config import QualityConfig
+from builders.quality.guard import guard_outputs
 from builders.quality.loader import QualityStream, ShardPart, fill_image_quality, plan_parts, score_batches
 from builders.quality.report import plot_grid, plot_histograms, summarise, write_html
 from builders.quality.selection import PENDING, decide, global_threshold, rescore
@@ -237,9 +238,10 @@ def run(cfg: QualityConfig) -> dict:
                          f"got {piped[0]!r}")
     if not cfg.output and is_remote(urls[0]):
         raise ValueError(f"the shards are remote ({urls[0]!r}): set output= to a local report directory")
-    todo = urls if cfg.rescore else [u for u in urls if not has_sidecar(u)]
-    log.info("%d shards, %d to score (%d already have sidecars)", len(urls), len(todo), len(urls) - len(todo))
-    phase1 = score_shards(cfg, todo) if todo else {"scored": [], "failed": {}, "skips": {}}
-    threshold, records, rewritten = select_global(cfg, urls)
     report_dir = Path(cfg.output) if cfg.output else Path(urls[0]).parent
-    return write_report(cfg, report_dir, threshold, records, phase1, urls, rewritten)
+    with guard_outputs(urls, report_dir=report_dir, break_lock=cfg.break_lock):
+        todo = urls if cfg.rescore else [u for u in urls if not has_sidecar(u)]
+        log.info("%d shards, %d to score (%d already have sidecars)", len(urls), len(todo), len(urls) - len(todo))
+        phase1 = score_shards(cfg, todo) if todo else {"scored": [], "failed": {}, "skips": {}}
+        threshold, records, rewritten = select_global(cfg, urls)
+        return write_report(cfg, report_dir, threshold, records, phase1, urls, rewritten)

@@ -28,14 +28,15 @@ from pathlib import Path
 from tqdm import tqdm
 from wds_tools.atomic import write_json
 from wds_tools.config import ConfigError, config_to_dict, save_config
-from wds_tools.manifest import write_index
+from wds_tools.manifest import stats_path, write_index
 
 from builders.common.executors import run_units
 from builders.common.inputs import SPLITS, read_items
+from builders.common.output import NothingWritten, check_output_dir, lock_output, nothing_written_hint
 from builders.common.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
 from builders.common.preview import write_preview
 from builders.real.config import RealBuildConfig
-from builders.real.unit import UnitResult, build_unit
+from builders.real.unit import UnitResult, build_unit, skips_path
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ PLAN_NAME = "build_plan.json"
 PREVIEW_NAME = "preview.png"
 SUMMARY_NAME = "build_summary.json"
 # Settings that may change between a partial build and its resumption.
-_RUN_ONLY = ("overwrite", "executor", "workers", "ray_address", "output")
+_RUN_ONLY = ("overwrite", "executor", "workers", "ray_address", "output", "verify", "break_lock")
 _OWN_FILE = re.compile(rf"^{SHARD_PREFIX}-(train|val|test)-\d{{6}}\.(tar|stats\.json|skips\.json)$")
 _KIND_COUNTS = {"real_original": "original", "real_augmented": "augmented",
                 "zoom_crops": "zoom_crop"}
@@ -136,11 +137,39 @@ def write_indexes(out: Path, results: list[UnitResult], cfg: RealBuildConfig) ->
     return summary
 
 
+def check_something_written(results: list[UnitResult], units: list[Unit], cfg: RealBuildConfig) -> None:
+    """NothingWritten when no unit wrote a sample, with the skip counts and the likely cause."""
+    if any(r.samples for r in results):
+        return
+    skips: Counter = Counter()
+    for r in results:
+        skips.update(r.skips)
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(skips.items())) or "no skips recorded"
+    hint = nothing_written_hint((it for u in units for _, it in u.items), image_root=cfg.image_root,
+                                source=cfg.input)
+    out = Path(cfg.output)
+    # Empty shards would count as finished and be kept by the rerun that follows the fix.
+    for u in units:
+        shard = u.path(out)
+        for p in (stats_path(shard), skips_path(shard), shard):
+            p.unlink(missing_ok=True)
+    for name in (CONFIG_NAME, PLAN_NAME):
+        (out / name).unlink(missing_ok=True)
+    raise NothingWritten(f"no sample was written to {out}: every one of the "
+                         f"{sum(len(u.items) for u in units)} input images failed ({counts})"
+                         + (f"; {hint}" if hint else "") + "; nothing was kept, rerun once the input is fixed")
+
+
 def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
     """Run the whole build for ``cfg``; returns the summary also written to build_summary.json."""
     if not cfg.input or not cfg.output:
         raise ConfigError("both input and output must be set (--input DIR_OR_FILE --output DIR)")
-    out = Path(cfg.output)
+    out = check_output_dir(cfg.output)
+    with lock_output(out, tool="builders.real", break_lock=cfg.break_lock):
+        return _build_locked(cfg, out, progress=progress)
+
+
+def _build_locked(cfg: RealBuildConfig, out: Path, *, progress: bool) -> dict:
     items = read_items(cfg.input, image_root=cfg.image_root or None)
     units = plan_units(items, images_per_shard=cfg.images_per_shard, seed=cfg.seed,
                        val_fraction=cfg.splits.val_fraction, test_fraction=cfg.splits.test_fraction)
@@ -165,12 +194,14 @@ def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
                   address=cfg.ray_address, on_done=done)
     finally:
         bar.close()
+    check_something_written(results, units, cfg)
     summary = write_indexes(out, sorted(results, key=lambda r: r.name), cfg)
     first = next((u.path(out) for u in units if u.split == "train"), None)
     if cfg.preview and first is not None and first.exists():
         summary["preview"] = str(write_preview(first, out / PREVIEW_NAME))
     summary["seconds"] = round(time.perf_counter() - start, 3)
     summary["resumed_shards"] = sum(r.resumed for r in results)
+    summary["rebuilt_shards"] = sum(r.rebuilt for r in results)
     return summary
 
 

@@ -1,0 +1,71 @@
+"""Output-folder guards shared by the builders: lock, folder checks, finished-shard checks.
+
+- ``lock_output(out, tool=..., break_lock=...)``: one build per output folder at a time (the lock
+  file ``OUT/build.lock`` names its holder; see ``wds_tools.lock``).
+- ``check_output_dir(out)``: an output path that is a file is a clear error, not a traceback.
+- ``finished_shard(shard, verify=...)``: a shard left by an earlier run counts as finished only
+  when its size (and, with ``verify``, its sha256) matches its stats file; a truncated or edited
+  one is rebuilt.
+- ``nothing_written_hint(items)``: the likely cause of a build in which every input failed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+from wds_tools.lock import OutputLock
+from wds_tools.manifest import stats_path
+from wds_tools.writer import is_shard_complete, shard_problem
+
+log = logging.getLogger(__name__)
+LOCK_NAME = "build.lock"
+
+
+class NothingWritten(ValueError):
+    """A build ended without writing a single sample."""
+
+
+def check_output_dir(out: str | Path) -> Path:
+    """``out`` as a Path; ValueError when it, or a folder above it, exists and is not a folder."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "the output" if p == out else f"a folder above the output {out}"
+                raise ValueError(f"{p} is {what} but it is a file; give a folder path")
+            break
+    return out
+
+
+def lock_output(out: str | Path, *, tool: str, break_lock: bool = False) -> OutputLock:
+    """The (not yet taken) exclusive lock of builder output folder ``out``."""
+    return OutputLock(Path(out) / LOCK_NAME, tool=tool, break_foreign=break_lock)
+
+
+def finished_shard(shard: Path, *, verify: bool = False) -> bool:
+    """True when ``shard`` and its stats exist and agree; a mismatching pair is removed, logged."""
+    if not is_shard_complete(shard):
+        return False
+    problem = shard_problem(shard, verify=verify)
+    if problem is None:
+        return True
+    log.warning("rebuilding %s: %s", shard, problem)
+    # stats first: a kill between the two removals must not leave stats beside a missing tar
+    stats_path(shard).unlink(missing_ok=True)
+    shard.unlink(missing_ok=True)
+    return False
+
+
+def nothing_written_hint(items: Iterable, *, image_root: str = "", source: str = "") -> str:
+    """Where the first input image was looked for, when it is not there (else '')."""
+    for it in items:
+        if not os.path.exists(it.path):
+            p = Path(it.path)
+            root = image_root or (str(Path(source).parent) if source and not Path(source).is_dir() else source)
+            hint = f"the first missing image is {p}, resolved against {root or p.parent}"
+            if not image_root and source and not Path(source).is_dir():
+                hint += " (the caption file's folder: set image_root=DIR or --image-root DIR if the images are elsewhere)"
+            return hint
+    return ""
