@@ -98,7 +98,8 @@ def remove_stale_temps(folder: str | Path, *, name_prefix: str = "", contains: s
     return removed
 
 
-def _describe(h: dict) -> str:
+def describe_holder(h: dict) -> str:
+    """One line about a lock holder: tool, pid, host, start time and age."""
     age = time.time() - float(h.get("time", time.time()))
     return (f"{h.get('tool', '?')} pid {h.get('pid', '?')} on {h.get('host', '?')}, started "
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(h.get('time', 0)))} ({age:.0f} s ago)")
@@ -169,7 +170,7 @@ class OutputLock:
         return None
 
     def _refusal(self, holder: dict) -> LockHeld:
-        msg = f"{self.path.parent} is in use by {_describe(holder)} (lock file {self.path})"
+        msg = f"{self.path.parent} is in use by {describe_holder(holder)} (lock file {self.path})"
         if holder and holder.get("host") != socket.gethostname():
             try:
                 idle = time.time() - self.path.stat().st_mtime
@@ -196,7 +197,7 @@ class OutputLock:
         os.close(fd)
         try:
             if self._read_holder() == holder:  # still the stale lock we judged, not a new one
-                log.warning("taking over the lock %s of %s: %s", self.path, _describe(holder), reason)
+                log.warning("taking over the lock %s of %s: %s", self.path, describe_holder(holder), reason)
                 self.path.unlink(missing_ok=True)
         finally:
             guard.unlink(missing_ok=True)
@@ -249,3 +250,12 @@ class OutputLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def live_holder(path: str | Path) -> dict | None:
+    """The holder of the lock file ``path`` while it may be alive (None: no lock, or a stale one)."""
+    lock = OutputLock(path, tool="")
+    holder = lock._read_holder()
+    if not holder:
+        return None
+    return holder if lock.stale_reason(holder) is None else None

@@ -13,8 +13,9 @@ images)::
 
 Each split's ``dataset.json`` carries ``real_original``, ``real_augmented`` and ``zoom_crops``
 counts besides the by-source/caption-source/class/kind stats. A finished shard (tar + stats)
-is skipped on rerun; ``overwrite=true`` rebuilds everything. One build per output folder at a
-time: leftover temp files from a killed build are removed at start.
+is skipped on rerun (when its size, and with ``verify=true`` its sha256, matches its stats);
+``overwrite=true`` rebuilds everything. One build per output folder at a time (``OUT/build.lock``,
+see builders.common.output), so leftover temp files from a killed build are removed at start.
 """
 from __future__ import annotations
 

@@ -53,16 +53,24 @@ def test_non_numeric_box_is_a_counted_fail_not_a_crash(tmp_path, caplog):
     assert any("key=s_1" in m and str(d / shard_name("b", 0)) in m and "'left'" in m for m in logged)
 
 
-def test_second_filter_on_a_shard_folder_fails_fast(tmp_path):
-    shards = _shards(tmp_path / "shards")
+def _hold(path: Path, tool: str) -> subprocess.Popen:
     code = ("import time; from wds_tools.lock import OutputLock; "
-            f"OutputLock({str(shards / LOCK_NAME)!r}, tool='builders.quality').acquire(); "
-            "print('held', flush=True); time.sleep(600)")
+            f"OutputLock({str(path)!r}, tool={tool!r}).acquire(); print('held', flush=True); time.sleep(600)")
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+@pytest.mark.parametrize("where,tool,message", [
+    ("shards/" + LOCK_NAME, "builders.quality", "in use by builders.quality pid {pid} on "),
+    ("build.lock", "builders.real", "still being written by builders.real pid {pid} on "),  # a split folder
+])
+def test_second_filter_or_a_running_build_fails_fast(tmp_path, where, tool, message):
+    shards = _shards(tmp_path / "shards")
+    holder = _hold(tmp_path / where, tool)
     try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(LockHeld, match=rf"in use by builders.quality pid {holder.pid} on "):
+        with pytest.raises(LockHeld, match=message.format(pid=holder.pid)):
             run(tiny_config(tmp_path, *_overrides(shards)))
         assert not list(shards.glob("*.quality.tar*"))
     finally:
