@@ -6,14 +6,16 @@
 - ``finished_shard(shard, verify=...)``: a shard left by an earlier run counts as finished only
   when its size (and, with ``verify``, its sha256) matches its stats file; a truncated or edited
   one is rebuilt.
-- ``nothing_written_hint(items)``: the likely cause of a build in which every input failed.
+- ``refuse_empty_build(results, units, out, ...)``: a build in which every input failed is an
+  error naming the likely cause, and leaves no empty shard a rerun would keep as finished.
 """
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from wds_tools.lock import OutputLock
 from wds_tools.manifest import stats_path
@@ -69,3 +71,34 @@ def nothing_written_hint(items: Iterable, *, image_root: str = "", source: str =
                 hint += " (the caption file's folder: set image_root=DIR or --image-root DIR if the images are elsewhere)"
             return hint
     return ""
+
+
+def _skips_path(shard: Path) -> Path:
+    return shard.with_name(shard.name[: -len(".tar")] + ".skips.json")
+
+
+def refuse_empty_build(results: Sequence, units: Sequence, out: Path, *, image_root: str = "",
+                       source: str = "", build_files: Sequence[str] = ()) -> None:
+    """NothingWritten when no unit wrote a sample: the skip counts and the likely cause.
+
+    ``results`` carry ``samples`` and ``skips``; ``units`` carry ``items`` of ``(key, item)`` with
+    ``item.path`` and ``path(out)``. The empty shards (and ``build_files`` in ``out``) are removed
+    first: they would count as finished, and the rerun after the fix would keep them.
+    """
+    if any(r.samples for r in results):
+        return
+    skips: Counter = Counter()
+    for r in results:
+        skips.update(r.skips)
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(skips.items())) or "no skips recorded"
+    items = [it for u in units for _, it in u.items]
+    hint = nothing_written_hint(items, image_root=image_root, source=source)
+    for u in units:
+        shard = u.path(out)
+        for p in (stats_path(shard), _skips_path(shard), shard):
+            p.unlink(missing_ok=True)
+    for name in build_files:
+        (out / name).unlink(missing_ok=True)
+    raise NothingWritten(f"no sample was written to {out}: every one of the {len(items)} input images "
+                         f"failed ({counts})" + (f"; {hint}" if hint else "")
+                         + "; nothing was kept, rerun once the input is fixed")

@@ -28,16 +28,16 @@ from pathlib import Path
 
 from wds_tools.atomic import write_json
 from wds_tools.config import ConfigError, config_to_dict, save_config
-from wds_tools.manifest import stats_path, write_index
+from wds_tools.manifest import write_index
 from wds_tools.progress import progress as progress_bar
 
 from builders.common.executors import run_units
 from builders.common.inputs import SPLITS, read_items
-from builders.common.output import NothingWritten, check_output_dir, lock_output, nothing_written_hint
+from builders.common.output import check_output_dir, lock_output, refuse_empty_build
 from builders.common.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
 from builders.common.preview import write_preview
 from builders.real.config import RealBuildConfig
-from builders.real.unit import UnitResult, build_unit, skips_path
+from builders.real.unit import UnitResult, build_unit
 
 log = logging.getLogger(__name__)
 
@@ -138,29 +138,6 @@ def write_indexes(out: Path, results: list[UnitResult], cfg: RealBuildConfig) ->
     return summary
 
 
-def check_something_written(results: list[UnitResult], units: list[Unit], cfg: RealBuildConfig) -> None:
-    """NothingWritten when no unit wrote a sample, with the skip counts and the likely cause."""
-    if any(r.samples for r in results):
-        return
-    skips: Counter = Counter()
-    for r in results:
-        skips.update(r.skips)
-    counts = ", ".join(f"{k}: {v}" for k, v in sorted(skips.items())) or "no skips recorded"
-    hint = nothing_written_hint((it for u in units for _, it in u.items), image_root=cfg.image_root,
-                                source=cfg.input)
-    out = Path(cfg.output)
-    # Empty shards would count as finished and be kept by the rerun that follows the fix.
-    for u in units:
-        shard = u.path(out)
-        for p in (stats_path(shard), skips_path(shard), shard):
-            p.unlink(missing_ok=True)
-    for name in (CONFIG_NAME, PLAN_NAME):
-        (out / name).unlink(missing_ok=True)
-    raise NothingWritten(f"no sample was written to {out}: every one of the "
-                         f"{sum(len(u.items) for u in units)} input images failed ({counts})"
-                         + (f"; {hint}" if hint else "") + "; nothing was kept, rerun once the input is fixed")
-
-
 def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
     """Run the whole build for ``cfg``; returns the summary also written to build_summary.json."""
     if not cfg.input or not cfg.output:
@@ -194,7 +171,8 @@ def _build_locked(cfg: RealBuildConfig, out: Path, *, progress: bool) -> dict:
                   address=cfg.ray_address, on_done=done)
     finally:
         bar.close()
-    check_something_written(results, units, cfg)
+    refuse_empty_build(results, units, out, image_root=cfg.image_root, source=cfg.input,
+                       build_files=(CONFIG_NAME, PLAN_NAME))
     summary = write_indexes(out, sorted(results, key=lambda r: r.name), cfg)
     first = next((u.path(out) for u in units if u.split == "train"), None)
     if cfg.preview and first is not None and first.exists():
