@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from builders.common.output import LOCK_NAME as BUILD_LOCK
+from builders.common.output import LOCK_NAME as BUILD_LOCK, check_output_dir
 from wds_tools.lock import LockHeld, OutputLock, describe_holder, live_holder, remove_stale_temps
 from wds_tools.urls import is_remote
 
@@ -45,7 +45,7 @@ def guard_outputs(urls: Sequence[str], *, report_dir: str | Path | None, break_l
     dirs = {d for d in map(_local_dir, urls) if d is not None}
     for d in sorted(dirs):
         check_not_building(d)
-    report = Path(report_dir).resolve() if report_dir else None
+    report = check_output_dir(report_dir).resolve() if report_dir else None
     with contextlib.ExitStack() as stack:
         for d in sorted(dirs | ({report} if report else set())):
             stack.enter_context(OutputLock(d / LOCK_NAME, tool="builders.quality", break_foreign=break_lock))

@@ -76,6 +76,24 @@ def test_second_builder_fails_fast_naming_the_holder(demo_tree, tmp_path):
         assert shard_problem(tar, verify=True) is None
 
 
+def test_two_builders_with_different_recipes_never_mix(demo_tree, tmp_path):
+    out = tmp_path / "out"
+    a = _cli("--input", str(demo_tree), "--output", str(out), *FAST)
+    b = _cli("--input", str(demo_tree), "--output", str(out), *FAST, "seed=7", "augment.per_image=2")
+    (_, err_a), (_, err_b) = a.communicate(timeout=300), b.communicate(timeout=300)
+    # the loser is refused by the lock, or (when it starts after the winner ended) by the recipe check
+    assert sorted([a.returncode, b.returncode]) == [0, 2], (err_a, err_b)
+    loser = err_b if b.returncode else err_a
+    assert "Traceback" not in loser and ("is in use by builders.real pid" in loser or "different settings" in loser)
+    seed = 0 if a.returncode == 0 else 7
+    assert load_config(RealBuildConfig, out / "build_config.yaml").seed == seed
+    per_image = 5 if seed == 0 else 2
+    index = json.loads((out / "train" / "dataset.json").read_text())
+    assert index["real_augmented"] == per_image * index["real_original"]
+    for tar in (out / "train").glob("*.tar"):
+        assert shard_problem(tar, verify=True) is None
+
+
 def test_lone_surrogate_caption_is_a_counted_skip_and_the_rerun_runs(caption_jsonl, tmp_path, caplog):
     lines = caption_jsonl.read_text().splitlines()
     rec = json.loads(lines[0])

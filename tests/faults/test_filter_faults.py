@@ -78,6 +78,13 @@ def test_second_filter_or_a_running_build_fails_fast(tmp_path, where, tool, mess
         holder.wait()
 
 
+def test_report_path_that_is_a_file_is_a_clear_error(tmp_path):
+    shards = _shards(tmp_path / "shards")
+    (tmp_path / "report").write_text("not a folder")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'report'} is the output but it is a file"):
+        run(tiny_config(tmp_path, *_overrides(shards)))
+
+
 # The filter in a subprocess that SIGKILLs itself just before the k-th rename of a quality sidecar
 # into place: the temp file is complete and left behind, as after a kill at the worst moment.
 _KILL_AT = """
