@@ -2,6 +2,8 @@
 
 - ``lock_output(out, tool=..., break_lock=...)``: one build per output folder at a time (the lock
   file ``OUT/build.lock`` names its holder; see ``wds_tools.lock``).
+- ``remove_killed_temps(out)``: temp files of killed writers (index, summary, plan; shards are
+  handled by the builders' own output preparation) in ``out`` and its split folders.
 - ``check_output_dir(out)``: an output path that is a file is a clear error, not a traceback.
 - ``finished_shard(shard, verify=...)``: a shard left by an earlier run counts as finished only
   when its size (and, with ``verify``, its sha256) matches its stats file; a truncated or edited
@@ -17,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from wds_tools.lock import OutputLock
+from wds_tools.lock import OutputLock, remove_stale_temps
 from wds_tools.manifest import stats_path
 from wds_tools.writer import is_shard_complete, shard_problem
 
@@ -44,6 +46,12 @@ def check_output_dir(out: str | Path) -> Path:
 def lock_output(out: str | Path, *, tool: str, break_lock: bool = False) -> OutputLock:
     """The (not yet taken) exclusive lock of builder output folder ``out``."""
     return OutputLock(Path(out) / LOCK_NAME, tool=tool, break_foreign=break_lock)
+
+
+def remove_killed_temps(out: Path, splits: Sequence[str] = ("train", "val", "test")) -> None:
+    """Delete ``*.tmp-PID-*`` files of dead pids in ``out`` and its split folders (lock held)."""
+    for d in (out, *(out / s for s in splits)):
+        remove_stale_temps(d)
 
 
 def finished_shard(shard: Path, *, verify: bool = False) -> bool:

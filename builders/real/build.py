@@ -33,7 +33,7 @@ from wds_tools.progress import progress as progress_bar
 
 from builders.common.executors import run_units
 from builders.common.inputs import SPLITS, read_items
-from builders.common.output import check_output_dir, lock_output, refuse_empty_build
+from builders.common.output import check_output_dir, lock_output, refuse_empty_build, remove_killed_temps
 from builders.common.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
 from builders.common.preview import write_preview
 from builders.real.config import RealBuildConfig
@@ -148,6 +148,7 @@ def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
 
 
 def _build_locked(cfg: RealBuildConfig, out: Path, *, progress: bool) -> dict:
+    remove_killed_temps(out, SPLITS)  # e.g. a dataset.json cut by a kill: no one else writes here
     items = read_items(cfg.input, image_root=cfg.image_root or None)
     units = plan_units(items, images_per_shard=cfg.images_per_shard, seed=cfg.seed,
                        val_fraction=cfg.splits.val_fraction, test_fraction=cfg.splits.test_fraction)

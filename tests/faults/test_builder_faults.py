@@ -198,3 +198,44 @@ def test_kill_9_with_workers_leaves_no_process_and_rerun_equals_uninterrupted(tm
     assert not list(train.glob("*.tmp-*")) and not (cut / LOCK_NAME).exists()
     assert json.loads((train / "dataset.json").read_text())["shards"] == \
         json.loads((ref / "train" / "dataset.json").read_text())["shards"]
+
+
+# The builder (one worker, in-process) SIGKILLs itself just before the k-th rename onto a final
+# name ending in ``suffix``: that file's temp is complete and left behind.
+_KILL_AT = """
+import os, signal, sys
+suffix, k, n = sys.argv[1], int(sys.argv[2]), [0]
+real = os.replace
+def replace(src, dst, *a, **kw):
+    if str(dst).endswith(suffix):
+        n[0] += 1
+        if n[0] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, *a, **kw)
+os.replace = replace
+from builders.real.__main__ import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("suffix,k", [(".tar", 3), ("dataset.json", 1)], ids=["mid-shard", "indexing"])
+def test_kill_9_at_a_rename_then_rerun_equals_uninterrupted(demo_tree, tmp_path, suffix, k):
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    build_real(_cfg(demo_tree, ref), progress=False)
+    args = ["--config", str(CONFIG), "--input", str(demo_tree), "--output", str(cut), *FAST]
+    p = subprocess.run([sys.executable, "-c", _KILL_AT, suffix, str(k), *args], cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    train = cut / "train"
+    finished = sorted(train.glob("*.stats.json"))
+    assert len(finished) == (k - 1 if suffix == ".tar" else 4)
+    assert len(list(cut.rglob("*.tmp-*"))) == 1  # the file being renamed
+    assert not (train / "dataset.json").exists()
+    for tar in train.glob("*.tar"):  # every tar under its final name is whole
+        assert shard_problem(tar, verify=True) is None
+    summary = build_real(_cfg(demo_tree, cut), progress=False)
+    assert summary["resumed_shards"] == len(finished) and summary["rebuilt_shards"] == 0
+    assert _sha(train) == _sha(ref / "train") and not list(cut.rglob("*.tmp-*"))
+    got, want = (json.loads((d / "train" / "dataset.json").read_text()) for d in (cut, ref))
+    for key in ("shards", "total_samples", "stats", "real_original", "real_augmented", "zoom_crops", "skipped"):
+        assert got[key] == want[key], key
