@@ -106,6 +106,8 @@ class QualityConfig:
     output: str = ""
     # ignore existing sidecars and score every shard again
     rescore: bool = False
+    # take over another host's quality.lock that has gone stale (see wds_tools.lock)
+    break_lock: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     image_quality: ImageQualityConfig = field(default_factory=ImageQualityConfig)

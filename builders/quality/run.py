@@ -30,6 +30,7 @@ import torch
 from clip_models.scoring import load_clip, resolve_device
 from builders.quality.clip_score import ClipScorer
 from builders.quality.config import QualityConfig
+from builders.quality.guard import guard_outputs
 from builders.quality.loader import QualityStream, ShardPart, fill_image_quality, plan_parts, score_batches
 from builders.quality.report import plot_grid, plot_histograms, plot_kept_shares, summarise, write_html
 from builders.quality.selection import PENDING, class_key, class_thresholds, decide, rescore
@@ -288,24 +289,25 @@ def run(cfg: QualityConfig) -> dict:
                          f"got {piped[0]!r}")
     if not cfg.output and is_remote(urls[0]):
         raise ValueError(f"the shards are remote ({urls[0]!r}): set output= to a local report directory")
-    sidecars, damaged = ({}, {}) if cfg.rescore else load_sidecars(urls)
-    for url, problem in damaged.items():
-        log.warning("sidecar unusable, scoring the shard again: %s", problem)
-    todo = [u for u in urls if u not in sidecars]
-    log.info("%d shards, %d to score (%d with whole sidecars, %d unusable)", len(urls), len(todo),
-             len(sidecars), len(damaged))
-    phase1 = score_shards(cfg, todo) if todo else {"scored": [], "failed": {}, "skips": {}, "keys": {}}
-    fresh, unusable = load_sidecars(phase1["scored"], phase1["keys"])
-    sidecars.update(fresh)
-    missing = [u for u in urls if u not in sidecars]
-    for url in missing:
-        unusable.setdefault(url, phase1["failed"].get(url) or damaged.get(url) or "no sidecar")
-    if missing:
-        log.error("%d shards have no whole sidecar and are left out of the selection (rerun to retry): %s",
-                  len(missing), "; ".join(f"{u}: {unusable[u]}" for u in missing[:5]))
-    selected = select_global(cfg, sidecars)
     report_dir = Path(cfg.output) if cfg.output else Path(urls[0]).parent
-    report = write_report(cfg, report_dir, selected, phase1, urls, unusable)
-    report["selection_files"] = write_selections(cfg, report_dir, selected, urls)
-    write_json(report_dir / REPORT_NAME, report)
-    return report
+    with guard_outputs(urls, report_dir=report_dir, break_lock=cfg.break_lock):
+        sidecars, damaged = ({}, {}) if cfg.rescore else load_sidecars(urls)
+        for url, problem in damaged.items():
+            log.warning("sidecar unusable, scoring the shard again: %s", problem)
+        todo = [u for u in urls if u not in sidecars]
+        log.info("%d shards, %d to score (%d with whole sidecars, %d unusable)", len(urls), len(todo),
+                 len(sidecars), len(damaged))
+        phase1 = score_shards(cfg, todo) if todo else {"scored": [], "failed": {}, "skips": {}, "keys": {}}
+        fresh, unusable = load_sidecars(phase1["scored"], phase1["keys"])
+        sidecars.update(fresh)
+        missing = [u for u in urls if u not in sidecars]
+        for url in missing:
+            unusable.setdefault(url, phase1["failed"].get(url) or damaged.get(url) or "no sidecar")
+        if missing:
+            log.error("%d shards have no whole sidecar and are left out of the selection (rerun to retry): %s",
+                      len(missing), "; ".join(f"{u}: {unusable[u]}" for u in missing[:5]))
+        selected = select_global(cfg, sidecars)
+        report = write_report(cfg, report_dir, selected, phase1, urls, unusable)
+        report["selection_files"] = write_selections(cfg, report_dir, selected, urls)
+        write_json(report_dir / REPORT_NAME, report)
+        return report
