@@ -9,14 +9,11 @@ antialiasing like open_clip. :func:`normalize` maps uint8 to the model's normali
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 
 import open_clip
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image
 from torch import nn
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import InterpolationMode
@@ -56,17 +53,11 @@ def image_norm(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def decode_uint8(data: bytes) -> torch.Tensor:
-    """Image bytes -> uint8 ``(3, H, W)`` RGB with torchvision's decoders (a ``wds_tools.reader`` decoder).
+    """Image bytes -> uint8 ``(3, H, W)`` RGB with torchvision's decoders.
 
-    torchvision has no pixel limit, so the size is read from the header first (PIL reads no pixels
-    for that) and PIL's decompression-bomb limit applies as it does to PIL decoding.
+    Meant as the decoder of ``wds_tools.reader.decode_sample(image=decode_uint8)``, which checks
+    the pixel limit from the header before calling it: torchvision's decoders have no limit.
     """
-    with warnings.catch_warnings():  # over the limit is an error just below, not a warning
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-    if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
-        raise Image.DecompressionBombError(f"{w}x{h} image exceeds the limit of {Image.MAX_IMAGE_PIXELS} pixels")
     return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 

@@ -17,7 +17,7 @@ from builders.real.config import RealBuildConfig
 
 FLAGS = {"--input": "input", "--output": "output", "--image-root": "image_root",
          "--executor": "executor", "--workers": "workers", "--vlm-model": "vlm.model",
-         "--overwrite": "overwrite"}
+         "--overwrite": "overwrite", "--verify": "verify", "--break-lock": "break_lock"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def _main(argv: list[str] | None) -> int:
                                 "Finished shards are kept on rerun; --overwrite rebuilds them.",
                     flags=FLAGS, default_config=None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = build_real(cfg)
+    summary = build_real(cfg)  # bad input or a held lock (FileExistsError): one line via run_main
     print(format_summary(summary, cfg.output))
     return 0
 
