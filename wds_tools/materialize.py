@@ -4,8 +4,9 @@
 
 By default the ``quality`` sidecar is joined and a sample is kept iff its quality record is selected
 (``wds_tools.quality_record.keep``: never while pending); captions the record dropped are removed
-from its ``json`` (and ``txt``), so the reshard trains the same without the sidecar. The output has its own ``dataset.json`` (with kept/dropped counts), ``sizes.json``
-and the resolved ``config.yaml``.
+from its ``json`` (and ``txt``), so the reshard trains the same without the sidecar. The output
+has its own ``dataset.json`` (with kept/dropped counts), ``sizes.json`` and the resolved
+``config.yaml``.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def _kept_captions(sample: dict) -> dict:
         return sample
     meta = json.loads(sample["json"])
     txt = sample["txt"].decode("utf-8") if "txt" in sample else None
-    new_meta, new_txt = quality_record.drop_unkept_captions(meta, txt, quality_record.decode(sample[quality_record.MEMBER]))
+    record = quality_record.decode(sample[quality_record.MEMBER])
+    new_meta, new_txt = quality_record.drop_unkept_captions(meta, txt, record)
     if new_meta is meta:
         return sample
     out = {**sample, "json": json.dumps(new_meta, ensure_ascii=False).encode("utf-8")}

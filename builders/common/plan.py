@@ -153,6 +153,6 @@ def plan_digest(units: list[Unit]) -> str:
         h.update(f"{u.split}/{u.name}\n".encode())
         for k, it in u.items:
             h.update(json.dumps([k, it.captions, it.cls, it.boxes], sort_keys=True).encode())
-        for k, it, owned, augs in u.work():
+        for k, _item, owned, augs in u.work():
             h.update(json.dumps([k, owned, list(augs)]).encode())
     return h.hexdigest()

@@ -209,7 +209,8 @@ def select_global(cfg: QualityConfig, sidecars: dict[str, dict[str, dict]]) -> d
     Returns ``threshold``, ``class_thresholds``, every final record (with ``url``/``key``) as
     ``records`` and how many sidecars were ``rewritten``.
     """
-    rescored = {u: {k: {**rescore(v, cfg.composite), "url": u} for k, v in side.items()} for u, side in sidecars.items()}
+    rescored = {u: {k: {**rescore(v, cfg.composite), "url": u} for k, v in side.items()}
+                for u, side in sidecars.items()}
     threshold, per_class = class_thresholds((r for recs in rescored.values() for r in recs.values()), cfg.selection)
     final, rewritten = [], 0
     for url, recs in rescored.items():
@@ -292,7 +293,7 @@ def run(cfg: QualityConfig) -> dict:
     report_dir = Path(cfg.output) if cfg.output else Path(urls[0]).parent
     with guard_outputs(urls, report_dir=report_dir, break_lock=cfg.break_lock):
         sidecars, damaged = ({}, {}) if cfg.rescore else load_sidecars(urls)
-        for url, problem in damaged.items():
+        for problem in damaged.values():
             log.warning("sidecar unusable, scoring the shard again: %s", problem)
         todo = [u for u in urls if u not in sidecars]
         log.info("%d shards, %d to score (%d with whole sidecars, %d unusable)", len(urls), len(todo),

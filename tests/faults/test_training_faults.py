@@ -75,7 +75,8 @@ def _assert_nothing_partial_under_a_final_name(out: Path) -> None:
     if (out / "lora_final.pt").exists():
         assert torch.load(out / "lora_final.pt", weights_only=True)
     if (out / "peft_adapter").exists():
-        assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (out / "peft_adapter").iterdir()}
+        found = {p.name for p in (out / "peft_adapter").iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= found
     if (out / "training_log.json").exists():
         assert json.loads((out / "training_log.json").read_text())["summary"]["outputs"]
 
