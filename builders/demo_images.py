@@ -167,10 +167,8 @@ def _main(argv: list[str] | None) -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    try:
-        out = make_demo_tree(args.output, per_class=args.per_class, size=args.size, seed=args.seed)
-    except (ValueError, FileExistsError, NotADirectoryError) as e:
-        ap.error(str(e))  # one line and exit status 2, as for a bad flag
+    # a bad value or an output path that is a file: one line and exit status 2 (run_main)
+    out = make_demo_tree(args.output, per_class=args.per_class, size=args.size, seed=args.seed)
     print(f"wrote {args.per_class * len(CLASSES)} tiles under {out}")
     return 0
 
