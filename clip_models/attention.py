@@ -38,7 +38,7 @@ class SdpaAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
     @classmethod
-    def from_mha(cls, mha: nn.MultiheadAttention) -> "SdpaAttention":
+    def from_mha(cls, mha: nn.MultiheadAttention) -> SdpaAttention:
         """Copy the weights of a MultiheadAttention (q, k, v are the thirds of ``in_proj_weight``)."""
         if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
             raise ValueError(f"unsupported MultiheadAttention variant: {mha}")

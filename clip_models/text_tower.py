@@ -22,7 +22,6 @@ import torch
 from open_clip.transformer import text_global_pool
 from torch import nn
 
-
 ROUND_TO = 8  # few distinct lengths: torch.compile and cuDNN/cuBLAS plans see a handful of shapes
 
 

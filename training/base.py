@@ -20,9 +20,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from clip_models.config import ModelConfig
 from wds_tools.config import parse_cli, prog_name, run_main

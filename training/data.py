@@ -37,26 +37,25 @@ import logging
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchvision.transforms.v2 import functional as TF
-from wds_tools.malloc import keep_freed_memory
-from wds_tools.manifest import read_index
-from wds_tools.quality_record import PENDING, QualityRecordError, decode, keep, kept_caption_indices, sample_captions
-from wds_tools.reader import SkipLog, decode_sample, iter_shard
-from wds_tools.sample import IMAGE_EXTS
-from wds_tools.stages import stage
-from wds_tools.urls import expand_urls, sidecar_url, url_exists
 
 from clip_models.preprocess import decode_uint8, resized_crop
 from clip_models.text_tower import CachedTokenizer, build_tokenizer
 from training.streams import _TAG_BATCH, _TAG_SAMPLE, _rng, resampled_samples, worker_shards  # noqa: F401
+from wds_tools.malloc import keep_freed_memory
+from wds_tools.manifest import read_index
+from wds_tools.quality_record import PENDING, QualityRecordError, decode, keep, kept_caption_indices, sample_captions
+from wds_tools.reader import SkipLog, decode_sample
+from wds_tools.sample import IMAGE_EXTS
+from wds_tools.stages import stage
+from wds_tools.urls import expand_urls
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from clip_models.device import resolve_device
 from clip_models.preprocess import decode_uint8, image_norm, image_size, resize_center_crop

@@ -11,18 +11,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import open_clip
 import torch
 from torch import nn
 
+from clip_models.attention import swap_attention, unswap_attention
+from clip_models.loading import create_model, model_name
 from training.checkpoint import load_heads
 from training.config import CLI_FLAGS, Stage2Config
 from training.lora import apply_lora, load_peft_adapter, merge_lora
-from clip_models.attention import swap_attention, unswap_attention
-from clip_models.loading import create_model, model_name
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from training.config import CLI_FLAGS, Stage2Config
 from wds_tools.config import parse_cli, prog_name, run_main

@@ -16,22 +16,22 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from torch import nn
 
+from clip_models.attention import swap_attention
+from clip_models.image_tower import encode_image_tokens, has_patch_tokens
+from clip_models.loading import create_model, model_name
+from clip_models.preprocess import image_norm, image_size
+from clip_models.text_tower import build_tokenizer, encode_text, encode_text_tokens, tokenizer_spec, trim_text
 from training.checkpoint import load_checkpoint, open_sample_keys, resolve_resume, save_checkpoint, save_final
 from training.config import Stage2Config
 from training.data import LoaderSpec, LoaderState, build_sources, make_loader, read_manifests
 from training.evaluate import evaluate_model, load_eval_set
 from training.lora import apply_lora, lora_state_dict, mark_trainable
 from training.losses import rare_class_weights, sparc_loss, weighted_clip_loss, weighted_mean, word_token_mask
-from clip_models.attention import swap_attention
-from clip_models.image_tower import encode_image_tokens, has_patch_tokens
-from clip_models.loading import create_model, model_name
-from clip_models.preprocess import image_norm, image_size
-from training.selection import selected_counts
 from training.plots import plot_training_log
-from clip_models.text_tower import build_tokenizer, encode_text, encode_text_tokens, tokenizer_spec, trim_text
+from training.selection import selected_counts
 from wds_tools.atomic import atomic_open
-from wds_tools.progress import progress
 from wds_tools.config import config_to_dict, save_config
+from wds_tools.progress import progress
 
 log = logging.getLogger(__name__)
 _DEVICE_KEYS = ("images", "text", "weights", "groups", "caption_ids")

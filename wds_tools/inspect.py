@@ -12,7 +12,7 @@ import json
 import math
 import sys
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import fsspec
 import msgpack

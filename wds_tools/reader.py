@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import tarfile
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import msgpack
 from PIL import Image

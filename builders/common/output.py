@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from wds_tools.lock import OutputLock, remove_stale_temps
 from wds_tools.manifest import stats_path

@@ -25,10 +25,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from builders.common.inputs import SPLITS, SourceItem
 from wds_tools.sample import make_key
 from wds_tools.writer import shard_name
-
-from builders.common.inputs import SPLITS, SourceItem
 
 SHARD_PREFIX = "real"
 ORDERS = ("permuted", "sorted")

@@ -37,7 +37,7 @@ class VLMConfig:
         check_device(self.device)
 
 
-_CACHE: dict[tuple, "VLMCaptioner"] = {}
+_CACHE: dict[tuple, VLMCaptioner] = {}
 # Qwen2-VL's chat layout, used when a processor ships no chat template.
 _QWEN_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>\n"
                 "<|im_start|>assistant\n")

@@ -25,9 +25,9 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from clip_models.preprocess import resize_center_crop
 from builders.quality.image_quality import ImageQualityConfig, image_quality_scores
 from builders.quality.sanity import has_claims, sanity_scores
+from clip_models.preprocess import resize_center_crop
 from wds_tools.images import check_image_pixels
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.quality_record import sample_captions

@@ -42,8 +42,15 @@ from wds_tools.config import config_to_dict, save_config
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_stats
 from wds_tools.progress import progress
-from wds_tools.quality_record import (MEMBER, SIDECAR, QualityRecord, QualityRecordError, read_quality_sidecar,
-                                      selection_folders, write_selection)
+from wds_tools.quality_record import (
+    MEMBER,
+    SIDECAR,
+    QualityRecord,
+    QualityRecordError,
+    read_quality_sidecar,
+    selection_folders,
+    write_selection,
+)
 from wds_tools.sidecar import shard_keys, write_sidecar
 from wds_tools.urls import expand_urls, is_remote, sidecar_url, url_exists
 

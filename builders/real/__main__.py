@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from wds_tools.config import parse_cli, prog_name, run_main
-
 from builders.real.build import build_real, format_summary
 from builders.real.config import RealBuildConfig
+from wds_tools.config import parse_cli, prog_name, run_main
 
 FLAGS = {"--input": "input", "--output": "output", "--image-root": "image_root",
          "--executor": "executor", "--workers": "workers", "--vlm-model": "vlm.model",

@@ -7,8 +7,15 @@ import open_clip
 import torch
 from PIL import Image, ImageFilter
 
-from clip_models.preprocess import (image_norm, image_size, norm_tensors, normalize, preprocess_of,
-                                    resize_center_crop, resized_crop)
+from clip_models.preprocess import (
+    image_norm,
+    image_size,
+    norm_tensors,
+    normalize,
+    preprocess_of,
+    resize_center_crop,
+    resized_crop,
+)
 
 
 def _photo(h: int = 90, w: int = 120) -> np.ndarray:

@@ -258,8 +258,8 @@ def test_unsized_run_names_the_real_cause(tmp_path):
     ("tpu", "model.device 'tpu' is not a device"),
 ])
 def test_bad_device_strings_are_config_errors(device, message):
-    from builders.quality.config import QualityConfig
     from builders.common.vlm_captions import VLMConfig
+    from builders.quality.config import QualityConfig
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device == "cuda:9" and n > 9:

@@ -9,9 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import (LoaderSpec, LoaderState, build_sources, iter_batches, make_loader, mirror_caption,
-                           mix_plan, random_resized_crop, read_manifests)
 from clip_models.text_tower import tokenizer_spec
+from training.data import (
+    LoaderSpec,
+    LoaderState,
+    build_sources,
+    iter_batches,
+    make_loader,
+    mirror_caption,
+    mix_plan,
+    random_resized_crop,
+    read_manifests,
+)
 
 TOKENIZER = {"hf_name": None, "context_length": 77}
 

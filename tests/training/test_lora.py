@@ -9,12 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from tests.training.conftest import REPO
-from training.config import LoraConfig, ModelConfig
-from training.lora import (LoraLinear, apply_lora, load_peft_adapter, lora_modules, mark_trainable, merge_lora,
-                           save_peft_adapter)
 from clip_models.attention import swap_attention
 from clip_models.loading import create_model
+from tests.training.conftest import REPO
+from training.config import LoraConfig, ModelConfig
+from training.lora import (
+    LoraLinear,
+    apply_lora,
+    load_peft_adapter,
+    lora_modules,
+    mark_trainable,
+    merge_lora,
+    save_peft_adapter,
+)
 
 TINY = ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json"))
 

@@ -7,8 +7,15 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from training.losses import (false_negative_mask, masked_clip_ce, rare_class_weights, repeated_token_mask,
-                             sparc_loss, weighted_clip_loss, word_token_mask)
+from training.losses import (
+    false_negative_mask,
+    masked_clip_ce,
+    rare_class_weights,
+    repeated_token_mask,
+    sparc_loss,
+    weighted_clip_loss,
+    word_token_mask,
+)
 
 
 def test_rare_class_weights_threshold():

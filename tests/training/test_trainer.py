@@ -16,12 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
+from clip_models.attention import swap_attention
+from clip_models.loading import create_model
 from tests.training.conftest import REPO, TINY_CONFIG
 from training.config import Stage2Config
 from training.export import export_merged, load_trained
 from training.lora import apply_lora, load_lora_state_dict
-from clip_models.attention import swap_attention
-from clip_models.loading import create_model
 from training.trainer import train
 from wds_tools.config import load_config
 

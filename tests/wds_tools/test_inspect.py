@@ -1,4 +1,3 @@
-import pytest
 import json
 
 from tests.wds_tools.test_materialize import _score_all

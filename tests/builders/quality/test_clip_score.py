@@ -2,9 +2,9 @@ import open_clip
 import pytest
 import torch
 
+from builders.quality.clip_score import ClipScorer, encode_text
 from clip_models.config import ModelConfig
 from clip_models.loading import load_clip
-from builders.quality.clip_score import ClipScorer, encode_text
 from tests.builders.quality.conftest import REPO
 
 TINY = str(REPO / "configs" / "models" / "tiny-clip.json")
