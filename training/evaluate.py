@@ -47,18 +47,19 @@ def center_resize(img: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def load_eval_set(urls: Sequence[str], *, size: int, max_samples: int = 0, allow_pipe: bool = False,
-                  caption_sources: Sequence[str] = ()) -> EvalSet:
+                  caption_sources: Sequence[str] = (), max_pixels: int = 0) -> EvalSet:
     """Read held-out shards (no sidecars: evaluation sees the whole held-out set).
 
     ``caption_sources`` (e.g. ``["original"]``) keeps only captions from those sources
     (``meta["caption_sources"]``), so benchmark numbers are on human captions; an image with none
-    left is a counted skip. Empty = every caption.
+    left is a counted skip. Empty = every caption. Images above ``max_pixels`` (0 = PIL's
+    ``Image.MAX_IMAGE_PIXELS``) are counted skips.
     """
     skips = SkipLog()
     images, captions, classes = [], [], []
     for url in expand_urls(list(urls), allow_pipe=allow_pipe):
         for raw in iter_shard(url, allow_pipe=allow_pipe, skips=skips):
-            s = decode_sample(raw, image="uint8", skips=skips)
+            s = decode_sample(raw, image="uint8", skips=skips, max_pixels=max_pixels)
             ext = next((e for e in IMAGE_EXTS + ("jpeg",) if s and e in s), None)
             if s is None or ext is None:
                 continue
@@ -158,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("training.evaluate: give held-out shards with --shards (eval.shards)")
     model = load_trained(cfg, cfg.eval.adapter or None)
     data = load_eval_set(cfg.eval.shards, size=image_size(model), max_samples=cfg.eval.max_samples,
-                         allow_pipe=cfg.data.allow_pipe, caption_sources=cfg.eval.caption_sources)
+                         allow_pipe=cfg.data.allow_pipe, caption_sources=cfg.eval.caption_sources,
+                         max_pixels=cfg.data.max_image_pixels)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = build_tokenizer(tokenizer_spec(cfg.model.name))
     result = evaluate_model(model.to(device), data, tokenizer=tokenizer, templates=cfg.eval.templates,

@@ -10,6 +10,7 @@ and the resolved ``config.yaml``.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +19,13 @@ from typing import Sequence
 import json
 
 import msgpack
-from tqdm import tqdm
 
 from wds_tools import quality_record
 from wds_tools.config import parse_cli, save_config
 from wds_tools.manifest import stats_path, write_index
+from wds_tools.progress import progress
 from wds_tools.reader import SkipLog, iter_shard
-from wds_tools.urls import expand_urls, is_shard_name
+from wds_tools.urls import expand_urls, is_remote, is_shard_name
 from wds_tools.writer import RollingShardWriter
 
 log = logging.getLogger("wds_tools.materialize")
@@ -50,6 +51,32 @@ class MaterializeConfig:
         for member in self.require_keep:
             if member.split(".", 1)[0] not in self.sidecars:
                 raise ValueError(f"require_keep member {member!r} is not from a joined sidecar {self.sidecars}")
+
+
+def check_output_apart(output: str | Path, inputs: Sequence[str], urls: Sequence[str]) -> None:
+    """Refuse an output folder that is, contains or lies inside an input (it would rewrite its
+    index and add its own shards to it); ``urls`` are the expanded input shards."""
+    out = Path(output).resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {str(output)!r} is a file, not a folder")
+    places = {Path(u).resolve().parent for u in urls if not is_remote(u) and not u.startswith("pipe:")}
+    places |= {Path(i).resolve() for i in inputs if not is_remote(i) and Path(i).is_dir()}
+    for place in sorted(places):
+        if out == place or out in place.parents or place in out.parents:
+            relation = "is" if out == place else "lies inside" if place in out.parents else "contains"
+            raise ValueError(f"output {str(output)!r} {relation} the input folder {str(place)!r}: "
+                             "materialize into a separate folder")
+
+
+def member_problem(sample: dict) -> str | None:
+    """``None`` if the sample's ``json`` member (when present) is a JSON object, else the reason."""
+    if "json" not in sample:
+        return None
+    try:
+        meta = json.loads(sample["json"])
+    except ValueError:  # also UnicodeDecodeError
+        return "corrupt_json"
+    return None if isinstance(meta, dict) else f"json_not_object_{type(meta).__name__}"
 
 
 def keep_verdict(sample: dict, require_keep: Sequence[str]) -> str | None:
@@ -95,18 +122,30 @@ def materialize(cfg: MaterializeConfig) -> dict:
     if not cfg.input or not cfg.output:
         raise ValueError(f"materialize needs input and output, got input={cfg.input!r} output={cfg.output!r}")
     urls = expand_urls(cfg.input, allow_pipe=cfg.allow_pipe)
+    check_output_apart(cfg.output, cfg.input, urls)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     skips, dropped, kept = SkipLog(), SkipLog(), 0
     with RollingShardWriter(output_dir=out, prefix=cfg.prefix, maxcount=cfg.maxcount) as writer:
-        for url in tqdm(urls, desc="materialize", unit="shard"):
+        bar = progress(total=len(urls), desc="materialize", unit="shard")
+        for url in urls:
+            bar.update()
             for sample in iter_shard(url, sidecars=cfg.sidecars, allow_pipe=cfg.allow_pipe, skips=skips):
-                reason = keep_verdict(sample, cfg.require_keep)
+                problem = member_problem(sample)
+                if problem is not None:
+                    skips.add(problem, sample["__key__"], url)
+                    continue
+                try:
+                    reason = keep_verdict(sample, cfg.require_keep)
+                except (ValueError, TypeError, AttributeError, KeyError):
+                    skips.add("corrupt_sidecar_record", sample["__key__"], url)
+                    continue
                 if reason is not None:
                     dropped.counts[reason] += 1
                     continue
                 writer.write({k: v for k, v in _kept_captions(sample).items() if k != "__url__"})
                 kept += 1
+        bar.close()
     _remove_stale(out, cfg.prefix, keep={s.name for s in writer.stats})
     save_config(cfg, out / "config.yaml")
     extra = {"materialized_from": urls, "kept": kept, "dropped": dropped.as_dict(), "skipped": skips.as_dict()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from builders.quality.image_quality import ImageQualityConfig
+from clip_models.devices import check_device
 
 
 @dataclass
@@ -105,6 +106,8 @@ class QualityConfig:
     output: str = ""
     # ignore existing sidecars and score every shard again
     rescore: bool = False
+    # take over another host's quality.lock that has gone stale (see wds_tools.lock)
+    break_lock: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     image_quality: ImageQualityConfig = field(default_factory=ImageQualityConfig)
@@ -150,6 +153,7 @@ class QualityConfig:
             raise ValueError(f"loader.score_in must be auto, main or workers, got {self.loader.score_in!r}")
         if self.image_quality.where not in ("auto", "worker", "device"):
             raise ValueError(f"image_quality.where must be auto, worker or device, got {self.image_quality.where!r}")
+        check_device(self.model.device, where="model.device")
 
 
 def _in_range(name: str, value: float, low: float, high: float) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from builders.quality.image_quality import ImageQualityConfig, image_quality_scores
 from builders.quality.sanity import has_claims, sanity_scores
+from wds_tools.images import check_image_pixels
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.quality_record import sample_captions
 from wds_tools.reader import SkipLog, iter_tar_samples
@@ -95,6 +97,7 @@ def read_parts(parts: Iterable[ShardPart], *, allow_pipe: bool = False) -> Itera
 
 def decode_rgb(data: bytes) -> torch.Tensor:
     """Image bytes -> uint8 ``(3, H, W)``; torchvision's decoders first, PIL for anything else."""
+    check_image_pixels(data)  # header only: a decompression bomb raises before any decode
     try:
         return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except Exception:  # noqa: BLE001 - fall back to PIL, which raises on truly broken bytes
@@ -140,10 +143,30 @@ def _captions(caption: str, meta: dict) -> list[str]:
     return list(dict.fromkeys([caption] + [c for c in extra if isinstance(c, str) and c.strip()]))
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def valid_box(b) -> bool:
+    """A recorded box the sanity checks can use: four finite numbers, a numeric area if any."""
+    return (isinstance(b, dict) and isinstance(b.get("box"), list) and len(b["box"]) == 4
+            and all(_number(v) for v in b["box"]) and _number(b.get("area", 1.0)))
+
+
+def bad_boxes(meta: dict) -> list:
+    """The recorded boxes that are not valid (``boxes`` itself when it is not a list)."""
+    boxes = meta.get("boxes")
+    if boxes is None:
+        return []
+    if not isinstance(boxes, list):
+        return [boxes]
+    return [b for b in boxes if not valid_box(b)]
+
+
 def _boxes(meta: dict, captions: list[str], img: torch.Tensor, compute: bool, detect: Callable | None) -> list[dict]:
     boxes = meta.get("boxes")
     if isinstance(boxes, list):
-        return [b for b in boxes if isinstance(b, dict) and isinstance(b.get("box"), list) and len(b["box"]) == 4]
+        return [b for b in boxes if valid_box(b)]
     if not compute or detect is None or not has_claims(captions):
         return []  # nothing in the captions to check: skip the detector
     h, w = img.shape[-2:]
@@ -176,6 +199,12 @@ def prepare_samples(
             continue
         reasons: list[str] = []
         meta = _read_meta(sample, reasons)
+        bad = bad_boxes(meta)
+        if bad:
+            # e.g. a non-numeric coordinate: the metadata cannot be trusted, so the sample is a
+            # hard fail with its reason instead of an exception that ends the run
+            log.warning("skipped bad_boxes (key=%s, url=%s): %r", sample["__key__"], sample["__url__"], bad[0])
+            reasons.append("bad_boxes")
         caption = _read_caption(sample, reasons)
         ext = next((e for e in _IMAGE_EXTS if e in sample), None)
         img = None

@@ -20,6 +20,7 @@ from PIL import Image  # noqa: E402
 from builders.quality.selection import class_key  # noqa: E402
 from builders.quality.selection_file import caption_counts  # noqa: E402
 from wds_tools.atomic import atomic_open  # noqa: E402
+from wds_tools.images import check_image_pixels  # noqa: E402
 from wds_tools.reader import iter_tar_samples  # noqa: E402
 
 SCORES = ("clip", "sanity", "sanity_count", "sanity_spatial", "brightness", "contrast", "blur",
@@ -173,6 +174,8 @@ def load_thumbnails(records: list[dict], size: int) -> dict[tuple[str, str], tup
                 continue
             ext = next((e for e in _IMAGE_EXTS if e in sample), None)
             try:
+                if ext:
+                    check_image_pixels(sample[ext])  # header only: a bomb shows as a blank tile
                 img = Image.open(io.BytesIO(sample[ext])).convert("RGB") if ext else None
                 if img is not None:
                     img.thumbnail((size, size))

@@ -26,11 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from clip_models.scoring import load_clip, resolve_device
 from builders.quality.clip_score import ClipScorer
 from builders.quality.config import QualityConfig
+from builders.quality.guard import guard_outputs
 from builders.quality.loader import QualityStream, ShardPart, fill_image_quality, plan_parts, score_batches
 from builders.quality.report import plot_grid, plot_histograms, plot_kept_shares, summarise, write_html
 from builders.quality.selection import PENDING, class_key, class_thresholds, decide, rescore
@@ -40,6 +40,7 @@ from wds_tools.atomic import write_json
 from wds_tools.config import config_to_dict, save_config
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_stats
+from wds_tools.progress import progress
 from wds_tools.quality_record import (MEMBER, SIDECAR, QualityRecord, QualityRecordError, read_quality_sidecar,
                                       selection_folders, write_selection)
 from wds_tools.sidecar import shard_keys, write_sidecar
@@ -116,7 +117,7 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
         pin_memory=device.type == "cuda",
     )
     collector = ShardCollector(plan=plan, on_complete=lambda url, recs, keys: _write_pending(url, recs, cfg, keys))
-    bar = tqdm(total=_expected_samples(urls), unit="img", desc="scoring", dynamic_ncols=True)
+    bar = progress(total=_expected_samples(urls), unit="img", desc="scoring")
     threads = torch.get_num_threads()
     if device.type == "cpu" and (nw or cfg.loader.main_threads) and not stream.scorer:
         # the workers decode on the same cores: more model threads would spin-wait against them
@@ -288,24 +289,25 @@ def run(cfg: QualityConfig) -> dict:
                          f"got {piped[0]!r}")
     if not cfg.output and is_remote(urls[0]):
         raise ValueError(f"the shards are remote ({urls[0]!r}): set output= to a local report directory")
-    sidecars, damaged = ({}, {}) if cfg.rescore else load_sidecars(urls)
-    for url, problem in damaged.items():
-        log.warning("sidecar unusable, scoring the shard again: %s", problem)
-    todo = [u for u in urls if u not in sidecars]
-    log.info("%d shards, %d to score (%d with whole sidecars, %d unusable)", len(urls), len(todo),
-             len(sidecars), len(damaged))
-    phase1 = score_shards(cfg, todo) if todo else {"scored": [], "failed": {}, "skips": {}, "keys": {}}
-    fresh, unusable = load_sidecars(phase1["scored"], phase1["keys"])
-    sidecars.update(fresh)
-    missing = [u for u in urls if u not in sidecars]
-    for url in missing:
-        unusable.setdefault(url, phase1["failed"].get(url) or damaged.get(url) or "no sidecar")
-    if missing:
-        log.error("%d shards have no whole sidecar and are left out of the selection (rerun to retry): %s",
-                  len(missing), "; ".join(f"{u}: {unusable[u]}" for u in missing[:5]))
-    selected = select_global(cfg, sidecars)
     report_dir = Path(cfg.output) if cfg.output else Path(urls[0]).parent
-    report = write_report(cfg, report_dir, selected, phase1, urls, unusable)
-    report["selection_files"] = write_selections(cfg, report_dir, selected, urls)
-    write_json(report_dir / REPORT_NAME, report)
-    return report
+    with guard_outputs(urls, report_dir=report_dir, break_lock=cfg.break_lock):
+        sidecars, damaged = ({}, {}) if cfg.rescore else load_sidecars(urls)
+        for url, problem in damaged.items():
+            log.warning("sidecar unusable, scoring the shard again: %s", problem)
+        todo = [u for u in urls if u not in sidecars]
+        log.info("%d shards, %d to score (%d with whole sidecars, %d unusable)", len(urls), len(todo),
+                 len(sidecars), len(damaged))
+        phase1 = score_shards(cfg, todo) if todo else {"scored": [], "failed": {}, "skips": {}, "keys": {}}
+        fresh, unusable = load_sidecars(phase1["scored"], phase1["keys"])
+        sidecars.update(fresh)
+        missing = [u for u in urls if u not in sidecars]
+        for url in missing:
+            unusable.setdefault(url, phase1["failed"].get(url) or damaged.get(url) or "no sidecar")
+        if missing:
+            log.error("%d shards have no whole sidecar and are left out of the selection (rerun to retry): %s",
+                      len(missing), "; ".join(f"{u}: {unusable[u]}" for u in missing[:5]))
+        selected = select_global(cfg, sidecars)
+        report = write_report(cfg, report_dir, selected, phase1, urls, unusable)
+        report["selection_files"] = write_selections(cfg, report_dir, selected, urls)
+        write_json(report_dir / REPORT_NAME, report)
+        return report

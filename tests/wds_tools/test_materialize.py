@@ -17,9 +17,9 @@ def _score_all(shard_dir):
         write_sidecar(shard, "quality", records)
 
 
-def test_reshard_keeps_selected_and_folds_sidecars(shard_dir, tmp_path, capsys):
+def test_reshard_keeps_selected_and_folds_sidecars(shard_dir, tmp_path_factory, capsys):
     _score_all(shard_dir)
-    out = tmp_path / "filtered"
+    out = tmp_path_factory.mktemp("reshard") / "filtered"  # apart from the input folder
     assert main(["--input", str(shard_dir), "--output", str(out), "maxcount=3"]) == 0
     assert "6 samples kept" in capsys.readouterr().out
     samples = [decode_sample(s, image=None) for u in expand_urls(out) for s in iter_shard(u)]
@@ -41,9 +41,9 @@ def test_bad_selection_config_fails_before_work(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_rerun_with_fewer_shards_leaves_no_stale_shard(shard_dir, tmp_path):
+def test_rerun_with_fewer_shards_leaves_no_stale_shard(shard_dir, tmp_path_factory):
     _score_all(shard_dir)
-    out = tmp_path / "filtered"
+    out = tmp_path_factory.mktemp("reshard") / "filtered"
     assert main(["--input", str(shard_dir), "--output", str(out), "maxcount=2"]) == 0
     assert len(list(out.glob("filtered-*.tar"))) == 3
     assert main(["--input", str(shard_dir), "--output", str(out), "maxcount=4"]) == 0
