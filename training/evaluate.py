@@ -1,8 +1,9 @@
 """Held-out evaluation: image<->text retrieval R@1/5/10 + mean recall, and zero-shot accuracy.
 
 Retrieval follows RemoteCLIP's protocol: every caption of an image (meta["captions"]) is a query
-and a target (``eval.caption_sources=[original]``: only the human captions, for benchmark numbers). Image->text counts a hit when any of the image's captions is in the top k;
-text->image when the caption's image is in the top k. Zero-shot classifies each image among the
+and a target (``eval.caption_sources=[original]``: only the human captions, for benchmark
+numbers). Image->text counts a hit when any of the image's captions is in the top k; text->image
+when the caption's image is in the top k. Zero-shot classifies each image among the
 class names found in the held-out shards, averaging text embeddings over prompt templates.
 
 ``python -m training.evaluate --config configs/train/lora.yaml --shards DIR [--adapter DIR]``
