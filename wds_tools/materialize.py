@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import json
-
 import msgpack
 
 from wds_tools import quality_record
