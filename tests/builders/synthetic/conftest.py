@@ -88,3 +88,24 @@ def make_tiny_grounding_dino(out: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_grounding_dino(tmp_path_factory) -> Path:
     return make_tiny_grounding_dino(tmp_path_factory.mktemp("tiny_grounding_dino"))
+
+
+TINY_SAM = {"encoder_embed_dim": 32, "encoder_depth": 2, "encoder_num_heads": 2, "encoder_global_attn_indexes": [1],
+            "prompt_embed_dim": 32, "image_size": 64, "vit_patch_size": 8, "window_size": 4,
+            "decoder_mlp_dim": 64, "decoder_num_heads": 2, "iou_head_hidden_dim": 32}
+
+
+@pytest.fixture(scope="session")
+def tiny_sam(tmp_path_factory) -> dict[str, Path]:
+    """``{"model": .pth state dict, "arch": architecture JSON}`` of a random-weight SAM (ViT 2 x 32)."""
+    import json
+
+    import torch
+
+    from builders.synthetic.stages.segment import ARCH_DEFAULTS, build_sam
+
+    d = tmp_path_factory.mktemp("tiny_sam")
+    (d / "sam_tiny.json").write_text(json.dumps(TINY_SAM))
+    torch.manual_seed(0)
+    torch.save(build_sam({**ARCH_DEFAULTS, **TINY_SAM}).state_dict(), d / "sam_tiny.pth")
+    return {"model": d / "sam_tiny.pth", "arch": d / "sam_tiny.json"}
