@@ -11,7 +11,7 @@ whatever tokens pass, which can merge two labels into one string). Overlapping b
 are merged by NMS (``nms_iou``); at most ``max_boxes`` per image, best first.
 
 The same stage checks a generated image (the verify step): ground it for the new label and look
-for a box inside the edited region. An image with nothing found gives ``[]``.
+for a box inside the edited region (:func:`box_in_mask`). An image with nothing found gives ``[]``.
 """
 from __future__ import annotations
 
@@ -135,3 +135,20 @@ class Grounder(Stage):
         idx = idx[score[idx].argsort(descending=True, stable=True)][:self.cfg.max_boxes]
         return [{"box": [round(float(v), 4) for v in boxes[q]], "label": labels[int(label[q])],
                  "score": round(float(score[q]), 4), "source": SOURCE} for q in idx]
+
+
+def box_in_mask(box, mask) -> float:
+    """The fraction of ``box`` (a box dict or 4 fractions) lying inside ``mask`` (H x W, non-zero = in).
+
+    For the verify step: an edited object counts as found when a box of its new label lies
+    mostly inside the edit's mask.
+    """
+    import numpy as np
+
+    m = np.asarray(mask) > 0
+    h, w = m.shape
+    x0, y0, x1, y1 = box["box"] if isinstance(box, dict) else box
+    c0, r0 = int(np.floor(x0 * w)), int(np.floor(y0 * h))
+    c1, r1 = max(c0 + 1, int(np.ceil(x1 * w))), max(r0 + 1, int(np.ceil(y1 * h)))
+    region = m[max(0, r0):min(h, r1), max(0, c0):min(w, c1)]
+    return float(region.mean()) if region.size else 0.0
