@@ -117,7 +117,8 @@ def _full_sd3(path: Path, dev: str) -> None:
 
 
 def sources(n: int, smoke: bool) -> list[Image.Image]:
-    ucm = sorted((ROOT.parent.parent / "shared" / "data" / "ucm_sample").rglob("*.tif"))[:n]
+    ucm = sorted(p for p in (ROOT.parent.parent / "shared" / "data" / "ucm_sample").rglob("*")
+                 if p.suffix.lower() in (".png", ".tif", ".jpg"))[:n]
     side = 32 if smoke else 256
     if ucm:
         return [Image.open(p).convert("RGB").resize((side, side)) for p in ucm]

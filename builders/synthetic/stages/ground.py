@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from builders.synthetic.stages.base import Skip, Stage
+from builders.synthetic.stages.base import Skip, Stage, autocast
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class GroundConfig:
     max_boxes: int = 20
     max_labels: int = 16            # longer lists are cut (the text encoder's length is bounded)
     batch_size: int = 4
-    dtype: str = "auto"
+    dtype: str = "auto"             # autocast dtype on CUDA (weights stay fp32)
 
     def validate(self) -> None:
         if not self.model:
@@ -83,10 +83,13 @@ class Grounder(Stage):
     _model_attrs = ("model", "processor")
 
     def _load(self) -> None:
+        import torch
         from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
         self.processor = AutoProcessor.from_pretrained(self.cfg.model)
-        self.model = GroundingDinoForObjectDetection.from_pretrained(self.cfg.model, dtype=self.dtype)
+        # fp32 weights, bf16 autocast on CUDA: parts of the model (sine position embeddings, the
+        # deformable attention's sampling) build fp32 tensors that bf16 weights would not accept.
+        self.model = GroundingDinoForObjectDetection.from_pretrained(self.cfg.model, dtype=torch.float32)
         self.model.to(self.device).eval()
         log.info("Grounding DINO %s on %s (%s)", self.cfg.model, self.device, self.dtype)
 
@@ -109,8 +112,7 @@ class Grounder(Stage):
         offsets = self.processor.tokenizer([p for p, _ in prompts], return_offsets_mapping=True,
                                            padding=True)["offset_mapping"]
         enc = enc.to(self.device)
-        enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             res = self.model(**enc)
         probs = res.logits.float().sigmoid().cpu()
         boxes = _cxcywh_to_xyxy(res.pred_boxes.float().cpu())
