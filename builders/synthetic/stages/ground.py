@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from PIL import Image
 
 from builders.synthetic.stages.base import Skip, Stage, autocast
 
