@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-
 from builders.synthetic.stages.base import Skip, Stage, autocast
 
 log = logging.getLogger(__name__)
