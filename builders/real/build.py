@@ -13,8 +13,9 @@ images)::
 
 Each split's ``dataset.json`` carries ``real_original``, ``real_augmented`` and ``zoom_crops``
 counts besides the by-source/caption-source/class/kind stats. A finished shard (tar + stats)
-is skipped on rerun; ``overwrite=true`` rebuilds everything. One build per output folder at a
-time: leftover temp files from a killed build are removed at start.
+is skipped on rerun (when its size, and with ``verify=true`` its sha256, matches its stats);
+``overwrite=true`` rebuilds everything. One build per output folder at a time (``OUT/build.lock``,
+see builders.common.output), so leftover temp files from a killed build are removed at start.
 """
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tqdm import tqdm
 from wds_tools.atomic import write_json
 from wds_tools.config import ConfigError, config_to_dict, save_config
 from wds_tools.manifest import write_index
+from wds_tools.progress import progress as progress_bar
 
 from builders.common.executors import run_units
 from builders.common.inputs import SPLITS, read_items
+from builders.common.output import check_output_dir, lock_output, refuse_empty_build, remove_killed_temps
 from builders.common.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
 from builders.common.preview import write_preview
 from builders.real.config import RealBuildConfig
@@ -44,7 +46,7 @@ PLAN_NAME = "build_plan.json"
 PREVIEW_NAME = "preview.png"
 SUMMARY_NAME = "build_summary.json"
 # Settings that may change between a partial build and its resumption.
-_RUN_ONLY = ("overwrite", "executor", "workers", "ray_address", "output")
+_RUN_ONLY = ("overwrite", "executor", "workers", "ray_address", "output", "verify", "break_lock")
 _OWN_FILE = re.compile(rf"^{SHARD_PREFIX}-(train|val|test)-\d{{6}}\.(tar|stats\.json|skips\.json)$")
 _KIND_COUNTS = {"real_original": "original", "real_augmented": "augmented",
                 "zoom_crops": "zoom_crop"}
@@ -128,7 +130,8 @@ def write_indexes(out: Path, results: list[UnitResult], cfg: RealBuildConfig) ->
         summary["splits"][split] = {
             "shards": manifest["num_shards"], "samples": manifest["total_samples"],
             "source_images": extra["source_images"], **counts, "skipped": extra["skipped"],
-            "by_caption_source": manifest["stats"]["by_caption_source"]}
+            "by_caption_source": manifest["stats"]["by_caption_source"],
+            "classes_per_shard": manifest["classes_per_shard"]}
         summary["source_images"] += extra["source_images"]
         total_skips.update(skips)
     summary["skipped"] = dict(sorted(total_skips.items()))
@@ -140,10 +143,19 @@ def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
     """Run the whole build for ``cfg``; returns the summary also written to build_summary.json."""
     if not cfg.input or not cfg.output:
         raise ConfigError("both input and output must be set (--input DIR_OR_FILE --output DIR)")
-    out = Path(cfg.output)
+    out = check_output_dir(cfg.output)
+    with lock_output(out, tool="builders.real", break_lock=cfg.break_lock):
+        return _build_locked(cfg, out, progress=progress)
+
+
+def _build_locked(cfg: RealBuildConfig, out: Path, *, progress: bool) -> dict:
+    remove_killed_temps(out, SPLITS)  # e.g. a dataset.json cut by a kill: no one else writes here
     items = read_items(cfg.input, image_root=cfg.image_root or None)
     units = plan_units(items, images_per_shard=cfg.images_per_shard, seed=cfg.seed,
-                       val_fraction=cfg.splits.val_fraction, test_fraction=cfg.splits.test_fraction)
+                       val_fraction=cfg.splits.val_fraction, test_fraction=cfg.splits.test_fraction,
+                       order=cfg.shard_order, augmentations=cfg.augment.per_image,
+                       spread=cfg.augment.spread_shards,
+                       augment_splits=SPLITS if cfg.splits.augment_heldout else ("train",))
     check_resumable(cfg, out)
     check_plan(units, out, overwrite=cfg.overwrite)
     prepare_output(units, out, overwrite=cfg.overwrite)
@@ -152,8 +164,7 @@ def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
                                  "shards": {u.name: len(u.items) for u in units}})
     results: list[UnitResult] = []
     start = time.perf_counter()
-    bar = tqdm(total=sum(len(u.items) for u in units), unit="img", desc="real build",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=sum(len(u.items) for u in units), unit="img", desc="real build", disable=not progress)
 
     def done(r: UnitResult) -> None:
         results.append(r)
@@ -165,12 +176,15 @@ def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
                   address=cfg.ray_address, on_done=done)
     finally:
         bar.close()
+    refuse_empty_build(results, units, out, image_root=cfg.image_root, source=cfg.input,
+                       build_files=(CONFIG_NAME, PLAN_NAME))
     summary = write_indexes(out, sorted(results, key=lambda r: r.name), cfg)
     first = next((u.path(out) for u in units if u.split == "train"), None)
     if cfg.preview and first is not None and first.exists():
         summary["preview"] = str(write_preview(first, out / PREVIEW_NAME))
     summary["seconds"] = round(time.perf_counter() - start, 3)
     summary["resumed_shards"] = sum(r.resumed for r in results)
+    summary["rebuilt_shards"] = sum(r.rebuilt for r in results)
     return summary
 
 
@@ -182,6 +196,9 @@ def format_summary(summary: dict, out: str | Path) -> str:
         lines.append(f"  {split:5s}: {s['shards']} shards, {s['samples']} samples from "
                      f"{s['source_images']} images = {s['real_original']} original + "
                      f"{s['real_augmented']} augmented + {s['zoom_crops']} zoom crops")
+        c = s.get("classes_per_shard")
+        if c and c["max"]:
+            lines.append(f"         classes per shard: min {c['min']}, median {c['median']}, max {c['max']}")
     if summary.get("preview"):
         lines.append(f"  preview: {summary['preview']}")
     if summary["skipped"]:
