@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import msgpack
 import numpy as np
 import torch
 import webdataset as wds
@@ -49,6 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_index
+from wds_tools.quality_record import PENDING, QualityRecordError, decode, keep, kept_caption_indices, sample_captions
 from wds_tools.reader import SkipLog, decode_sample, iter_shard
 from wds_tools.sample import IMAGE_EXTS
 from wds_tools.stages import stage
@@ -92,6 +92,8 @@ class LoaderSpec:
     quality_sidecar: str | None = "quality"
     allow_pipe: bool = False
     class_weights: dict[str, float] = field(default_factory=dict)
+    # images above this many pixels are counted skips (0 = PIL's Image.MAX_IMAGE_PIXELS)
+    max_image_pixels: int = 0
 
 
 def mix_plan(rng: np.random.Generator, weights: list[float], batch_size: int, stratified: bool) -> np.ndarray:
@@ -134,10 +136,15 @@ def random_resized_crop(img: torch.Tensor, *, size: int, scale_min: float, hflip
     return (out.flip(-1) if flipped else out).contiguous(), flipped
 
 
+CAPTION_KEEP = "__caption_keep__"
+
+
 def quality_select(src: Iterable[dict], *, member: str | None, skips: SkipLog, drops: Counter,
                    max_consecutive: int = 100_000) -> Iterator[dict]:
-    """Stage: drop samples whose quality sidecar member says ``keep: false``.
+    """Stage: drop samples the quality selection did not keep; pass on which captions it kept.
 
+    ``wds_tools.quality_record.keep`` decides (a pending record is never kept: counted as
+    ``quality_pending``). A kept sample carries the kept caption indices as ``__caption_keep__``.
     Drops are expected, so they are counted in ``drops`` (summed into the training log), not logged
     one by one; a corrupt quality member is a logged skip.
     """
@@ -145,19 +152,21 @@ def quality_select(src: Iterable[dict], *, member: str | None, skips: SkipLog, d
     for raw in src:
         if member and member in raw:
             try:
-                keep = bool(msgpack.unpackb(raw[member], raw=False).get("keep"))
-            except (ValueError, AttributeError, msgpack.ExtraData):
+                record = decode(raw[member])
+                kept = keep(record)
+            except QualityRecordError:
                 skips.add(f"corrupt_{member}", raw["__key__"], raw.get("__url__"))
-                keep = None
-            if not keep:
-                if keep is False:
-                    drops["quality_dropped"] += 1
+                record, kept = None, None
+            if not kept:
+                if kept is False:
+                    drops["quality_pending" if PENDING in record.reasons else "quality_dropped"] += 1
                 dropped_in_a_row += 1
                 if dropped_in_a_row > max_consecutive:
                     raise ValueError(f"{max_consecutive} samples in a row failed the quality selection "
                                      f"(last {raw.get('__url__')})")
                 continue
             raw = {k: v for k, v in raw.items() if k != member}
+            raw[CAPTION_KEEP] = record
         dropped_in_a_row = 0
         yield raw
 
@@ -192,10 +201,13 @@ def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, resume: list
 
 
 def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, skips: SkipLog) -> dict | None:
-    """Decode to uint8, crop, caption choice and class weight; None = counted skip."""
+    """Decode to uint8, crop, caption choice and class weight; None = counted skip.
+
+    The caption is drawn among the captions the quality record kept (all without a record).
+    """
     key, url = raw["__key__"], raw.get("__url__")
-    sample = decode_sample({k: v for k, v in raw.items() if k not in ("__pos__", "__resume__")},
-                           image="uint8", skips=skips)
+    sample = decode_sample({k: v for k, v in raw.items() if k not in ("__pos__", "__resume__", CAPTION_KEEP)},
+                           image="uint8", skips=skips, max_pixels=spec.max_image_pixels)
     if sample is None:
         return None
     ext = next((e for e in IMAGE_EXTS + ("jpeg",) if e in sample), None)
@@ -203,13 +215,19 @@ def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, ski
         skips.add("no_image", key, url)
         return None
     meta = sample.get("json") if isinstance(sample.get("json"), dict) else {}
-    captions = [c for c in (meta.get("captions") or []) if isinstance(c, str) and c.strip()]
     primary = sample.get("txt") if isinstance(sample.get("txt"), str) else None
-    if not captions and primary:
-        captions = [primary]
+    captions = [c for c, _ in sample_captions(meta, primary)]
     if not captions:
         skips.add("no_caption", key, url)
         return None
+    record = raw.get(CAPTION_KEEP)
+    if record is not None:
+        kept = kept_caption_indices(record, len(captions))
+        if not kept:  # None: the record's captions do not line up with the sample's
+            skips.add("no_kept_caption" if kept == [] else "quality_captions_mismatch", key, url)
+            return None
+        primary = primary if primary in (captions[i] for i in kept) else None
+        captions = [captions[i] for i in kept]
     caption = captions[int(rng.integers(len(captions)))] if spec.random_caption else (primary or captions[0])
     image, flipped = random_resized_crop(sample[ext], size=spec.image_size, scale_min=spec.crop_scale_min,
                                          hflip=spec.hflip, rng=rng)
@@ -390,3 +408,4 @@ def build_sources(real: list[str], synthetic: list[str], synthetic_ratio: float,
         log.warning("only the %s source is given: training on 100%% %s (requested synthetic_ratio %.2f)",
                     sources[0].name, sources[0].name, synthetic_ratio)
     return sources
+
