@@ -54,14 +54,17 @@ def _counts(kinds: Counter) -> dict:
 
 def _synthetic_stats(results: list[UnitResult], cfg: SyntheticBuildConfig) -> dict:
     by_mode: Counter = Counter()
+    seconds: Counter = Counter()
     checked = ok = 0
     for r in results:
+        seconds.update(r.extra.get("stage_seconds") or {})
         by_mode.update(r.extra.get("by_mode") or r.by_kind)
         checked += r.extra.get("verify_checked", 0)
         ok += r.extra.get("verify_ok", 0)
     return {"by_mode": dict(sorted(by_mode.items())), "verify_checked": checked, "verify_ok": ok,
             "source_images": sum(r.source_images for r in results),
             "per_image": cfg.modes.per_image,
+            "stage_seconds_this_run": {k: round(v, 3) for k, v in seconds.items()},
             "models": {s: str(getattr(getattr(cfg, s), "model", "")) for s in STAGES if s != "verify"}}
 
 

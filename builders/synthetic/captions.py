@@ -233,6 +233,8 @@ def remove_object(caption: str, label: str, *, removed: int, detected: int) -> s
     if removed < 1:
         raise ValueError(f"removed must be >= 1, got {removed}")
     mentions = find_mentions(caption, label)
+    if not mentions:
+        return caption
     text = caption
     for m in reversed(mentions):  # right to left: earlier spans stay valid
         left_n = (m.count if m.count is not None else max(detected, 2 if m.is_plural else 1)) - removed

@@ -19,13 +19,16 @@ STAGES = ("upscale", "describe", "ground", "segment", "generate", "verify")
 
 
 def _vocabulary() -> dict[str, list[str]]:
-    # Objects of one group have about the same footprint from above, so a replacement fits the
-    # segmented outline.
-    return {"vehicle": ["car", "truck", "bus", "van", "boat"],
-            "building": ["house", "building", "warehouse", "storage tank", "greenhouse"],
-            "vegetation": ["tree", "bush", "flower bed"],
+    # Only these objects are edited (scene nouns such as "beach" are not); one group's objects
+    # have about the same footprint from above, so a replacement fits the segmented outline.
+    return {"vehicle": ["car", "truck", "bus", "van"],
+            "vessel": ["boat", "ship", "yacht"],
+            "aircraft": ["airplane", "helicopter"],
+            "building": ["house", "building", "warehouse", "church", "school", "greenhouse"],
+            "structure": ["storage tank", "container", "solar panel"],
+            "vegetation": ["tree", "bush"],
             "water": ["pond", "swimming pool", "fountain"],
-            "ground": ["parking lot", "tennis court", "playground", "sports field", "garden"]}
+            "ground": ["parking lot", "tennis court", "basketball court", "playground", "garden"]}
 
 
 def _variants() -> list[str]:
@@ -94,6 +97,7 @@ class ModesConfig:
     vocabulary: dict[str, list[str]] = field(default_factory=_vocabulary)
     variants: list[str] = field(default_factory=_variants)
     remove_count: int = 1           # instances of the chosen label an inpaint_remove fills in
+    max_box_area: float = 0.4       # larger boxes are scenery, not an object to edit
     inpaint_replace: ModeSettings = field(default_factory=lambda: ModeSettings(1.0, 28, 7.0))
     inpaint_remove: ModeSettings = field(default_factory=lambda: ModeSettings(1.0, 28, 5.0))
     img2img: ModeSettings = field(default_factory=lambda: ModeSettings(0.45, 28, 6.0))
@@ -143,6 +147,7 @@ class SyntheticBuildConfig:
     gpus_per_task: float = 1.0      # GPU share per unit (Ray: fractional allowed); CPU-only: ignored
     ray_address: str = ""
     preview: bool = True
+    objects_from_captions: bool = True  # ground the nouns the parent's captions name, too
     inputs: InputConfig = field(default_factory=InputConfig)
     modes: ModesConfig = field(default_factory=ModesConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)

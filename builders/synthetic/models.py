@@ -18,7 +18,7 @@ STAGE_CLASSES = {
     "describe": ("builders.synthetic.stages.describe", "Describer"),
     "ground": ("builders.synthetic.stages.ground", "Grounder"),
     "segment": ("builders.synthetic.stages.segment", "Segmenter"),
-    "generate": ("builders.synthetic.stages.generate", "Generator"),
+    "generate": ("builders.synthetic.stages.generate", "SD3Generator"),
 }
 _RESIDENT: dict[tuple, object] = {}   # per process: (stage, config repr, device) -> loaded stage
 

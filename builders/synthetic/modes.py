@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass, field
 
 from builders.real.b2c import spatial_phrase
-from builders.synthetic.captions import (add_variant, append_object, count_phrase, plural,
+from builders.synthetic.captions import (add_variant, append_object, count_phrase, find_mentions, plural,
                                          remove_object, replace_object, singular, strip_positions)
 from builders.synthetic.config import MODES, ModesConfig
 
@@ -99,10 +99,21 @@ def _labels(boxes: list[dict]) -> dict[str, list[int]]:
     return out
 
 
+def _area(b: dict) -> float:
+    x0, y0, x1, y1 = b["box"]
+    return max(x1 - x0, 0.0) * max(y1 - y0, 0.0)
+
+
+def editable_boxes(boxes: list[dict], cfg: ModesConfig) -> list[int]:
+    """Boxes an inpaint mode may edit: objects of the vocabulary (not scene nouns such as
+    "beach" or "farmland", whose box is the whole tile) no larger than ``max_box_area``."""
+    nouns = {norm_label(n) for ns in cfg.vocabulary.values() for n in ns}
+    return [i for i, b in enumerate(boxes)
+            if norm_label(b["label"]) in nouns and 0 < _area(b) <= cfg.max_box_area]
+
+
 def _pick_label(boxes: list[dict], captions: list[str], rng: random.Random) -> str | None:
     """A grounded label, preferring ones the captions name (their edit is what keeps them true)."""
-    from builders.synthetic.captions import find_mentions
-
     by_label = _labels(boxes)
     if not by_label:
         return None
@@ -132,26 +143,30 @@ class SourceText:
 
 
 def _texts(src: SourceText) -> tuple[list[str], list[str]]:
-    caps = ([src.describe] if src.describe else []) + list(src.captions)
-    srcs = (["vlm"] if src.describe else []) + list(src.caption_sources)
+    """The parent's own captions first (human captions beat a VLM's), then the describe caption."""
+    caps = list(src.captions) + ([src.describe] if src.describe else [])
+    srcs = list(src.caption_sources) + (["vlm"] if src.describe else [])
     return _dedupe(caps, srcs)
 
 
 def _replace(src: SourceText, boxes: list[dict], rng: random.Random, cfg: ModesConfig):
     caps, srcs = _texts(src)
-    label = _pick_label(boxes, caps, rng)
+    ok = editable_boxes(boxes, cfg)
+    label = _pick_label([boxes[i] for i in ok], caps, rng)
     if label is None:
-        return "no_boxes"
-    idx = _labels(boxes)[label]
+        return "no_editable_object"
+    idx = [i for i in ok if norm_label(boxes[i]["label"]) == label]
     new = norm_label(pick_replacement(label, rng, cfg.vocabulary))
     out_c, out_s = [], []
-    for i, (c, s) in enumerate(zip(caps, srcs)):
+    for c, s in zip(caps, srcs):
         edited = replace_object(c, label, new, replaced=len(idx))
-        if edited is None and i == 0:
-            edited = append_object(c, new, len(idx),
-                                   spatial_phrase(_union([boxes[j] for j in idx])))
         out_c.append(edited or c)
         out_s.append("synthetic_edit" if edited else s)
+    if "synthetic_edit" not in out_s and out_c:
+        # no caption named the object: the first one gains a clause for the new one
+        out_c[0] = append_object(out_c[0], new, len(idx),
+                                 spatial_phrase(_union([boxes[j] for j in idx])))
+        out_s[0] = "synthetic_edit"
     order = sorted(range(len(out_c)), key=lambda i: out_s[i] != "synthetic_edit")
     obj = count_phrase(len(idx), new)
     prompt = f"{cfg.replace_prompt.format(object=obj)}, {cfg.prompt_style}"
@@ -163,10 +178,11 @@ def _replace(src: SourceText, boxes: list[dict], rng: random.Random, cfg: ModesC
 
 def _remove(src: SourceText, boxes: list[dict], rng: random.Random, cfg: ModesConfig):
     caps, srcs = _texts(src)
-    label = _pick_label(boxes, caps, rng)
+    ok = editable_boxes(boxes, cfg)
+    label = _pick_label([boxes[i] for i in ok], caps, rng)
     if label is None:
-        return "no_boxes"
-    idx = _labels(boxes)[label]
+        return "no_editable_object"
+    idx = [i for i in ok if norm_label(boxes[i]["label"]) == label]
     gone = sorted(idx, key=lambda j: (-float(boxes[j].get("score", 0.0)), j))[:cfg.remove_count]
     out_c, out_s = [], []
     for c, s in zip(caps, srcs):
@@ -197,14 +213,23 @@ def _img2img(src: SourceText, boxes: list[dict], rng: random.Random, cfg: ModesC
                 negative_prompt=cfg.negative_prompt, boxes=list(boxes), label=None)
 
 
+def _join(parts) -> str:
+    seen, out = set(), []
+    for p in parts:
+        if p and p.lower() not in seen:
+            seen.add(p.lower())
+            out.append(p.strip().rstrip("."))
+    return ". ".join(out) + "." if out else ""
+
+
 def _text2img(src: SourceText, boxes: list[dict], rng: random.Random, cfg: ModesConfig):
-    base = src.describe or next(iter(src.captions), None)
-    if not base:
+    first = next((c for c, s in zip(src.captions, src.caption_sources) if s != "m2b_b2c"), None)
+    if not (first or src.describe):
         return "no_caption"
-    enriched = f"{base.rstrip('.')}. {src.b2c}" if src.b2c and src.b2c != base else base
+    prompt = _join([first, src.describe, src.b2c])   # the enriched caption: VLM + B2C
     caps, srcs = [], []
-    for text, source in ((enriched, "synthetic_edit"), (base, "vlm" if src.describe else "original")):
-        stripped = strip_positions(text)
+    for text, source in ((_join([first, src.b2c]), "synthetic_edit"), (src.describe, "vlm")):
+        stripped = strip_positions(text) if text else None
         if stripped:
             caps.append(stripped)
             srcs.append(source)
@@ -212,7 +237,7 @@ def _text2img(src: SourceText, boxes: list[dict], rng: random.Random, cfg: Modes
     if not caps:
         return "no_caption_left"
     return dict(captions=caps, caption_sources=srcs,
-                prompt=f"{enriched.rstrip('.')}, {cfg.prompt_style}",
+                prompt=f"{prompt.rstrip('.')}, {cfg.prompt_style}",
                 negative_prompt=cfg.negative_prompt, boxes=[], label=None)
 
 
@@ -227,6 +252,7 @@ def plan_variants(src: SourceText, boxes: list[dict], cfg: ModesConfig, *, seed:
     ``out_key(parent, variant)`` names each synthetic sample.
     """
     plans, skips = [], []
+    boxes = [{**b, "label": norm_label(b["label"])} for b in boxes]
     for v in range(cfg.per_image):
         s = variant_seed(seed, src.key, v)
         rng = random.Random(s)

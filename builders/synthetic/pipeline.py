@@ -35,10 +35,11 @@ class Source:
 
 
 def _skip(x) -> str | None:
+    """A Skip's reason as a counter name ("out of memory" -> "out_of_memory"), else None."""
     from builders.synthetic.stages.base import Skip
 
     if isinstance(x, Skip):
-        return x.reason
+        return x.reason.replace(" ", "_").replace(":", "")
     return None
 
 
@@ -75,19 +76,25 @@ def run_describe(models: StageModels, chunk: list[Source], work: ChunkWork) -> N
     work.write("describe", results)
 
 
-def _objects(desc: dict | None) -> list[str]:
-    if not desc or "skip" in desc:
-        return []
-    return [o for o in desc.get("objects", []) if str(o).strip()]
+def objects_of(desc: dict | None, source: Source, cfg) -> list[str]:
+    """The describe stage's objects, then the aerial nouns the parent's own captions name."""
+    objs = [] if not desc or "skip" in desc else [str(o) for o in desc.get("objects", [])]
+    if cfg.objects_from_captions:
+        from builders.synthetic.stages.describe import nouns_in
+
+        objs += [n for c in source.captions for n in nouns_in(c, cfg.describe.nouns)]
+    seen = dict.fromkeys(norm_label(o) for o in objs if str(o).strip())
+    return list(seen)[:cfg.describe.max_objects]
 
 
-def run_ground(models: StageModels, chunk: list[Source], work: ChunkWork) -> None:
+def run_ground(models: StageModels, chunk: list[Source], work: ChunkWork, cfg) -> None:
     desc = work.read("describe")
     keys = _alive(work.read("upscale"))
-    results: dict = {k: {"skip": "no_objects"} for k in keys if not _objects(desc.get(k))}
+    objects = {s.key: objects_of(desc.get(s.key), s, cfg) for s in chunk if s.key in keys}
+    results: dict = {k: {"skip": "no_objects"} for k in keys if not objects[k]}
     todo = [k for k in keys if k not in results]
     if todo:
-        out = models.get("ground")([(work.load_image("upscale", k), _objects(desc[k])) for k in todo])
+        out = models.get("ground")([(work.load_image("upscale", k), objects[k]) for k in todo])
         for k, r in zip(todo, out):
             reason = _skip(r)
             results[k] = {"skip": reason} if reason else (
@@ -144,12 +151,11 @@ def plan_chunk(chunk: list[Source], work: ChunkWork, cfg, out_key: Callable) -> 
             continue
         boxes = boxes_of(ground, s.key)
         sg = seg.get(s.key) or {}
-        usable = [b for i, b in enumerate(boxes) if "skip" not in sg and i < sg.get("masks", 0)
-                  and i not in sg.get("empty", [])]
-        got, why = plan_variants(_source_text(s, desc.get(s.key)), usable, cfg.modes,
-                                 seed=cfg.seed, out_key=out_key)
+        index = [i for i in range(len(boxes)) if "skip" not in sg and i < sg.get("masks", 0)
+                 and i not in sg.get("empty", [])]
+        got, why = plan_variants(_source_text(s, desc.get(s.key)), [boxes[i] for i in index],
+                                 cfg.modes, seed=cfg.seed, out_key=out_key)
         # mask_boxes index the usable boxes; map them back to the mask files
-        index = [i for i, b in enumerate(boxes) if any(b is u for u in usable)]
         for p in got:
             p.mask_boxes = [index[j] for j in p.mask_boxes]
             plans[p.key] = p
@@ -176,7 +182,7 @@ def run_generate(models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
         mask = None
         if p.mode.startswith("inpaint"):
             binary = union_mask(work, p.parent, p.mask_boxes)
-            mask = seg_mod.prepare_mask(binary, dilate=cfg.segment.dilate,
+            mask = seg_mod.inpaint_mask(binary, dilate=cfg.segment.dilate,
                                         feather=cfg.segment.feather)
             work.save_image("generate", f"{k}-mask", mask)
         mode = "inpaint" if p.mode.startswith("inpaint") else p.mode
@@ -230,5 +236,20 @@ def run_verify(models: StageModels, chunk: list[Source], work: ChunkWork, cfg) -
     work.write("verify", results)
 
 
-STAGE_RUNNERS = {"upscale": run_upscale, "describe": run_describe, "ground": run_ground,
-                 "segment": run_segment}
+def run_stage(stage: str, models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
+              out_key: Callable) -> None:
+    """Run one stage over one chunk (its inputs read from the work folder)."""
+    if stage == "upscale":
+        run_upscale(models, chunk, work)
+    elif stage == "describe":
+        run_describe(models, chunk, work)
+    elif stage == "ground":
+        run_ground(models, chunk, work, cfg)
+    elif stage == "segment":
+        run_segment(models, chunk, work)
+    elif stage == "generate":
+        run_generate(models, chunk, work, cfg, out_key)
+    elif stage == "verify":
+        run_verify(models, chunk, work, cfg)
+    else:
+        raise ValueError(f"unknown stage {stage!r}")

@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import shutil
+import time
 from collections import Counter
 
 from PIL import Image
@@ -46,25 +47,26 @@ def _chunks(sources: list[Source], n: int) -> list[list[Source]]:
     return [sources[i:i + n] for i in range(0, len(sources), n)]
 
 
-def _run_stages(unit: SynthUnit, chunks: list[list[Source]], cfg, work_dir: str) -> None:
-    """Each stage over every chunk that lacks its result, one model loaded at a time."""
+def _run_stages(unit: SynthUnit, chunks: list[list[Source]], cfg, work_dir: str) -> dict:
+    """Each stage over every chunk that lacks its result, one model loaded at a time; returns
+    the seconds each stage took (load, run and unload)."""
     models = StageModels(cfg)
+    seconds: dict[str, float] = {}
     try:
         for stage in STAGES:
             works = [chunk_work(work_dir, unit.name, i) for i in range(len(chunks))]
             todo = [(c, w) for c, w in zip(chunks, works) if not w.done(stage)]
             if not todo:
                 continue
+            t = time.perf_counter()
             for chunk, w in todo:
-                if stage == "generate":
-                    pipeline.run_generate(models, chunk, w, cfg, out_key)
-                elif stage == "verify":
-                    pipeline.run_verify(models, chunk, w, cfg)
-                else:
-                    pipeline.STAGE_RUNNERS[stage](models, chunk, w)
+                pipeline.run_stage(stage, models, chunk, w, cfg, out_key)
             models.release("ground" if stage == "verify" else stage)
+            seconds[stage] = round(time.perf_counter() - t, 3)
+            log.info("%s: %s on %d chunks in %.2f s", unit.name, stage, len(todo), seconds[stage])
     finally:
         models.close()
+    return seconds
 
 
 def count_skips(chunks: list[list[Source]], cfg, work_dir: str, unit: SynthUnit) -> Counter:
@@ -178,9 +180,9 @@ def build_unit(unit: SynthUnit, cfg, output: str, work_dir: str) -> UnitResult:
     read_skips = SkipLog()
     sources = load_sources(unit, cfg, read_skips)
     chunks = _chunks(sources, cfg.chunk_size)
-    _run_stages(unit, chunks, cfg, work_dir)
+    seconds = _run_stages(unit, chunks, cfg, work_dir)
     skips = dict(sorted((Counter(read_skips.counts) + count_skips(chunks, cfg, work_dir, unit)).items()))
     samples, by_kind, tallies = write_unit_shard(unit, chunks, cfg, output, work_dir, skips,
                                                  len(sources))
     return UnitResult(unit.name, unit.split, len(sources), samples, by_kind,
-                      skips, extra=tallies)
+                      skips, extra={**tallies, "stage_seconds": seconds})
