@@ -35,7 +35,8 @@ found"); a box whose mask came out empty is an all-False mask. :func:`segment.in
 dilates and feathers a mask into the 8-bit L mask the inpainting request takes.
 """
 from builders.synthetic.stages.base import NON_FINITE, OUT_OF_MEMORY, Skip, Stage, is_skip, run_batched
+from builders.synthetic.stages.describe import DescribeConfig, Describer, Description
 from builders.synthetic.stages.upscale import UpscaleConfig, Upscaler
 
 __all__ = ["NON_FINITE", "OUT_OF_MEMORY", "Skip", "Stage", "is_skip", "run_batched",
-           "UpscaleConfig", "Upscaler"]
+           "UpscaleConfig", "Upscaler", "DescribeConfig", "Describer", "Description"]
