@@ -36,7 +36,7 @@ _STAGE_SECTIONS = {"upscale": ("upscale", "size", "image_ext", "quality"),
                    "describe": ("describe",), "ground": ("ground",), "segment": ("segment",),
                    "generate": ("generate", "modes", "seed"), "verify": ("verify",)}
 _RUN_ONLY = driver.RUN_ONLY + ("stages", "resident", "device", "gpus_per_task", "work_dir",
-                               "preview", "chunk_size")
+                               "preview", "cpu_threads")
 
 
 def run_only_keys(cfg: SyntheticBuildConfig) -> tuple[str, ...]:

@@ -142,6 +142,7 @@ class SyntheticBuildConfig:
     resident: bool = False          # keep all models loaded (a large card) instead of one at a time
     stages: list[str] = field(default_factory=lambda: ["all"])   # e.g. [generate]: rerun those only
     device: str = "auto"
+    cpu_threads: int = 0            # torch threads per worker; 0: torch's default (all cores)
     executor: Literal["local", "ray"] = "local"
     workers: int = 1                # CPU workers; with GPUs one worker per GPU
     gpus_per_task: float = 1.0      # GPU share per unit (Ray: fractional allowed); CPU-only: ignored

@@ -176,6 +176,10 @@ def build_unit(unit: SynthUnit, cfg, output: str, work_dir: str) -> UnitResult:
         r.extra = json.loads(summary_file.read_text()) if summary_file.exists() else {}
         return r
     keep_freed_memory()
+    if cfg.cpu_threads:
+        import torch
+
+        torch.set_num_threads(cfg.cpu_threads)
     _prepare_rerun(unit, cfg, output, work_dir)
     read_skips = SkipLog()
     sources = load_sources(unit, cfg, read_skips)
