@@ -48,3 +48,64 @@ def tiny_esrgan(tmp_path_factory) -> dict[str, Path]:
     torch.save({"params_ema": x2}, d / "tiny_x2.pth")
     save_file(x4, d / "tiny_x4.safetensors")
     return {"x4_pth": d / "tiny_x4.pth", "x2_pth": d / "tiny_x2.pth", "x4_safetensors": d / "tiny_x4.safetensors"}
+
+
+def make_tiny_grounding_dino(out: Path) -> Path:
+    """A random-weight Grounding DINO (Swin backbone, 1-layer BERT, width 32) and its processor.
+
+    The BERT vocabulary keeps the real ids the model treats as special ([CLS] 101, [SEP] 102,
+    "." 1012, "?" 1029), so the text masks between phrases are built as for the real model.
+    """
+    import torch
+    from transformers import (BertConfig, BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
+
+    words = ["car", "building", "tree", "road", "house", "river", "a", "an", "the", "parking", "lot", "field",
+             "boat", "ship", "pool", "court", "tennis", "water", "roof", "swimming", "storage", "tank"]
+    fill = list("abcdefghijklmnopqrstuvwxyz") + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + words
+    fill += list("!\"#$%&'()*+,-/:;<=>@[\\]^_`{|}~0123456789")
+    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    while len(vocab) < 1100:
+        n = len(vocab)
+        vocab.append("." if n == 1012 else "?" if n == 1029 else fill.pop(0) if fill else f"[unused{n}]")
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(
+        size={"shortest_edge": 64, "longest_edge": 96}), tokenizer=tok)
+    cfg = GroundingDinoConfig(
+        backbone_config=SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1],
+                                   num_heads=[1, 1, 2, 2], window_size=4, out_indices=[2, 3, 4]),
+        text_config=BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=128),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=20, num_feature_levels=3,
+        encoder_n_points=2, decoder_n_points=2, max_text_len=64)
+    torch.manual_seed(0)
+    GroundingDinoForObjectDetection(cfg).save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_grounding_dino(tmp_path_factory) -> Path:
+    return make_tiny_grounding_dino(tmp_path_factory.mktemp("tiny_grounding_dino"))
+
+
+TINY_SAM = {"encoder_embed_dim": 32, "encoder_depth": 2, "encoder_num_heads": 2, "encoder_global_attn_indexes": [1],
+            "prompt_embed_dim": 32, "image_size": 64, "vit_patch_size": 8, "window_size": 4,
+            "decoder_mlp_dim": 64, "decoder_num_heads": 2, "iou_head_hidden_dim": 32}
+
+
+@pytest.fixture(scope="session")
+def tiny_sam(tmp_path_factory) -> dict[str, Path]:
+    """``{"model": .pth state dict, "arch": architecture JSON}`` of a random-weight SAM (ViT 2 x 32)."""
+    import json
+
+    import torch
+
+    from builders.synthetic.stages.segment import ARCH_DEFAULTS, build_sam
+
+    d = tmp_path_factory.mktemp("tiny_sam")
+    (d / "sam_tiny.json").write_text(json.dumps(TINY_SAM))
+    torch.manual_seed(0)
+    torch.save(build_sam({**ARCH_DEFAULTS, **TINY_SAM}).state_dict(), d / "sam_tiny.pth")
+    return {"model": d / "sam_tiny.pth", "arch": d / "sam_tiny.json"}
