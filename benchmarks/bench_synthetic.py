@@ -94,7 +94,8 @@ def bare_loop(cfg: SyntheticBuildConfig) -> float:
                     mask = None
                     if p.mode.startswith("inpaint"):
                         union = np.logical_or.reduce([np.asarray(ms[usable[k]], bool) for k in p.mask_boxes])
-                        mask = inpaint_mask(union, dilate=cfg.segment.dilate, feather=cfg.segment.feather)
+                        mask = inpaint_mask(union, dilate_px=cfg.segment.dilate_px,
+                                            feather_px=cfg.segment.feather_px)
                     reqs.append(GenerateRequest(
                         mode="inpaint" if mask is not None else p.mode, image=None if p.mode == "text2img" else ups[j],
                         mask=mask, prompt=p.prompt, negative_prompt=p.negative_prompt, seed=p.seed,

@@ -19,6 +19,21 @@ from tests.builders.conftest import make_tiny_qwen2vl  # noqa: E402
 from tests.builders.synthetic import conftest as tiny  # noqa: E402
 
 
+def make_tiny_sam(out: Path) -> Path:
+    """A random-weight SAM state dict beside its architecture JSON (the tests' tiny SAM)."""
+    import json
+
+    import torch
+
+    from builders.synthetic.stages.segment import ARCH_DEFAULTS, build_sam
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sam_tiny.json").write_text(json.dumps(tiny.TINY_SAM))
+    torch.manual_seed(0)
+    torch.save(build_sam({**ARCH_DEFAULTS, **tiny.TINY_SAM}).state_dict(), out / "sam_tiny.pth")
+    return out
+
+
 def write_tiny_models(out: Path) -> dict[str, str]:
     """Build (or reuse) every tiny model under ``out``; returns stage -> path."""
     import torch
@@ -30,7 +45,7 @@ def write_tiny_models(out: Path) -> dict[str, str]:
     if not paths["upscale"].exists():
         torch.save({"params_ema": tiny._rrdb_state(4, 8, 1)}, paths["upscale"])
     makers = {"describe": make_tiny_qwen2vl, "ground": tiny.make_tiny_grounding_dino,
-              "segment": tiny.make_tiny_sam, "generate": tiny.make_tiny_sd3}
+              "segment": make_tiny_sam, "generate": tiny.make_tiny_sd3}
     for stage, make in makers.items():
         if not paths[stage].exists():
             got = make(paths[stage])
@@ -39,7 +54,9 @@ def write_tiny_models(out: Path) -> dict[str, str]:
 
 
 def overrides(paths: dict[str, str]) -> list[str]:
-    return [f"{stage}.model={path}" for stage, path in paths.items()]
+    out = [f"{stage}.model={path}" for stage, path in paths.items() if stage != "segment"]
+    seg = Path(paths["segment"])
+    return out + [f"segment.model={seg / 'sam_tiny.pth'}", f"segment.arch={seg / 'sam_tiny.json'}"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -182,8 +182,8 @@ def run_generate(models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
         mask = None
         if p.mode.startswith("inpaint"):
             binary = union_mask(work, p.parent, p.mask_boxes)
-            mask = seg_mod.inpaint_mask(binary, dilate=cfg.segment.dilate,
-                                        feather=cfg.segment.feather)
+            mask = seg_mod.inpaint_mask(binary, dilate_px=cfg.segment.dilate_px,
+                                        feather_px=cfg.segment.feather_px)
             work.save_image("generate", f"{k}-mask", mask)
         mode = "inpaint" if p.mode.startswith("inpaint") else p.mode
         requests.append(gen_mod.GenerateRequest(

@@ -30,7 +30,7 @@ def real_shards(tmp_path_factory) -> Path:
     cfg = load_config(RealBuildConfig, REPO / "configs" / "build" / "real.yaml", [
         f"input={tree}", f"output={root / 'real'}", "size=32", "images_per_shard=4", "workers=1",
         "m2b.analysis_size=32", "augment.per_image=1", "zoom.enabled=false",
-        "splits.val_fraction=0.3", "preview=false"])
+        "splits.val_fraction=0.4", "preview=false"])
     build_real(cfg, progress=False)
     return root / "real"
 
@@ -39,7 +39,8 @@ def real_shards(tmp_path_factory) -> Path:
 def model_overrides(tiny_esrgan, tiny_vlm, tiny_grounding_dino, tiny_sam, tiny_sd3) -> list[str]:
     """Dotted overrides pointing every stage at its tiny model."""
     return [f"upscale.model={tiny_esrgan['x4_pth']}", f"describe.model={tiny_vlm}",
-            f"ground.model={tiny_grounding_dino}", f"segment.model={tiny_sam}",
+            f"ground.model={tiny_grounding_dino}", f"segment.model={tiny_sam['model']}",
+            f"segment.arch={tiny_sam['arch']}",
             f"generate.model={tiny_sd3}"]
 
 
