@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,6 +25,7 @@ from wds_tools.config import ConfigError, config_to_dict
 
 from builders.common import driver
 from builders.common.driver import PREVIEW_NAME, UnitResult
+from builders.common.executors import visible_gpus
 from builders.synthetic import sources
 from builders.synthetic.config import STAGES, SyntheticBuildConfig
 from builders.synthetic.preview import write_synthetic_preview
@@ -46,6 +48,16 @@ def run_only_keys(cfg: SyntheticBuildConfig) -> tuple[str, ...]:
     if cfg.rerun_stages():
         keys += ("size", "image_ext", "quality")  # the shards are written again anyway
     return tuple(keys)
+
+
+def gpus_per_task(cfg: SyntheticBuildConfig) -> float:
+    """GPUs a unit asks for: none on a CPU device or a machine without GPUs (a Ray task asking
+    for a GPU no node has would wait forever), unless joining a cluster that may have them."""
+    if cfg.device == "cpu" or cfg.gpus_per_task == 0:
+        return 0.0
+    if cfg.executor == "ray" and (cfg.ray_address or os.environ.get("RAY_ADDRESS")):
+        return cfg.gpus_per_task
+    return cfg.gpus_per_task if visible_gpus() else 0.0
 
 
 def _counts(kinds: Counter) -> dict:
@@ -95,7 +107,7 @@ def build_synthetic(cfg: SyntheticBuildConfig, *, progress: bool = True) -> dict
     results, failures = driver.run_with_progress(
         build_unit, units, cfg, str(out), work_dir, executor=cfg.executor, workers=cfg.workers,
         address=cfg.ray_address, desc="synthetic build", progress=progress,
-        gpus_per_task=cfg.gpus_per_task if cfg.device != "cpu" else 0.0, keep_going=True)
+        gpus_per_task=gpus_per_task(cfg), keep_going=True)
     refused = [f for f in failures if sources.SplitRefused.__name__ in f.error]
     if refused:  # not a unit's bad luck: the input itself is wrong
         raise sources.SplitRefused(refused[0].error)

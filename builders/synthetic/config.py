@@ -144,7 +144,7 @@ class SyntheticBuildConfig:
     device: str = "auto"
     cpu_threads: int = 0            # torch threads per worker; 0: torch's default (all cores)
     executor: Literal["local", "ray"] = "local"
-    workers: int = 1                # CPU workers; with GPUs one worker per GPU
+    workers: int = 0                # 0: one worker per GPU (one per CPU without GPUs); N: at most N
     gpus_per_task: float = 1.0      # GPU share per unit (Ray: fractional allowed); CPU-only: ignored
     ray_address: str = ""
     preview: bool = True

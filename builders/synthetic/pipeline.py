@@ -229,10 +229,10 @@ def run_verify(models: StageModels, chunk: list[Source], work: ChunkWork, cfg) -
                 boxes = [b for b in boxes if b["score"] >= cfg.verify.threshold]
             hit = any(_inside(b["box"], mask) >= cfg.verify.min_inside for b in boxes)
             expect = "present" if r["mode"] == "inpaint_replace" else "absent"
-            results[k] = {"label": label(r), "expect": expect, "found_in_mask": hit,
-                          "ok": hit if expect == "present" else not hit,
-                          "boxes": boxes, "model": cfg.ground.model,
-                          "error": _skip(found)}
+            error = _skip(found)
+            results[k] = {"label": label(r), "expect": expect, "found_in_mask": None if error else hit,
+                          "ok": None if error else (hit if expect == "present" else not hit),
+                          "boxes": boxes, "model": cfg.ground.model, "error": error}
     work.write("verify", results)
 
 

@@ -141,7 +141,7 @@ def write_unit_shard(unit: SynthUnit, chunks: list[list[Source]], cfg, output: s
                 wr.write(_sample(plan, ver.get(k), cls[plan["parent"]], w.load_image("generate", k),
                                  mask, cfg))
                 tallies["by_mode"][plan["mode"]] += 1
-                if ver.get(k):
+                if ver.get(k) and ver[k]["ok"] is not None:
                     tallies["verify_checked"] += 1
                     tallies["verify_ok"] += int(ver[k]["ok"])
         tallies["by_mode"] = dict(sorted(tallies["by_mode"].items()))
