@@ -36,10 +36,12 @@ dilates and feathers a mask into the 8-bit L mask the inpainting request takes.
 """
 from builders.synthetic.stages.base import NON_FINITE, OUT_OF_MEMORY, Skip, Stage, is_skip, run_batched
 from builders.synthetic.stages.describe import DescribeConfig, Describer, Description
+from builders.synthetic.stages.generate import GenerateConfig, GenerateRequest, SD3Generator, paste_through_mask
 from builders.synthetic.stages.ground import GroundConfig, Grounder
 from builders.synthetic.stages.segment import SegmentConfig, Segmenter, inpaint_mask
 from builders.synthetic.stages.upscale import UpscaleConfig, Upscaler
 
 __all__ = ["NON_FINITE", "OUT_OF_MEMORY", "Skip", "Stage", "is_skip", "run_batched",
            "UpscaleConfig", "Upscaler", "DescribeConfig", "Describer", "Description",
-           "GroundConfig", "Grounder", "SegmentConfig", "Segmenter", "inpaint_mask"]
+           "GroundConfig", "Grounder", "SegmentConfig", "Segmenter", "inpaint_mask",
+           "GenerateConfig", "GenerateRequest", "SD3Generator", "paste_through_mask"]

@@ -109,3 +109,43 @@ def tiny_sam(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     torch.save(build_sam({**ARCH_DEFAULTS, **TINY_SAM}).state_dict(), d / "sam_tiny.pth")
     return {"model": d / "sam_tiny.pth", "arch": d / "sam_tiny.json"}
+
+
+def make_tiny_sd3(out: Path) -> Path:
+    """A random-weight SD3 pipeline (1-layer transformer, 2-block VAE with 16 latent channels, two
+    1-layer CLIP text encoders with a byte-level CLIP tokenizer, no T5) saved with save_pretrained."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+    def text_encoder(seed):
+        torch.manual_seed(seed)
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=77, projection_dim=32, hidden_act="gelu", bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]))
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=16, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=64, caption_projection_dim=16, pooled_projection_dim=64, out_channels=16,
+        pos_embed_max_size=32)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035, sample_size=32)
+    StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=text_encoder(1), tokenizer=tok, text_encoder_2=text_encoder(2), tokenizer_2=tok,
+        text_encoder_3=None, tokenizer_3=None).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> Path:
+    return make_tiny_sd3(tmp_path_factory.mktemp("tiny_sd3"))
