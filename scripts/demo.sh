@@ -23,7 +23,7 @@ python -m builders.quality --config configs/filter/tiny.yaml --input "$OUT/shard
 step "4/9 Stage 1 synthetic set: tiny random-weight upscale, describe, ground, segment, generate -> $OUT/shards/synthetic"
 MODELS=$(python scripts/tiny_synthetic_models.py --output "$OUT/models")
 python -m builders.synthetic --config configs/build/synthetic-tiny.yaml --input "$OUT/shards/real/train" \
-    --output "$OUT/shards/synthetic" $MODELS
+    --output "$OUT/shards/synthetic" inputs.max_per_shard=3 $MODELS
 
 step "5/9 quality filter on the synthetic set -> $OUT/quality_synthetic"
 python -m builders.quality --config configs/filter/tiny.yaml --input "$OUT/shards/synthetic/train" \

@@ -43,6 +43,7 @@ class InputConfig:
     """What to read: the real set's train shards, or an image folder / caption file."""
 
     originals_only: bool = True     # augmented copies of a real image add no content
+    max_per_shard: int = 0          # use at most this many source images of each unit; 0: all
     images_per_shard: int = 100     # image inputs only: source images per synthetic shard
     image_root: str = ""            # caption files: default their folder
     class_caption: str = "an aerial image of {cls}"
@@ -55,6 +56,8 @@ class InputConfig:
     def validate(self) -> None:
         if self.images_per_shard < 1:
             raise ValueError(f"images_per_shard must be >= 1, got {self.images_per_shard}")
+        if self.max_per_shard < 0:
+            raise ValueError(f"max_per_shard must be >= 0, got {self.max_per_shard}")
 
 
 @dataclass

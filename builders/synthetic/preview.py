@@ -42,10 +42,13 @@ def write_synthetic_preview(shard: str | Path, png: str | Path, *, work_dir: str
     """Rows of (source, mask, result, mode + captions + verify) for up to ``limit`` samples."""
     shard = Path(shard)
     work = unit_work(work_dir, shard.name)
+    raws = list(iter_tar_samples(str(shard)))
+    modes = [json.loads(r["json"])["mode"] for r in raws]
+    # one sample of each mode first, so every mode's caption edit is on the sheet
+    first = [modes.index(m) for m in dict.fromkeys(modes)]
+    order = first + [i for i in range(len(raws)) if i not in first]
     rows = []
-    for raw in iter_tar_samples(str(shard)):
-        if len(rows) == limit:
-            break
+    for raw in (raws[i] for i in order[:limit]):
         meta = json.loads(raw["json"])
         ext = next(e for e in ("jpg", "png", "webp") if e in raw)
         result = Image.open(io.BytesIO(raw[ext])).convert("RGB")

@@ -39,8 +39,14 @@ def out_key(parent: str, variant: int) -> str:
 
 
 def load_sources(unit: SynthUnit, cfg, skips: SkipLog) -> list[Source]:
+    """The unit's source images in input order; with ``max_per_shard``, that many spread evenly
+    over the unit (a shard sorted by key holds its classes in runs)."""
     it = iter_shard_sources if unit.shard else iter_image_sources
-    return [Source(**rec) for rec in it(unit, cfg, skips)]
+    out = [Source(**rec) for rec in it(unit, cfg, skips)]
+    n = cfg.inputs.max_per_shard
+    if 0 < n < len(out):
+        out = [out[i * len(out) // n] for i in range(n)]
+    return out
 
 
 def _chunks(sources: list[Source], n: int) -> list[list[Source]]:

@@ -24,13 +24,16 @@ FAST = ["size=32", "upscale.size=64", "chunk_size=2", "workers=1", "device=cpu",
 
 @pytest.fixture(scope="session")
 def real_shards(tmp_path_factory) -> Path:
-    """A real set built by builders.real from the demo tiles: train (2 shards) and val."""
+    """A real set built by builders.real from the demo tiles: train (2 shards of 2) and val."""
     root = tmp_path_factory.mktemp("real_set")
-    tree = make_demo_tree(root / "tiles", per_class=2, size=32, seed=3)
+    tree = make_demo_tree(root / "tiles", per_class=1, size=32, seed=3)
+    rows = [{"image": p.relative_to(tree).as_posix(), "class": p.parent.name,
+             "split": "val" if p.parent.name == "urban" else "train"} for p in sorted(tree.rglob("*.png"))]
+    listing = tree / "tiles.jsonl"
+    listing.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = load_config(RealBuildConfig, REPO / "configs" / "build" / "real.yaml", [
-        f"input={tree}", f"output={root / 'real'}", "size=32", "images_per_shard=4", "workers=1",
-        "m2b.analysis_size=32", "augment.per_image=1", "zoom.enabled=false",
-        "splits.val_fraction=0.4", "preview=false"])
+        f"input={listing}", f"output={root / 'real'}", "size=32", "images_per_shard=2", "workers=1",
+        "m2b.analysis_size=32", "augment.per_image=1", "zoom.enabled=false", "preview=false"])
     build_real(cfg, progress=False)
     return root / "real"
 
