@@ -5,8 +5,12 @@ Layout of the stream (all randomness counter-based, so any position can be rebui
 * Every (rank, loader worker) pair owns a *logical worker* id. Each source's shards are split by
   node and worker (``urls[g::ranks*workers]`` for global worker ``g``; every pair reads all
   shards when there are fewer shards than pairs) and are then **resampled with replacement**: chunk
-  ``c`` of a source is ``shards_per_chunk`` shards drawn by ``rng(seed, rank, worker, source, c)``
-  and shuffled together. The stream never ends, so every rank runs the same number of steps.
+  ``c`` of a source is ``shards_per_chunk`` shards drawn by ``rng(seed, rank, worker, source, c)``,
+  opened together and read interleaved (round-robin), so only one sample per open shard is held.
+  The stream never ends, so every rank runs the same number of steps.
+* A sample shuffle buffer of ``shuffle_buffer`` raw samples spans chunks: raw sample ``t`` gets a
+  seeded delay below the buffer size and samples leave in ``(t + delay, t)`` order (see
+  :func:`resampled_samples`); memory is bounded by the buffer, and the order is rebuildable.
 * Batch ``b`` of a logical worker picks the source of each slot with ``rng(seed, rank, worker, b)``
   (independent draws with the source weights, or exact per-batch counts when ``stratified``).
 * Per sample, the caption choice and the crop come from ``rng(..., chunk, offset)``.
@@ -15,7 +19,12 @@ Stages (small generators, each with a curried ``wds_tools.stages.stage`` wrapper
 ``resampled_samples -> quality_selected -> decoded_augmented``; per worker ``mix_batches ->
 collated`` (uint8 stack + one tokenizer call per batch). No stage reads ahead.
 
-A worker's position is ``{"batch": b, "streams": [[chunk, offset], ...]}``; it travels with every
+Each batch also carries int64 ``groups`` (source image: ``json["parent"]`` or the key of an
+original) and ``caption_ids`` (its token row) for the loss's false-negative masking, and ``mix``
+(distinct classes, same-source pairs) for the training log.
+
+A worker's position is ``{"batch": b, "streams": [[chunk, offset, t, last_key, last_t], ...]}``
+(per source, the shuffle's resume state, None before the first sample); it travels with every
 batch, the trainer keeps the newest one per worker, and a resumed loader restarts each worker from
 it (rotating worker ids so DataLoader's round-robin continues where it stopped). Quality-sidecar
 drops and corrupt samples are counted per batch and summed by the trainer.
@@ -23,6 +32,7 @@ drops and corrupt samples are counted per batch and summed by the trainer.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -31,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import msgpack
 import numpy as np
 import torch
 import webdataset as wds
@@ -39,6 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_index
+from wds_tools.quality_record import PENDING, QualityRecordError, decode, keep, kept_caption_indices, sample_captions
 from wds_tools.reader import SkipLog, decode_sample, iter_shard
 from wds_tools.sample import IMAGE_EXTS
 from wds_tools.stages import stage
@@ -46,11 +56,10 @@ from wds_tools.urls import expand_urls, sidecar_url, url_exists
 
 from clip_models.model import build_tokenizer
 from clip_models.text_tower import CachedTokenizer
+from training.streams import _TAG_BATCH, _TAG_SAMPLE, _rng, resampled_samples, worker_shards  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-_TAG_CHUNK, _TAG_SAMPLE, _TAG_BATCH = 1, 2, 3
-_MAX_EMPTY_CHUNKS = 50
 
 
 @dataclass(kw_only=True)
@@ -75,17 +84,16 @@ class LoaderSpec:
     world_size: int = 1
     num_workers: int = 0
     stratified: bool = False
-    shards_per_chunk: int = 4
+    shards_per_chunk: int = 16
+    shuffle_buffer: int = 2000
     crop_scale_min: float = 0.8
     hflip: bool = True
     random_caption: bool = True
     quality_sidecar: str | None = "quality"
     allow_pipe: bool = False
     class_weights: dict[str, float] = field(default_factory=dict)
-
-
-def _rng(*parts: int) -> np.random.Generator:
-    return np.random.default_rng([int(p) for p in parts])
+    # images above this many pixels are counted skips (0 = PIL's Image.MAX_IMAGE_PIXELS)
+    max_image_pixels: int = 0
 
 
 def mix_plan(rng: np.random.Generator, weights: list[float], batch_size: int, stratified: bool) -> np.ndarray:
@@ -128,43 +136,15 @@ def random_resized_crop(img: torch.Tensor, *, size: int, scale_min: float, hflip
     return (out.flip(-1) if flipped else out).contiguous(), flipped
 
 
-def worker_shards(spec: LoaderSpec, src_idx: int, worker: int) -> list[str]:
-    """Shards of one source for this (rank, worker): a node and worker split when there are enough."""
-    urls = spec.sources[src_idx].urls
-    total = spec.world_size * max(spec.num_workers, 1)
-    g = spec.rank * max(spec.num_workers, 1) + worker
-    return urls[g::total] if len(urls) >= total else list(urls)
-
-
-def resampled_samples(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int = 0, offset: int = 0,
-                      skips: SkipLog) -> Iterator[dict]:
-    """Source stage: endless raw samples of one source, tagged ``__pos__ = (source, chunk, offset)``."""
-    pool = worker_shards(spec, src_idx, worker)
-    name = spec.quality_sidecar
-    has_sidecar: dict[str, bool] = {}
-    empty = 0
-    while True:
-        rng = _rng(spec.seed, spec.rank, worker, src_idx, chunk, _TAG_CHUNK)
-        samples = []
-        for i in rng.choice(len(pool), size=min(spec.shards_per_chunk, len(pool)), replace=False):
-            url = pool[i]
-            if name and url not in has_sidecar:
-                has_sidecar[url] = url_exists(sidecar_url(url, name))
-            sidecars = (name,) if name and has_sidecar[url] else ()
-            samples.extend(iter_shard(url, sidecars=sidecars, allow_pipe=spec.allow_pipe, skips=skips))
-        order = rng.permutation(len(samples))
-        empty = 0 if samples else empty + 1
-        if empty > _MAX_EMPTY_CHUNKS:
-            raise ValueError(f"source {spec.sources[src_idx].name!r}: its shards yield no samples")
-        for off in range(offset, len(samples)):
-            yield {**samples[order[off]], "__pos__": (src_idx, chunk, off)}
-        chunk, offset = chunk + 1, 0
+CAPTION_KEEP = "__caption_keep__"
 
 
 def quality_select(src: Iterable[dict], *, member: str | None, skips: SkipLog, drops: Counter,
                    max_consecutive: int = 100_000) -> Iterator[dict]:
-    """Stage: drop samples whose quality sidecar member says ``keep: false``.
+    """Stage: drop samples the quality selection did not keep; pass on which captions it kept.
 
+    ``wds_tools.quality_record.keep`` decides (a pending record is never kept: counted as
+    ``quality_pending``). A kept sample carries the kept caption indices as ``__caption_keep__``.
     Drops are expected, so they are counted in ``drops`` (summed into the training log), not logged
     one by one; a corrupt quality member is a logged skip.
     """
@@ -172,19 +152,21 @@ def quality_select(src: Iterable[dict], *, member: str | None, skips: SkipLog, d
     for raw in src:
         if member and member in raw:
             try:
-                keep = bool(msgpack.unpackb(raw[member], raw=False).get("keep"))
-            except (ValueError, AttributeError, msgpack.ExtraData):
+                record = decode(raw[member])
+                kept = keep(record)
+            except QualityRecordError:
                 skips.add(f"corrupt_{member}", raw["__key__"], raw.get("__url__"))
-                keep = None
-            if not keep:
-                if keep is False:
-                    drops["quality_dropped"] += 1
+                record, kept = None, None
+            if not kept:
+                if kept is False:
+                    drops["quality_pending" if PENDING in record.reasons else "quality_dropped"] += 1
                 dropped_in_a_row += 1
                 if dropped_in_a_row > max_consecutive:
                     raise ValueError(f"{max_consecutive} samples in a row failed the quality selection "
                                      f"(last {raw.get('__url__')})")
                 continue
             raw = {k: v for k, v in raw.items() if k != member}
+            raw[CAPTION_KEEP] = record
         dropped_in_a_row = 0
         yield raw
 
@@ -196,7 +178,7 @@ def decode_augment(src: Iterable[dict], *, spec: LoaderSpec, worker: int, skips:
         rng = _rng(spec.seed, spec.rank, worker, s, chunk, offset, _TAG_SAMPLE)
         item = prepare_sample(raw, spec=spec, rng=rng, skips=skips)
         if item is not None:
-            item["__pos__"] = raw["__pos__"]
+            item["__pos__"], item["__resume__"] = raw["__pos__"], raw["__resume__"]
             yield item
 
 
@@ -204,23 +186,28 @@ quality_selected = stage(quality_select)
 decoded_augmented = stage(decode_augment)
 
 
-def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int, offset: int,
+def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, resume: list[int] | None,
                     skips: SkipLog, drops: Counter) -> wds.DataPipeline:
-    """Resampled shards -> quality selection -> decode + augment, for one source.
+    """Resampled, shuffled shards -> quality selection -> decode + augment, for one source.
 
-    No stage reads ahead, so the position of the last sample out is the stream's exact position.
+    Only the shuffle holds samples back, and its ``__resume__`` state accounts for them, so the
+    state of the last sample out is the stream's exact position.
     """
     member = f"{spec.quality_sidecar}.msgpack" if spec.quality_sidecar else None
     return wds.DataPipeline(
-        lambda: resampled_samples(spec=spec, src_idx=src_idx, worker=worker, chunk=chunk, offset=offset, skips=skips),
+        lambda: resampled_samples(spec=spec, src_idx=src_idx, worker=worker, resume=resume, skips=skips),
         quality_selected(member=member, skips=skips, drops=drops),
         decoded_augmented(spec=spec, worker=worker, skips=skips))
 
 
 def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, skips: SkipLog) -> dict | None:
-    """Decode to uint8, crop, caption choice and class weight; None = counted skip."""
+    """Decode to uint8, crop, caption choice and class weight; None = counted skip.
+
+    The caption is drawn among the captions the quality record kept (all without a record).
+    """
     key, url = raw["__key__"], raw.get("__url__")
-    sample = decode_sample({k: v for k, v in raw.items() if k != "__pos__"}, image="uint8", skips=skips)
+    sample = decode_sample({k: v for k, v in raw.items() if k not in ("__pos__", "__resume__", CAPTION_KEEP)},
+                           image="uint8", skips=skips, max_pixels=spec.max_image_pixels)
     if sample is None:
         return None
     ext = next((e for e in IMAGE_EXTS + ("jpeg",) if e in sample), None)
@@ -228,13 +215,19 @@ def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, ski
         skips.add("no_image", key, url)
         return None
     meta = sample.get("json") if isinstance(sample.get("json"), dict) else {}
-    captions = [c for c in (meta.get("captions") or []) if isinstance(c, str) and c.strip()]
     primary = sample.get("txt") if isinstance(sample.get("txt"), str) else None
-    if not captions and primary:
-        captions = [primary]
+    captions = [c for c, _ in sample_captions(meta, primary)]
     if not captions:
         skips.add("no_caption", key, url)
         return None
+    record = raw.get(CAPTION_KEEP)
+    if record is not None:
+        kept = kept_caption_indices(record, len(captions))
+        if not kept:  # None: the record's captions do not line up with the sample's
+            skips.add("no_kept_caption" if kept == [] else "quality_captions_mismatch", key, url)
+            return None
+        primary = primary if primary in (captions[i] for i in kept) else None
+        captions = [captions[i] for i in kept]
     caption = captions[int(rng.integers(len(captions)))] if spec.random_caption else (primary or captions[0])
     image, flipped = random_resized_crop(sample[ext], size=spec.image_size, scale_min=spec.crop_scale_min,
                                          hflip=spec.hflip, rng=rng)
@@ -242,7 +235,27 @@ def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, ski
         caption = mirror_caption(caption)
     cls = meta.get("class")
     weight = spec.class_weights.get(str(cls), 1.0) if cls is not None else 1.0
-    return {"key": key, "image": image, "caption": caption, "weight": weight, "class": cls}
+    return {"key": key, "image": image, "caption": caption, "weight": weight, "class": cls,
+            "group": source_group(meta, key)}
+
+
+def source_group(meta: dict, key: str) -> str:
+    """The source image a sample was made from: ``json["parent"]``, or its own key (an original)."""
+    parent = meta.get("parent")
+    return parent if isinstance(parent, str) and parent else key
+
+
+def stable_id(data: str | bytes) -> int:
+    """int64 id of a string or bytes, equal in every process (unlike ``hash``)."""
+    raw = data.encode() if isinstance(data, str) else data
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little", signed=True)
+
+
+def batch_mix(classes: list, groups: list[str]) -> dict[str, int]:
+    """How mixed a batch is: distinct classes, and pairs of samples from one source image."""
+    sizes = Counter(groups).values()
+    return {"classes": len({c for c in classes if c is not None}),
+            "same_source_pairs": sum(n * (n - 1) // 2 for n in sizes)}
 
 
 def _deltas(before: dict, after: dict, prefix: str = "") -> dict[str, int]:
@@ -252,9 +265,9 @@ def _deltas(before: dict, after: dict, prefix: str = "") -> dict[str, int]:
 def mix_batches(spec: LoaderSpec, worker: int, state: dict | None = None) -> Iterator[dict]:
     """Source stage of a worker: per slot, the next sample of the source the batch plan names."""
     skips, drops = SkipLog(), Counter()
-    positions = [list(p) for p in (state["streams"] if state else [[0, 0]] * len(spec.sources))]
-    streams = [iter(source_pipeline(spec=spec, src_idx=i, worker=worker, chunk=c, offset=o, skips=skips,
-                                     drops=drops)) for i, (c, o) in enumerate(positions)]
+    positions = [list(p) if p else None for p in (state["streams"] if state else [None] * len(spec.sources))]
+    streams = [iter(source_pipeline(spec=spec, src_idx=i, worker=worker, resume=p, skips=skips,
+                                     drops=drops)) for i, p in enumerate(positions)]
     weights = [s.weight for s in spec.sources]
     b = state["batch"] if state else 0
     while True:
@@ -263,13 +276,12 @@ def mix_batches(spec: LoaderSpec, worker: int, state: dict | None = None) -> Ite
         items = []
         for s in plan:
             item = next(streams[s])
-            _, chunk, offset = item["__pos__"]
-            positions[s] = [chunk, offset + 1]
+            positions[s] = list(item["__resume__"])
             items.append({**item, "source": spec.sources[s].name})
         b += 1
         counts = {**_deltas(before, skips.as_dict(), "skip_"), **_deltas(dropped_before, drops)}
         yield {"items": items, "counts": counts,
-               "state": {"worker": worker, "batch": b, "streams": [list(p) for p in positions]}}
+               "state": {"worker": worker, "batch": b, "streams": [list(p) if p else None for p in positions]}}
 
 
 def collate_tokenize(src: Iterable[dict], *, tokenizer: dict) -> Iterator[dict]:
@@ -277,10 +289,15 @@ def collate_tokenize(src: Iterable[dict], *, tokenizer: dict) -> Iterator[dict]:
     tok = CachedTokenizer(build_tokenizer(tokenizer))  # augmentations repeat their parent's captions
     for batch in src:
         items = batch["items"]
+        text = tok([it["caption"] for it in items])
         yield {
             "keys": [it["key"] for it in items],
             "images": torch.stack([it["image"] for it in items]),
-            "text": tok([it["caption"] for it in items]),
+            "text": text,
+            # ids the loss masks false negatives by (identical tokens = identical caption)
+            "groups": torch.tensor([stable_id(it["group"]) for it in items], dtype=torch.int64),
+            "caption_ids": torch.tensor([stable_id(row.numpy().tobytes()) for row in text], dtype=torch.int64),
+            "mix": batch_mix([it["class"] for it in items], [it["group"] for it in items]),
             "captions": [it["caption"] for it in items],
             "weights": torch.tensor([it["weight"] for it in items], dtype=torch.float32),
             "sources": [it["source"] for it in items],
@@ -391,3 +408,4 @@ def build_sources(real: list[str], synthetic: list[str], synthetic_ratio: float,
         log.warning("only the %s source is given: training on 100%% %s (requested synthetic_ratio %.2f)",
                     sources[0].name, sources[0].name, synthetic_ratio)
     return sources
+

@@ -15,22 +15,24 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from torch import nn
-from tqdm import tqdm
 
-from training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, save_final
+from training.checkpoint import load_checkpoint, open_sample_keys, resolve_resume, save_checkpoint, save_final
 from training.config import Stage2Config
 from training.data import LoaderSpec, LoaderState, build_sources, make_loader, read_manifests
 from training.evaluate import evaluate_model, load_eval_set
 from training.lora import apply_lora, lora_state_dict, mark_trainable
 from training.losses import rare_class_weights, sparc_loss, weighted_clip_loss, weighted_mean, word_token_mask
+from training.selection import selected_counts
 from clip_models.model import (build_tokenizer, create_clip, encode_image_tokens,
                             has_patch_tokens, image_norm, image_size, swap_attention, tokenizer_spec)
 from training.plots import plot_training_log
 from clip_models.text_tower import encode_text, encode_text_tokens, trim_text
 from wds_tools.atomic import atomic_open
+from wds_tools.progress import progress
 from wds_tools.config import config_to_dict, save_config
 
 log = logging.getLogger(__name__)
+_DEVICE_KEYS = ("images", "text", "weights", "groups", "caption_ids")
 
 
 class Stage2Model(nn.Module):
@@ -69,16 +71,24 @@ def build_model(cfg: Stage2Config) -> tuple[Stage2Model, dict]:
     return Stage2Model(clip=clip, fine_grained=fine), {**counts, "lora_modules": len(wrapped), "fine_grained": fine}
 
 
+def _false_negative_ids(batch: dict, cfg: Stage2Config) -> dict[str, torch.Tensor | None]:
+    """The id tensors the contrastive loss masks by, as the loss config enables them."""
+    return {"groups": batch.get("groups") if cfg.loss.mask_same_source else None,
+            "captions": batch.get("caption_ids") if cfg.loss.mask_same_caption else None}
+
+
 def forward_losses(model: nn.Module, batch: dict, cfg: Stage2Config) -> dict[str, torch.Tensor]:
     """All loss terms of one (local) batch; ``total`` is what is back-propagated."""
     out = model(batch["images"], batch["text"])
     weights = batch["weights"]
-    terms = weighted_clip_loss(out["image"], out["text"], out["logit_scale"], weights)
+    terms = weighted_clip_loss(out["image"], out["text"], out["logit_scale"], weights,
+                               **_false_negative_ids(batch, cfg))
     terms["clip_loss"] = terms.pop("loss")
     total = terms["clip_loss"]
     if "patches" in out:
         per_sample = sparc_loss(out["words"], out["patches"], word_token_mask(batch["text"]),
-                                temperature=cfg.loss.fine_grained_temperature)
+                                temperature=cfg.loss.fine_grained_temperature,
+                                text=batch["text"] if cfg.loss.mask_repeated_words else None)
         terms["fine_grained_loss"] = weighted_mean(per_sample, weights)
         total = total + cfg.loss.fine_grained_weight * terms["fine_grained_loss"]
     terms["total_loss"] = total
@@ -111,7 +121,9 @@ def plan_steps(cfg: Stage2Config, total_samples: int, world: int) -> tuple[int, 
     per_epoch = max(1, samples // global_batch) if samples else 0
     total = cfg.train.max_steps or per_epoch * cfg.train.num_epochs
     if total <= 0:
-        raise ValueError("cannot size the run: no dataset.json beside the shards; set train.max_steps "
+        raise ValueError(f"cannot size the run: train.max_steps is 0 (unset) and no epoch size is known "
+                         f"(the dataset.json beside the shards counts {total_samples} samples, "
+                         f"train.samples_per_epoch={cfg.train.samples_per_epoch}); set train.max_steps "
                          "or train.samples_per_epoch")
     return per_epoch or total, total
 
@@ -131,12 +143,13 @@ class RunLog:
     def __init__(self, *, path: Path, config: dict, saved: dict | None = None) -> None:
         self.path, self.config = path, config
         saved = saved or {}
-        self.entries: list[dict] = list(saved.get("entries", []))
+        # "training_log" is the seed's key; "entries" is read from checkpoints written before the rename
+        self.entries: list[dict] = list(saved.get("training_log", saved.get("entries", [])))
         self.evaluation: dict = dict(saved.get("evaluation", {}))
         self.summary: dict = dict(saved.get("summary", {}))
 
     def to_dict(self) -> dict:
-        return {"config": self.config, "entries": self.entries, "evaluation": self.evaluation, "summary": self.summary}
+        return {"config": self.config, "training_log": self.entries, "evaluation": self.evaluation, "summary": self.summary}
 
     def write(self) -> None:
         with atomic_open(self.path, "w") as f:
@@ -157,6 +170,10 @@ def train(cfg: Stage2Config) -> dict:
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
                               gradient_accumulation_steps=cfg.train.grad_accum)
     rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
+        # A launch that meant N processes but started one is visible here, not only in the speed.
+        log.info("world size %d (%s), device %s, mixed precision %s", world,
+                 accelerator.distributed_type.value, accelerator.device, accelerator.mixed_precision)
     out_dir = Path(cfg.train.output)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -166,10 +183,12 @@ def train(cfg: Stage2Config) -> dict:
     sources = build_sources(cfg.data.real, cfg.data.synthetic, cfg.data.synthetic_ratio,
                             allow_pipe=cfg.data.allow_pipe)
     manifests = read_manifests([u for s in (cfg.data.real, cfg.data.synthetic) for u in s])
-    class_weights = rare_class_weights(manifests["by_class"], rare_weight=cfg.loss.rare_class_weight,
+    # rare classes and the epoch size from what the quality filter kept, not from the manifests
+    counts = selected_counts(cfg.data, sources, manifests)
+    class_weights = rare_class_weights(counts["by_class"], rare_weight=cfg.loss.rare_class_weight,
                                        threshold=cfg.loss.rare_class_threshold)
     rare = sorted(c for c, w in class_weights.items() if w != 1.0)
-    steps_per_epoch, total_steps = plan_steps(cfg, manifests["total_samples"], world)
+    steps_per_epoch, total_steps = plan_steps(cfg, counts["total_samples"], world)
     optimizer = make_optimizer(model, cfg)
     scheduler = cosine_with_warmup(optimizer, warmup=cfg.train.warmup_steps, total=total_steps)
     if cfg.lora.compile:
@@ -194,20 +213,24 @@ def train(cfg: Stage2Config) -> dict:
     spec = LoaderSpec(sources=sources, batch_size=cfg.train.batch_size, image_size=image_size(model_of(accelerator, model)),
                       tokenizer=tokenizer_spec(clip_name), seed=cfg.train.seed, rank=rank, world_size=world,
                       num_workers=cfg.data.num_workers, stratified=cfg.data.stratified,
-                      shards_per_chunk=cfg.data.shards_per_chunk, crop_scale_min=cfg.data.crop_scale_min,
+                      shards_per_chunk=cfg.data.shards_per_chunk,
+                      shuffle_buffer=cfg.data.shuffle_buffer, crop_scale_min=cfg.data.crop_scale_min,
                       hflip=cfg.data.hflip, random_caption=cfg.data.random_caption,
                       quality_sidecar=cfg.data.quality_sidecar if cfg.data.use_quality else None,
-                      allow_pipe=cfg.data.allow_pipe, class_weights=class_weights)
+                      allow_pipe=cfg.data.allow_pipe, class_weights=class_weights,
+                      max_image_pixels=cfg.data.max_image_pixels)
     loader_state = LoaderState(num_workers=cfg.data.num_workers, saved=loader_saved)
     tokenizer = build_tokenizer(spec.tokenizer)
     eval_data = (load_eval_set(cfg.eval.shards, size=spec.image_size, max_samples=cfg.eval.max_samples,
-                               allow_pipe=cfg.data.allow_pipe)
+                               allow_pipe=cfg.data.allow_pipe, caption_sources=cfg.eval.caption_sources,
+                               max_pixels=cfg.data.max_image_pixels)
                  if cfg.eval.shards and accelerator.is_main_process else None)
     if accelerator.is_main_process:
-        log.info("mix: %s; rare classes (weight %.1f): %s; %d steps (%d per epoch)",
+        log.info("mix: %s; rare classes (weight %.1f, counts from %s): %s; %d steps (%d per epoch)",
                  ", ".join(f"{s.name} {s.weight:.2f} ({len(s.urls)} shards)" for s in sources),
-                 cfg.loss.rare_class_weight, rare or "none", total_steps, steps_per_epoch)
+                 cfg.loss.rare_class_weight, counts["from"], rare or "none", total_steps, steps_per_epoch)
         run_log.summary.update({"model": model_info, "rare_classes": rare, "class_weights": class_weights,
+                                "class_counts": counts["by_class"], "class_counts_from": counts["from"],
                                 "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                                 "world_size": world, "requested_mix": {s.name: s.weight for s in sources}})
     if step == 0 and cfg.eval.before:
@@ -217,10 +240,12 @@ def train(cfg: Stage2Config) -> dict:
             log.info("eval before: %s", json.dumps(result))
     accelerator.wait_for_everyone()
 
-    keys_file = open(out_dir / f"sample_keys.rank{rank}.jsonl", "a") if cfg.train.log_sample_keys else None
+    keys_file = (open_sample_keys(out_dir / f"sample_keys.rank{rank}.jsonl", resume_step=step)
+                 if cfg.train.log_sample_keys else None)
     window: Counter = Counter()
     t0, step_t0 = time.time(), step
-    bar = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="stage2")
+    bar = progress(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="stage2",
+                   unit="step")
     model.train()
     micro = 0
     clip_ref = model_of(accelerator, model)
@@ -232,7 +257,7 @@ def train(cfg: Stage2Config) -> dict:
             keys_file.flush()
         # captions cut after the batch's last end-of-text token: exact for CLIP's causal text tower
         batch["text"] = trim_text(clip_ref, batch["text"])
-        moved = {k: batch[k].to(accelerator.device, non_blocking=True) for k in ("images", "text", "weights")}
+        moved = {k: batch[k].to(accelerator.device, non_blocking=True) for k in _DEVICE_KEYS if k in batch}
         with accelerator.accumulate(model):
             with accelerator.autocast():
                 terms = forward_losses(model, moved, cfg)
@@ -248,6 +273,7 @@ def train(cfg: Stage2Config) -> dict:
                 accelerator.backward(terms["total_loss"])
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                clamp_logit_scale(clip_ref)
         micro += 1
         if not accelerator.sync_gradients:
             continue
@@ -272,12 +298,22 @@ def train(cfg: Stage2Config) -> dict:
     return _finish(accelerator, model, cfg, run_log, counters, tokenizer, eval_data, step)
 
 
+def clamp_logit_scale(clip: nn.Module, *, max_scale: float = 100.0) -> None:
+    """Keep the learned temperature in [0, ln 100] after each update, as open_clip's trainer does
+    (an unbounded scale lets the loss collapse onto a few logits)."""
+    with torch.no_grad():
+        clip.logit_scale.clamp_(0, math.log(max_scale))
+
+
 def model_of(accelerator, model: nn.Module) -> nn.Module:
     """The open_clip model inside DDP / compile wrappers."""
     return accelerator.unwrap_model(model).clip
 
 
 def _count_batch(batch: dict, counters: Counter, window: Counter) -> None:
+    window["batches"] += 1
+    for k, v in batch.get("mix", {}).items():   # classes and same-source pairs of this batch
+        window[f"mix_{k}"] += v
     for name in batch["sources"]:
         counters[f"samples_{name}"] += 1
         window[f"samples_{name}"] += 1
@@ -292,20 +328,26 @@ def _share(counts: Counter) -> float | None:
 
 def _log_entry(accelerator, run_log: RunLog, terms: dict, step: int, steps_per_epoch: int, scheduler,
                window: Counter, counters: Counter, samples_per_s: float) -> None:
-    names = [k for k in ("total_loss", "clip_loss", "fine_grained_loss", "acc_i2t", "acc_t2i") if k in terms]
+    names = [k for k in ("total_loss", "clip_loss", "fine_grained_loss", "acc_i2t", "acc_t2i", "masked_pairs")
+             if k in terms]
     values = accelerator.reduce(torch.stack([terms[k].detach().float() for k in names]), reduction="mean")
     local = torch.tensor([float(window.get("samples_synthetic", 0)),
                           float(sum(v for k, v in window.items() if k.startswith("samples_"))),
                           float(counters.get("samples_synthetic", 0)),
                           float(sum(v for k, v in counters.items() if k.startswith("samples_"))),
-                          float(counters.get("quality_dropped", 0))], device=accelerator.device)
+                          float(counters.get("quality_dropped", 0)), float(window.get("batches", 0)),
+                          float(window.get("mix_classes", 0)), float(window.get("mix_same_source_pairs", 0))],
+                         device=accelerator.device)
     shares = accelerator.reduce(local, reduction="sum").tolist()
     entry = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
     entry.update({k: round(v.item(), 6) for k, v in zip(names, values)})
     entry.update({"synthetic_share": round(shares[0] / max(shares[1], 1), 4),
                   "synthetic_share_total": round(shares[2] / max(shares[3], 1), 4),
                   "quality_dropped_total": int(shares[4]), "lr": scheduler.get_last_lr()[0],
-                  "samples_per_s": round(samples_per_s, 2), "nonfinite_steps": counters.get("nonfinite_steps", 0)})
+                  "samples_per_s": round(samples_per_s, 2), "nonfinite_steps": counters.get("nonfinite_steps", 0),
+                  # per loader batch (one rank's micro-batch), averaged over the logging interval
+                  "classes_per_batch": round(shares[6] / max(shares[5], 1), 3),
+                  "same_source_pairs_per_batch": round(shares[7] / max(shares[5], 1), 3)})
     if accelerator.is_main_process:
         run_log.entries.append(entry)
         log.info("step %d loss %.4f (clip %.4f) acc %.3f/%.3f synthetic share %.3f (total %.3f) dropped %d",

@@ -17,6 +17,7 @@ from typing import Sequence
 import fsspec
 import msgpack
 
+from wds_tools.manifest import classes_per_shard
 from wds_tools.reader import SkipLog, iter_shard
 from wds_tools.urls import expand_urls
 
@@ -62,6 +63,19 @@ def _flatten(prefix: str, obj, out: dict) -> None:
         out.setdefault("numbers", {}).setdefault(prefix, _Range()).add(obj)
 
 
+def _read_json(sample: dict, url: str, skips: SkipLog) -> dict:
+    """The sample's metadata; an invalid or non-object ``json`` member is a counted skip ({})."""
+    try:
+        meta = json.loads(sample["json"])
+    except ValueError:  # also UnicodeDecodeError
+        skips.add("corrupt_json", sample["__key__"], url)
+        return {}
+    if not isinstance(meta, dict):
+        skips.add(f"json_not_object_{type(meta).__name__}", sample["__key__"], url)
+        return {}
+    return meta
+
+
 def inspect_shard(url: str, *, allow_pipe: bool = False) -> dict:
     """Summarise one shard and its sidecars."""
     sidecars = find_sidecars(url)
@@ -73,17 +87,18 @@ def inspect_shard(url: str, *, allow_pipe: bool = False) -> dict:
         n += 1
         exts.update(k for k in sample if not k.startswith("__"))
         if "json" in sample:
-            try:
-                meta = json.loads(sample["json"])
-            except ValueError:
-                skips.add("corrupt_json", sample["__key__"], url)
-                meta = {}
+            meta = _read_json(sample, url, skips)
             sources[str(meta.get("source"))] += 1
             if meta.get("class") is not None:
                 classes[str(meta["class"])] += 1
         for ext, value in sample.items():
             if ext.endswith(".msgpack"):
-                _flatten(ext[: -len(".msgpack")], msgpack.unpackb(value, raw=False, strict_map_key=False), fields)
+                try:
+                    record = msgpack.unpackb(value, raw=False, strict_map_key=False)
+                except ValueError:  # msgpack's format, extra-data and stack errors are ValueErrors
+                    skips.add(f"corrupt_{ext}", sample["__key__"], url)
+                    continue
+                _flatten(ext[: -len(".msgpack")], record, fields)
     return {
         "url": url,
         "samples": n,
@@ -113,6 +128,7 @@ def _merge(reports: list[dict]) -> dict:
                 agg["sum"] += s["mean"] * s["n"]
         for k, c in r["flags"].items():
             total["flags"].setdefault(k, Counter()).update(c)
+    total["classes_per_shard"] = classes_per_shard([r["classes"] for r in reports])
     for agg in total["scores"].values():
         agg["mean"] = agg.pop("sum") / agg["n"] if agg["n"] else None
         if not agg["n"]:
@@ -129,11 +145,14 @@ def format_report(report: dict) -> str:
     lines = [f"{t['shards']} shard(s), {t['samples']} samples"]
     for r in report["shards"]:
         side = f"  sidecars: {', '.join(r['sidecars'])}" if r["sidecars"] else ""
-        lines.append(f"  {r['url']}: {r['samples']} samples{side}")
+        classes = f", {len(r['classes'])} classes" if r["classes"] else ""
+        lines.append(f"  {r['url']}: {r['samples']} samples{classes}{side}")
     lines.append(f"members:  {t['extensions']}")
     lines.append(f"sources:  {t['sources']}")
     if t["classes"]:
         lines.append(f"classes:  {t['classes']}")
+        c = t["classes_per_shard"]
+        lines.append(f"classes per shard: min {c['min']}  median {c['median']}  max {c['max']}")
     for k, s in t["scores"].items():
         if s["n"]:
             lines.append(f"score {k}: min {s['min']:.4g}  mean {s['mean']:.4g}  max {s['max']:.4g}  (n={s['n']}, missing {s['missing']})")

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tqdm import tqdm
 from wds_tools.atomic import write_json
 from wds_tools.config import ConfigError, config_to_dict, load_config, save_config
 from wds_tools.manifest import read_stats, write_index
+from wds_tools.progress import progress as progress_bar
 
 from builders.common.executors import run_units
 from builders.common.inputs import SPLITS
@@ -47,6 +47,7 @@ class UnitResult:
     by_kind: dict = field(default_factory=dict)
     skips: dict = field(default_factory=dict)
     resumed: bool = False
+    rebuilt: bool = False         # an earlier run's shard did not match its stats file
     extra: dict = field(default_factory=dict)   # a builder's own per-unit tallies
 
 
@@ -150,8 +151,8 @@ def run_with_progress(fn: Callable, units: Sequence, *args, executor: str, worke
     """
     results: list[UnitResult] = []
     failures: list[UnitFailure] = []
-    bar = tqdm(total=sum(unit_size(u) for u in units), unit="img", desc=desc,
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=sum(unit_size(u) for u in units), unit="img", desc=desc,
+                       disable=not progress)
 
     def done(r: UnitResult) -> None:
         results.append(r)
@@ -196,7 +197,8 @@ def write_indexes(out: Path, results: list[UnitResult], *, prefix: str, builder:
         summary["splits"][split] = {
             "shards": manifest["num_shards"], "samples": manifest["total_samples"],
             "source_images": extra["source_images"], **named, "skipped": extra["skipped"],
-            "by_caption_source": manifest["stats"]["by_caption_source"]}
+            "by_caption_source": manifest["stats"]["by_caption_source"],
+            "classes_per_shard": manifest.get("classes_per_shard")}
         summary["source_images"] += extra["source_images"]
         total_skips.update(skips)
     summary["skipped"] = dict(sorted(total_skips.items()))

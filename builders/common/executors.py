@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Sequence
+
+from wds_tools.lock import pid_alive, process_start_time
 
 EXECUTORS = ("local", "ray")
 
@@ -31,6 +35,20 @@ def resolve_workers(workers: int) -> int:
         return max(len(os.sched_getaffinity(0)), 1)
     except AttributeError:
         return max(os.cpu_count() or 1, 1)
+
+
+def exit_with_parent(pid: int, start_time: int | None, interval: float = 0.5) -> None:
+    """Pool-worker initializer: end this worker soon after the process ``pid`` is gone.
+
+    A worker's parent is the fork server, which lives as long as its workers do, so after a
+    kill -9 of the builder nothing would end them: each would wait for work forever.
+    """
+    def watch() -> None:
+        while pid_alive(pid, start_time):
+            time.sleep(interval)
+        os._exit(1)  # the builder is gone: nobody will read this worker's result
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def visible_gpus() -> list[str]:
@@ -46,9 +64,11 @@ def visible_gpus() -> list[str]:
         return []
 
 
-def _pin_gpu(queue) -> None:
-    """Pool initializer: take one GPU id for the whole life of this worker."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = queue.get()
+def _init_worker(pid: int, start_time: int | None, gpu_queue) -> None:
+    """Pool initializer: end with the parent; with GPUs, take one id for this worker's life."""
+    exit_with_parent(pid, start_time)
+    if gpu_queue is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
 
 
 def _call(fn: Callable, unit, args: tuple, on_done: Callable, on_error: Callable | None) -> None:
@@ -74,15 +94,15 @@ def run_local(fn: Callable, units: Sequence, args: tuple, *, workers: int, on_do
     # worker starts warm instead of importing everything again as spawn would.
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([fn.__module__])
-    init, initargs = None, ()
+    queue = None
     if gpus:
         workers = len(gpus)
         queue = ctx.Manager().Queue()
         for g in gpus:
             queue.put(g)
-        init, initargs = _pin_gpu, (queue,)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init,
-                             initargs=initargs) as pool:
+    me = os.getpid()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(me, process_start_time(me), queue)) as pool:
         pending = {pool.submit(fn, u, *args): u for u in units}
         try:
             while pending:

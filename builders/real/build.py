@@ -13,8 +13,9 @@ images)::
 
 Each split's ``dataset.json`` carries ``real_original``, ``real_augmented`` and ``zoom_crops``
 counts besides the by-source/caption-source/class/kind stats. A finished shard (tar + stats)
-is skipped on rerun; ``overwrite=true`` rebuilds everything. One build per output folder at a
-time: leftover temp files from a killed build are removed at start.
+is skipped on rerun (when its size, and with ``verify=true`` its sha256, matches its stats);
+``overwrite=true`` rebuilds everything. One build per output folder at a time (``OUT/build.lock``,
+see builders.common.output), so leftover temp files from a killed build are removed at start.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from wds_tools.config import ConfigError, config_to_dict
 from builders.common import driver
 from builders.common.driver import (CONFIG_NAME, PLAN_NAME, PREVIEW_NAME, SUMMARY_NAME,  # noqa: F401
                                     UnitResult)
-from builders.common.inputs import read_items
+from builders.common.inputs import SPLITS, read_items
+from builders.common.output import check_output_dir, lock_output, refuse_empty_build, remove_killed_temps
 from builders.common.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
 from builders.common.preview import write_preview
 from builders.real.config import RealBuildConfig
@@ -36,13 +38,15 @@ from builders.real.unit import build_unit
 
 log = logging.getLogger(__name__)
 
+# Settings that may change between a partial build and its resumption.
+_RUN_ONLY = driver.RUN_ONLY + ("verify", "break_lock")
 _KIND_COUNTS = {"real_original": "original", "real_augmented": "augmented",
                 "zoom_crops": "zoom_crop"}
 
 
 def check_resumable(cfg: RealBuildConfig, out: Path) -> None:
     """Refuse to mix shards from a different recipe into this output folder."""
-    driver.check_resumable(cfg, out)
+    driver.check_resumable(cfg, out, run_only=_RUN_ONLY)
 
 
 def check_plan(units: list[Unit], out: Path, *, overwrite: bool) -> None:
@@ -71,10 +75,19 @@ def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
     """Run the whole build for ``cfg``; returns the summary also written to build_summary.json."""
     if not cfg.input or not cfg.output:
         raise ConfigError("both input and output must be set (--input DIR_OR_FILE --output DIR)")
-    out = Path(cfg.output)
+    out = check_output_dir(cfg.output)
+    with lock_output(out, tool="builders.real", break_lock=cfg.break_lock):
+        return _build_locked(cfg, out, progress=progress)
+
+
+def _build_locked(cfg: RealBuildConfig, out: Path, *, progress: bool) -> dict:
+    remove_killed_temps(out, SPLITS)  # e.g. a dataset.json cut by a kill: no one else writes here
     items = read_items(cfg.input, image_root=cfg.image_root or None)
     units = plan_units(items, images_per_shard=cfg.images_per_shard, seed=cfg.seed,
-                       val_fraction=cfg.splits.val_fraction, test_fraction=cfg.splits.test_fraction)
+                       val_fraction=cfg.splits.val_fraction, test_fraction=cfg.splits.test_fraction,
+                       order=cfg.shard_order, augmentations=cfg.augment.per_image,
+                       spread=cfg.augment.spread_shards,
+                       augment_splits=SPLITS if cfg.splits.augment_heldout else ("train",))
     check_resumable(cfg, out)
     check_plan(units, out, overwrite=cfg.overwrite)
     prepare_output(units, out, overwrite=cfg.overwrite)
@@ -83,12 +96,15 @@ def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
     results, _ = driver.run_with_progress(build_unit, units, cfg, str(out), executor=cfg.executor,
                                           workers=cfg.workers, address=cfg.ray_address,
                                           desc="real build", progress=progress)
+    refuse_empty_build(results, units, out, image_root=cfg.image_root, source=cfg.input,
+                       build_files=(CONFIG_NAME, PLAN_NAME))
     summary = write_indexes(out, results, cfg)
     first = next((u.path(out) for u in units if u.split == "train"), None)
     if cfg.preview and first is not None and first.exists():
         summary["preview"] = str(write_preview(first, out / PREVIEW_NAME))
     summary["seconds"] = round(time.perf_counter() - start, 3)
     summary["resumed_shards"] = sum(r.resumed for r in results)
+    summary["rebuilt_shards"] = sum(r.rebuilt for r in results)
     return summary
 
 
@@ -100,6 +116,9 @@ def format_summary(summary: dict, out: str | Path) -> str:
         lines.append(f"  {split:5s}: {s['shards']} shards, {s['samples']} samples from "
                      f"{s['source_images']} images = {s['real_original']} original + "
                      f"{s['real_augmented']} augmented + {s['zoom_crops']} zoom crops")
+        c = s.get("classes_per_shard")
+        if c and c["max"]:
+            lines.append(f"         classes per shard: min {c['min']}, median {c['median']}, max {c['max']}")
     if summary.get("preview"):
         lines.append(f"  preview: {summary['preview']}")
     if summary["skipped"]:

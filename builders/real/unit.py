@@ -18,6 +18,7 @@ from builders.common.inputs import UnreadableImage, load_rgb
 from wds_tools.skips import SkipLog
 
 from builders.common.driver import UnitResult, result_from_disk, skips_path
+from builders.common.output import finished_shard
 from builders.common.plan import Unit
 from builders.real.config import RealBuildConfig
 from builders.real.recipe import build_item
@@ -34,14 +35,35 @@ def _vlm_captions(squares: list, cfg: RealBuildConfig) -> list[str | None]:
 
 
 def _load_squares(unit: Unit, cfg: RealBuildConfig, skips: SkipLog) -> Iterator[tuple]:
-    """(key, item, centre square) per readable image of ``unit``; unreadable ones are counted."""
-    for key, item in unit.items:
+    """(key, item, owned, aug indices, centre square) per readable source of ``unit``, each
+    decoded once; unreadable ones are counted by their owner unit only."""
+    for key, item, owned, augs in unit.work():
+        bad = text_problem(item)
+        if bad:
+            if owned:
+                skips.add(bad, key=key, url=item.path)
+            continue
         try:
             img = load_rgb(item.path, draft_size=cfg.size)
         except UnreadableImage as e:
-            skips.add(e.reason, key=key, url=item.path)
+            if owned:
+                skips.add(e.reason, key=key, url=item.path)
+            else:
+                log.debug("%s: %s unreadable (counted by its owner shard)", unit.name, key)
             continue
-        yield key, item, center_square(img)
+        yield key, item, owned, augs, center_square(img)
+
+
+def text_problem(item) -> str | None:
+    """A skip reason when a caption or the class is not encodable text (a lone surrogate from a
+    JSON ``\\udXXX`` escape), which no shard member or metadata file could hold."""
+    for reason, texts in (("invalid_caption", item.captions), ("invalid_class", [item.cls or ""])):
+        for t in texts:
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                return reason
+    return None
 
 
 def _groups(items: Iterable, n: int) -> Iterator[list]:
@@ -58,8 +80,11 @@ def _groups(items: Iterable, n: int) -> Iterator[list]:
 def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
     """Write ``unit``'s shard unless it is already complete (and overwrite is off)."""
     shard = unit.path(output)
-    if is_shard_complete(shard) and not cfg.overwrite:
-        return result_from_disk(unit, output)
+    rebuilt = False
+    if not cfg.overwrite and is_shard_complete(shard):
+        if finished_shard(shard, verify=cfg.verify):
+            return result_from_disk(unit, output)
+        rebuilt = True
     skips_path(shard).unlink(missing_ok=True)  # counts of a killed earlier attempt
     keep_freed_memory()  # a worker of any executor allocates per image: keep freed pages
     skips = SkipLog()
@@ -68,10 +93,11 @@ def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
     group_size = max(cfg.vlm.batch_size, 1) if cfg.vlm.model else 1
     with ShardWriter(shard) as w:
         for group in _groups(_load_squares(unit, cfg, skips), group_size):
-            vlm = _vlm_captions([resize_square(sq, cfg.size) for _, _, sq in group], cfg)
-            for (key, item, square), vcap in zip(group, vlm):
-                samples = build_item(key, item, square, unit.split, cfg, vlm_caption=vcap)
-                if not samples:
+            vlm = _vlm_captions([resize_square(g[-1], cfg.size) for g in group], cfg)
+            for (key, item, owned, augs, square), vcap in zip(group, vlm):
+                samples = build_item(key, item, square, unit.split, cfg, vlm_caption=vcap,
+                                     owned=owned, augs=augs)
+                if owned and not samples:
                     skips.add("no_caption", key=key, url=item.path)
                 for s in samples:
                     w.write(s)
@@ -79,4 +105,4 @@ def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
         if skips.counts:  # no file means no skips: saves an fsync per clean shard
             write_json(skips_path(shard), skips.as_dict())
     return UnitResult(unit.name, unit.split, len(unit.items), w.stats.samples, by_kind,
-                      skips.as_dict())
+                      skips.as_dict(), rebuilt=rebuilt)

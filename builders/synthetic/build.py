@@ -26,6 +26,7 @@ from wds_tools.config import ConfigError, config_to_dict
 from builders.common import driver
 from builders.common.driver import PREVIEW_NAME, UnitResult
 from builders.common.executors import visible_gpus
+from builders.common.output import check_output_dir, lock_output, remove_killed_temps
 from builders.synthetic import sources
 from builders.synthetic.config import STAGES, SyntheticBuildConfig
 from builders.synthetic.preview import write_synthetic_preview
@@ -95,7 +96,13 @@ def build_synthetic(cfg: SyntheticBuildConfig, *, progress: bool = True) -> dict
     """Run the whole build for ``cfg``; returns the summary also written to build_summary.json."""
     if not cfg.input or not cfg.output:
         raise ConfigError("both input and output must be set (--input SHARDS_OR_IMAGES --output DIR)")
-    out = Path(cfg.output)
+    out = check_output_dir(cfg.output)
+    with lock_output(out, tool="builders.synthetic"):
+        remove_killed_temps(out, ("train",))
+        return _build_locked(cfg, out, progress=progress)
+
+
+def _build_locked(cfg: SyntheticBuildConfig, out: Path, *, progress: bool) -> dict:
     work_dir = str(Path(cfg.work_dir) if cfg.work_dir else out / "work")
     units = sources.plan(cfg)
     digest = sources.digest(units)

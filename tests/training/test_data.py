@@ -147,3 +147,50 @@ def test_corrupt_images_and_quality_members_are_counted_skips(tmp_path):
         counts.update(b["counts"])
     assert counts["skip_corrupt_jpg"] >= 1 and counts["skip_corrupt_quality.msgpack"] >= 1
     assert "quality_dropped" not in counts
+
+
+CLASSES8 = ["airport", "forest", "river", "beach"] * 2
+
+
+def _class_sorted_source(root, *, n_shards=8, originals=4, augs=2):
+    """Shards of one class each (a class-sorted build): originals followed by their augmentations."""
+    from tests.training.conftest import tile
+    from wds_tools.sample import encode_image, make_sample
+    from wds_tools.writer import shard_name, write_shard
+
+    root.mkdir(parents=True, exist_ok=True)
+    for s in range(n_shards):
+        cls, samples = f"{CLASSES8[s]}{s}", []
+        for i in range(originals):
+            key = f"c{s}_img{i}"
+            for a in range(augs + 1):
+                meta = {"source": "real", "class": cls, "captions": [f"{cls} image {i} copy {a}"],
+                        "parent": key if a else None}
+                samples.append(make_sample(key=key if a == 0 else f"{key}_aug_{a}",
+                                           image=encode_image(tile(CLASSES8[s], 10 * s + i, size=16)),
+                                           caption=meta["captions"][0], meta=meta))
+        write_shard(root / shard_name("real", s), samples)
+    return root
+
+
+def test_batches_from_class_sorted_shards_hold_many_classes(tmp_path):
+    src = _class_sorted_source(tmp_path / "sorted")
+    sources = build_sources([str(src)], [], 0.0)
+    spec = LoaderSpec(sources=sources, batch_size=8, image_size=16, tokenizer=TOKENIZER,
+                      shards_per_chunk=8, shuffle_buffer=48, quality_sidecar=None)
+    batches = _take(iter_batches(spec, 0), 12)
+    classes = [len({k.split("_")[0] for k in b["keys"]}) for b in batches]
+    assert [b["mix"]["classes"] for b in batches] == classes
+    assert np.mean(classes) >= 5, classes            # of 8 classes, 8 samples a batch
+    one_shard = LoaderSpec(sources=sources, batch_size=8, image_size=16, tokenizer=TOKENIZER,
+                           shards_per_chunk=1, shuffle_buffer=1, quality_sidecar=None)
+    assert {b["mix"]["classes"] for b in _take(iter_batches(one_shard, 0), 6)} <= {1, 2}  # the failure mode
+    for b in batches:  # same-source pairs and the ids the loss masks by
+        groups = [k.split("_aug_")[0] for k in b["keys"]]
+        assert b["mix"]["same_source_pairs"] == sum(groups.count(g) * (groups.count(g) - 1) // 2
+                                                    for g in set(groups))
+        same = [(i, j) for i in range(8) for j in range(8) if groups[i] == groups[j]]
+        assert all(b["groups"][i] == b["groups"][j] for i, j in same)
+        assert len(set(b["groups"].tolist())) == len(set(groups))
+        caps = b["captions"]
+        assert len(set(b["caption_ids"].tolist())) == len(set(caps))
