@@ -17,31 +17,42 @@ Shape (see :class:`builders.synthetic.stages.base.Stage`)::
   (``Skip("error: TypeName", detail=...)``, the rest of its batch goes on) and NaN/inf output
   (``Skip("non-finite output")``) into a :class:`~builders.synthetic.stages.base.Skip`.
 
-The stages, their items and results:
+The stages, their items and results (module: config, class):
 
-========================================  ====================================  ===========================================
-stage (module: config, class)             item                                  result
-========================================  ====================================  ===========================================
-``upscale``: UpscaleConfig, Upscaler      PIL image (any size/mode)             RGB PIL image, ``size`` x ``size``
-``describe``: DescribeConfig, Describer   PIL image                             ``Description(caption, objects, raw, fallback)``
-``ground``: GroundConfig, Grounder        ``(PIL image, [labels])``             ``[{"box": [x0,y0,x1,y1] 0..1, "label", "score", "source": "grounding_dino"}]``
-``segment``: SegmentConfig, Segmenter     ``(PIL image, [box dict or 4 floats])``  ``[bool ndarray H x W]``, one per box
-``generate``: GenerateConfig, SD3Generator  ``GenerateRequest``                 RGB PIL image
-========================================  ====================================  ===========================================
+- ``upscale``: UpscaleConfig, Upscaler. Item: a PIL image (any size or mode). Result: an RGB
+  PIL image of ``size`` x ``size`` (short side resized, centre-cropped).
+- ``describe``: DescribeConfig, Describer. Item: a PIL image. Result:
+  ``Description(caption: str, objects: list[str], raw: str, fallback: bool)``
+  (``Description.from_dict(dataclasses.asdict(d))`` round-trips); ``describe.nouns_in`` and
+  ``describe.parse_description`` are the caption-noun fallback and the answer parser.
+- ``ground``: GroundConfig, Grounder. Item: ``(PIL image, [label, ...])``. Result: a list, best
+  first, of ``{"box": [x0, y0, x1, y1] (0..1 of the image), "label": one of the item's labels,
+  "score": float, "source": "grounding_dino"}``. ``ground.box_in_mask(box, mask)`` is the
+  fraction of a box inside a mask (the verify step).
+- ``segment``: SegmentConfig, Segmenter. Item: ``(PIL image, [box dict or [x0, y0, x1, y1]])``.
+  Result: one bool ``numpy`` array (H x W of the image) per box, in the boxes' order.
+  :func:`segment.inpaint_mask(masks, dilate_px=, feather_px=) <segment.inpaint_mask>` -> 8-bit
+  L image (union, dilated, feathered; 0 outside the dilated region).
+- ``generate``: GenerateConfig, SD3Generator. Item: ``GenerateRequest(mode="inpaint" |
+  "img2img" | "text2img", prompt, seed, image=None, mask=None, negative_prompt="",
+  strength=None, steps=None, guidance=None, size=None)``; unset numbers come from the config
+  (``request.resolve(cfg)`` returns the values used, ``.params()`` them as a dict). Result: an RGB
+  PIL image (the input's size for inpaint/img2img, ``size`` square for text2img); inpainting
+  is pasted back through the mask (pixels where the mask is 0 are exactly the input's).
 
-Skip reasons a stage itself returns: describe ``"no caption"``; ground ``"no objects"`` (an item
+Skip reasons a stage returns itself: describe ``"no caption"``; ground ``"no objects"`` (an item
 without labels). An image with no boxes is ``[]`` (not a skip: the verify step needs "nothing
-found"); a box whose mask came out empty is an all-False mask. :func:`segment.inpaint_mask`
-dilates and feathers a mask into the 8-bit L mask the inpainting request takes.
+found"); a box whose mask came out empty is an all-False mask. The caller decides which of these
+end an image's path and counts them.
 """
 from builders.synthetic.stages.base import NON_FINITE, OUT_OF_MEMORY, Skip, Stage, is_skip, run_batched
 from builders.synthetic.stages.describe import DescribeConfig, Describer, Description
 from builders.synthetic.stages.generate import GenerateConfig, GenerateRequest, SD3Generator, paste_through_mask
-from builders.synthetic.stages.ground import GroundConfig, Grounder
+from builders.synthetic.stages.ground import GroundConfig, Grounder, box_in_mask
 from builders.synthetic.stages.segment import SegmentConfig, Segmenter, inpaint_mask
 from builders.synthetic.stages.upscale import UpscaleConfig, Upscaler
 
 __all__ = ["NON_FINITE", "OUT_OF_MEMORY", "Skip", "Stage", "is_skip", "run_batched",
            "UpscaleConfig", "Upscaler", "DescribeConfig", "Describer", "Description",
-           "GroundConfig", "Grounder", "SegmentConfig", "Segmenter", "inpaint_mask",
+           "GroundConfig", "Grounder", "box_in_mask", "SegmentConfig", "Segmenter", "inpaint_mask",
            "GenerateConfig", "GenerateRequest", "SD3Generator", "paste_through_mask"]

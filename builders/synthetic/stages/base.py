@@ -175,6 +175,17 @@ def pick_dtype(device, dtype: str = "auto"):
     return getattr(torch, dtype)
 
 
+def autocast(device, dtype):
+    """bf16/fp16 autocast on CUDA for models kept in fp32 (their own fp32 maths stays fp32);
+    a no-op context on CPU or for fp32."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and dtype != torch.float32:
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
 class Stage:
     """The one shape of a stage: ``Stage(cfg, device=...)``, ``load()``, ``stage(items)``, ``unload()``.
 

@@ -146,8 +146,8 @@ class SD3Generator(Stage):
         for p in pipes.values():
             p.set_progress_bar_config(disable=True)
         if self.cfg.cpu_offload and self.device.type == "cuda":
-            for p in pipes.values():
-                p.enable_model_cpu_offload(device=self.device)
+            # The hooks sit on the shared modules: installing them once serves all three pipelines.
+            base.enable_model_cpu_offload(device=self.device)
         else:
             base.to(self.device)  # the components are shared: moving one pipeline moves all
         self.pipes = pipes

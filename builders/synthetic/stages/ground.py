@@ -11,16 +11,14 @@ whatever tokens pass, which can merge two labels into one string). Overlapping b
 are merged by NMS (``nms_iou``); at most ``max_boxes`` per image, best first.
 
 The same stage checks a generated image (the verify step): ground it for the new label and look
-for a box inside the edited region. An image with nothing found gives ``[]``.
+for a box inside the edited region (:func:`box_in_mask`). An image with nothing found gives ``[]``.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from PIL import Image
-
-from builders.synthetic.stages.base import Skip, Stage
+from builders.synthetic.stages.base import Skip, Stage, autocast
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +36,7 @@ class GroundConfig:
     max_boxes: int = 20
     max_labels: int = 16            # longer lists are cut (the text encoder's length is bounded)
     batch_size: int = 4
-    dtype: str = "auto"
+    dtype: str = "auto"             # autocast dtype on CUDA (weights stay fp32)
 
     def validate(self) -> None:
         if not self.model:
@@ -83,10 +81,13 @@ class Grounder(Stage):
     _model_attrs = ("model", "processor")
 
     def _load(self) -> None:
+        import torch
         from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
         self.processor = AutoProcessor.from_pretrained(self.cfg.model)
-        self.model = GroundingDinoForObjectDetection.from_pretrained(self.cfg.model, dtype=self.dtype)
+        # fp32 weights, bf16 autocast on CUDA: parts of the model (sine position embeddings, the
+        # deformable attention's sampling) build fp32 tensors that bf16 weights would not accept.
+        self.model = GroundingDinoForObjectDetection.from_pretrained(self.cfg.model, dtype=torch.float32)
         self.model.to(self.device).eval()
         log.info("Grounding DINO %s on %s (%s)", self.cfg.model, self.device, self.dtype)
 
@@ -109,8 +110,7 @@ class Grounder(Stage):
         offsets = self.processor.tokenizer([p for p, _ in prompts], return_offsets_mapping=True,
                                            padding=True)["offset_mapping"]
         enc = enc.to(self.device)
-        enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             res = self.model(**enc)
         probs = res.logits.float().sigmoid().cpu()
         boxes = _cxcywh_to_xyxy(res.pred_boxes.float().cpu())
@@ -135,3 +135,20 @@ class Grounder(Stage):
         idx = idx[score[idx].argsort(descending=True, stable=True)][:self.cfg.max_boxes]
         return [{"box": [round(float(v), 4) for v in boxes[q]], "label": labels[int(label[q])],
                  "score": round(float(score[q]), 4), "source": SOURCE} for q in idx]
+
+
+def box_in_mask(box, mask) -> float:
+    """The fraction of ``box`` (a box dict or 4 fractions) lying inside ``mask`` (H x W, non-zero = in).
+
+    For the verify step: an edited object counts as found when a box of its new label lies
+    mostly inside the edit's mask.
+    """
+    import numpy as np
+
+    m = np.asarray(mask) > 0
+    h, w = m.shape
+    x0, y0, x1, y1 = box["box"] if isinstance(box, dict) else box
+    c0, r0 = int(np.floor(x0 * w)), int(np.floor(y0 * h))
+    c1, r1 = max(c0 + 1, int(np.ceil(x1 * w))), max(r0 + 1, int(np.ceil(y1 * h)))
+    region = m[max(0, r0):min(h, r1), max(0, c0):min(w, c1)]
+    return float(region.mean()) if region.size else 0.0

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from builders.synthetic.stages.base import Stage, resolve_file
+from builders.synthetic.stages.base import Stage, autocast, resolve_file
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,7 @@ class Segmenter(Stage):
             sizes.append(tuple(t.shape[-2:]))
             inputs.append(sam.preprocess(t.float()))
         x = torch.cat(inputs)
-        autocast = torch.autocast("cuda", dtype=self.dtype) if self.device.type == "cuda" and \
-            self.dtype != torch.float32 else torch.autocast("cpu", enabled=False)
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             feats = sam.image_encoder(x)
         return feats.float(), sizes
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from builders.synthetic.stages.base import (NON_FINITE, OUT_OF_MEMORY, Skip, Stage, has_non_finite,
+from builders.synthetic.stages.base import (NON_FINITE, OUT_OF_MEMORY, Skip, Stage, autocast, has_non_finite,
                                             is_out_of_memory, pick_dtype, run_batched)
 
 
@@ -100,6 +100,8 @@ def test_dtype_bf16_on_cuda_fp32_on_cpu():
     assert pick_dtype("cuda", "float16") == torch.float16
     with pytest.raises(ValueError, match="'int8'"):
         pick_dtype("cpu", "int8")
+    with autocast("cpu", torch.bfloat16):  # CPU runs fp32 models in fp32
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
 class Counting(Stage):

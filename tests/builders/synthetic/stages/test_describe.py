@@ -65,5 +65,7 @@ def test_tiny_qwen2vl_end_to_end_is_deterministic(tiny_vlm):
         # Random weights cannot follow the format: every real answer takes the fallback path.
         assert isinstance(d, Skip) and d.reason == "no caption" or (isinstance(d, Description) and d.fallback)
     assert stage(images) == out  # greedy decoding: same images, same answers
+    mixed = stage([images[0], None, images[2]])
+    assert mixed[1].reason == "error: AttributeError" and [mixed[0], mixed[2]] == [out[0], out[2]]
     stage.unload()
     assert stage.captioner is None

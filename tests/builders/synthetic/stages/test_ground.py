@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from builders.synthetic.stages.base import Skip
-from builders.synthetic.stages.ground import GroundConfig, Grounder, make_prompt
+from builders.synthetic.stages.ground import GroundConfig, Grounder, box_in_mask, make_prompt
 
 
 def image(seed, h=80, w=120):
@@ -70,3 +70,11 @@ def test_no_labels_and_bad_image_skip_only_their_item(grounder):
 def test_config_checks_ranges():
     with pytest.raises(ValueError, match="box_threshold.*1.5"):
         GroundConfig(box_threshold=1.5).validate()
+
+
+def test_box_in_mask_is_the_covered_fraction_of_the_box():
+    mask = np.zeros((10, 20), dtype=np.uint8)
+    mask[:, :10] = 255
+    assert box_in_mask({"box": [0.0, 0.0, 0.5, 1.0]}, mask) == 1.0
+    assert box_in_mask([0.25, 0.0, 0.75, 1.0], mask) == 0.5
+    assert box_in_mask([0.6, 0.2, 0.9, 0.8], mask) == 0.0
