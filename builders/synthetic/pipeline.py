@@ -203,16 +203,10 @@ def run_generate(models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
     work.write("generate", {"results": results, "plan_skips": planned["plan_skips"]})
 
 
-def _inside(box: list[float], mask: np.ndarray) -> float:
-    h, w = mask.shape
-    x0, y0 = int(box[0] * w), int(box[1] * h)
-    x1, y1 = max(int(np.ceil(box[2] * w)), x0 + 1), max(int(np.ceil(box[3] * h)), y0 + 1)
-    region = mask[y0:y1, x0:x1]
-    return float(region.mean()) if region.size else 0.0
-
-
 def run_verify(models: StageModels, chunk: list[Source], work: ChunkWork, cfg) -> None:
     """Ground the edited object's label on each inpainted result, inside its mask or not."""
+    from builders.synthetic.stages.ground import box_in_mask
+
     gen = work.read("generate")["results"]
     keys = [k for k, r in gen.items() if "skip" not in r and r["mode"].startswith("inpaint")]
     results: dict = {k: None for k, r in gen.items() if "skip" not in r}
@@ -227,7 +221,7 @@ def run_verify(models: StageModels, chunk: list[Source], work: ChunkWork, cfg) -
             boxes = [] if _skip(found) else [_plain_box(b) for b in found]
             if cfg.verify.threshold:
                 boxes = [b for b in boxes if b["score"] >= cfg.verify.threshold]
-            hit = any(_inside(b["box"], mask) >= cfg.verify.min_inside for b in boxes)
+            hit = any(box_in_mask(b, mask) >= cfg.verify.min_inside for b in boxes)
             expect = "present" if r["mode"] == "inpaint_replace" else "absent"
             error = _skip(found)
             results[k] = {"label": label(r), "expect": expect, "found_in_mask": None if error else hit,
