@@ -24,8 +24,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from wds_tools.config import ConfigError, config_to_dict
-
 from builders.common import driver
 from builders.common.driver import (CONFIG_NAME, PLAN_NAME, PREVIEW_NAME, SUMMARY_NAME,  # noqa: F401
                                     UnitResult)
@@ -35,6 +33,7 @@ from builders.common.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
 from builders.common.preview import write_preview
 from builders.real.config import RealBuildConfig
 from builders.real.unit import build_unit
+from wds_tools.config import ConfigError, config_to_dict
 
 log = logging.getLogger(__name__)
 

@@ -7,21 +7,19 @@ build still reports them.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Iterator
-
-from wds_tools.atomic import write_json
-from wds_tools.malloc import keep_freed_memory
-from wds_tools.writer import ShardWriter, is_shard_complete
-
-from builders.real.augment import center_square, resize_square
-from builders.common.inputs import UnreadableImage, load_rgb
-from wds_tools.skips import SkipLog
+from collections.abc import Iterable, Iterator
 
 from builders.common.driver import UnitResult, result_from_disk, skips_path
+from builders.common.inputs import UnreadableImage, load_rgb
 from builders.common.output import finished_shard
 from builders.common.plan import Unit
+from builders.real.augment import center_square, resize_square
 from builders.real.config import RealBuildConfig
 from builders.real.recipe import build_item
+from wds_tools.atomic import write_json
+from wds_tools.malloc import keep_freed_memory
+from wds_tools.skips import SkipLog
+from wds_tools.writer import ShardWriter, is_shard_complete
 
 log = logging.getLogger(__name__)
 

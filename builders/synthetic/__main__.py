@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from wds_tools.config import parse_cli
+from wds_tools.config import parse_cli, prog_name, run_main
 
 from builders.synthetic.build import build_synthetic, format_summary
 from builders.synthetic.config import SyntheticBuildConfig
@@ -21,7 +21,13 @@ FLAGS = {"--input": "input", "--output": "output", "--executor": "executor",
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_cli(SyntheticBuildConfig, argv, prog="python -m builders.synthetic",
+    """Console entry point (``remoteclip-build-synthetic``): a user error (a held-out split, a bad
+    value, a held lock) is one line and exit status 2."""
+    return run_main(_main, argv, prog=prog_name("builders.synthetic"))
+
+
+def _main(argv: list[str] | None) -> int:
+    cfg = parse_cli(SyntheticBuildConfig, argv, prog=prog_name("builders.synthetic"),
                     description="Build synthetic train shards from the real set's train shards "
                                 "(or images) with five model stages. Finished shards are kept on "
                                 "rerun; --overwrite rebuilds them; stages=[generate] reruns "

@@ -75,7 +75,8 @@ def _assert_nothing_partial_under_a_final_name(out: Path) -> None:
     if (out / "lora_final.pt").exists():
         assert torch.load(out / "lora_final.pt", weights_only=True)
     if (out / "peft_adapter").exists():
-        assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (out / "peft_adapter").iterdir()}
+        found = {p.name for p in (out / "peft_adapter").iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= found
     if (out / "training_log.json").exists():
         assert json.loads((out / "training_log.json").read_text())["summary"]["outputs"]
 
@@ -257,8 +258,8 @@ def test_unsized_run_names_the_real_cause(tmp_path):
     ("tpu", "model.device 'tpu' is not a device"),
 ])
 def test_bad_device_strings_are_config_errors(device, message):
-    from builders.quality.config import QualityConfig
     from builders.common.vlm_captions import VLMConfig
+    from builders.quality.config import QualityConfig
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device == "cuda:9" and n > 9:

@@ -9,18 +9,26 @@ import pytest
 import torch
 from torch import nn
 
+from clip_models.attention import swap_attention
+from clip_models.loading import create_model
 from tests.training.conftest import REPO
 from training.config import LoraConfig, ModelConfig
-from training.lora import (LoraLinear, apply_lora, load_peft_adapter, lora_modules, mark_trainable, merge_lora,
-                           save_peft_adapter)
-from clip_models.model import create_clip, swap_attention
+from training.lora import (
+    LoraLinear,
+    apply_lora,
+    load_peft_adapter,
+    lora_modules,
+    mark_trainable,
+    merge_lora,
+    save_peft_adapter,
+)
 
 TINY = ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json"))
 
 
 @pytest.fixture()
 def lora_model():
-    model = create_clip(TINY)
+    model = create_model(TINY)
     swap_attention(model)
     apply_lora(model, LoraConfig(rank=4, alpha=8))
     torch.manual_seed(3)
@@ -44,7 +52,7 @@ def test_lora_linear_matches_dense_update_and_merges():
 
 
 def test_targets_trainables_and_gradients():
-    model = create_clip(TINY)
+    model = create_model(TINY)
     with pytest.raises(ValueError, match="MultiheadAttention"):
         apply_lora(copy.deepcopy(model), LoraConfig())
     swap_attention(model)
@@ -68,7 +76,7 @@ def test_peft_adapter_round_trip(lora_model, tmp_path):
     from peft import PeftModel
 
     folder = save_peft_adapter(lora_model, tmp_path / "adapter", cfg=LoraConfig(rank=4, alpha=8))
-    base = create_clip(TINY)
+    base = create_model(TINY)
     swap_attention(base)
     peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(folder)).eval()
     img = torch.randn(2, 3, 64, 64)
@@ -85,3 +93,27 @@ def test_peft_adapter_round_trip(lora_model, tmp_path):
     assert not any(isinstance(m, LoraLinear) for m in fresh.modules())
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval().encode_image(img), want_i, atol=1e-5, rtol=1e-4)
+
+
+def test_resnet_tower_lora_on_text_and_attnpool_head_trained(tmp_path):
+    import json
+
+    from clip_models.image_tower import has_patch_tokens
+    from training.lora import head_parameter_names
+
+    cfg_path = tmp_path / "tiny-rn.json"
+    cfg_path.write_text(json.dumps({
+        "embed_dim": 32, "quick_gelu": True,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}))
+    model = create_model(ModelConfig(name="tiny-rn", config_file=str(cfg_path)))
+    swap_attention(model)
+    names = apply_lora(model, LoraConfig())
+    assert names and all(not n.startswith("visual.") for n in names)
+    mark_trainable(model)
+    assert not has_patch_tokens(model)
+    assert "visual.attnpool.c_proj.weight" in head_parameter_names(model)
+    img = torch.randn(2, 3, 64, 64)
+    model.encode_image(img).sum().backward()
+    assert model.visual.attnpool.c_proj.weight.grad.abs().sum() > 0
+    assert model.visual.attnpool.q_proj.weight.grad is None
