@@ -218,7 +218,7 @@ def prepare_samples(
             captions = _captions(caption, meta)
             boxes = _boxes(meta, captions, img, compute_boxes, detect)
             boxes = [b for b in boxes if float(b.get("area", 1.0)) >= min_box_area]
-            scores.update(sanity_scores(captions, boxes))
+            scores.update(sanity_scores(captions, boxes, meta.get("verify")))
         else:
             scores.update({"sanity": None, "sanity_count": None, "sanity_spatial": None})
         drawn = sample_captions(meta, caption)

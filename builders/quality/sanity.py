@@ -197,11 +197,14 @@ def has_claims(captions: str | Sequence[str]) -> bool:
     return any(parse_count_claims(c) or parse_spatial_claims(c) for c in captions)
 
 
-def sanity_scores(captions: str | Sequence[str], boxes: Sequence[dict]) -> dict[str, float | None]:
+def sanity_scores(captions: str | Sequence[str], boxes: Sequence[dict],
+                  verify: dict | None = None) -> dict[str, float | None]:
     """``sanity_count``, ``sanity_spatial`` (means over the claims of all captions) and ``sanity``.
 
     Any of them is None when no caption makes a claim of that kind (or, for spatial, there are
     no boxes to place); ``sanity`` (the mean of the two) is None only when neither can be checked.
+    A synthetic edit's ``verify`` record (the edited object found inside its mask, or gone from
+    it, as intended) adds ``sanity_verify`` (1 or 0) to the mean.
     """
     captions = [captions] if isinstance(captions, str) else list(captions)
     counts = [count_score(c, boxes) for cap in captions for c in parse_count_claims(cap)]
@@ -209,9 +212,13 @@ def sanity_scores(captions: str | Sequence[str], boxes: Sequence[dict]) -> dict[
                if s is not None]
     count_v = sum(counts) / len(counts) if counts else None
     spatial_v = sum(spatial) / len(spatial) if spatial else None
-    parts = [v for v in (count_v, spatial_v) if v is not None]
-    return {
+    verify_v = float(bool(verify["ok"])) if verify and verify.get("ok") is not None else None
+    parts = [v for v in (count_v, spatial_v, verify_v) if v is not None]
+    out = {
         "sanity": sum(parts) / len(parts) if parts else None,
         "sanity_count": count_v,
         "sanity_spatial": spatial_v,
     }
+    if verify is not None:
+        out["sanity_verify"] = verify_v
+    return out

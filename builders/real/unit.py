@@ -6,12 +6,10 @@ build still reports them.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
+from builders.common.driver import UnitResult, result_from_disk, skips_path
 from builders.common.inputs import UnreadableImage, load_rgb
 from builders.common.output import finished_shard
 from builders.common.plan import Unit
@@ -20,39 +18,10 @@ from builders.real.config import RealBuildConfig
 from builders.real.recipe import build_item
 from wds_tools.atomic import write_json
 from wds_tools.malloc import keep_freed_memory
-from wds_tools.manifest import read_stats
 from wds_tools.skips import SkipLog
 from wds_tools.writer import ShardWriter, is_shard_complete
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class UnitResult:
-    """What one unit wrote (or found already written)."""
-
-    name: str
-    split: str
-    source_images: int
-    samples: int
-    by_kind: dict = field(default_factory=dict)
-    skips: dict = field(default_factory=dict)
-    resumed: bool = False
-    rebuilt: bool = False         # an earlier run's shard did not match its stats file
-
-
-def skips_path(shard: Path) -> Path:
-    return shard.with_name(shard.name[: -len(".tar")] + ".skips.json")
-
-
-def result_from_disk(unit: Unit, output: str | Path) -> UnitResult:
-    """Result of a shard finished by an earlier run."""
-    shard = unit.path(output)
-    stats = read_stats(shard)
-    sp = skips_path(shard)
-    skips = json.loads(sp.read_text()) if sp.exists() else {}
-    return UnitResult(unit.name, unit.split, len(unit.items), stats.samples, dict(stats.by_kind),
-                      skips, resumed=True)
 
 
 def _vlm_captions(squares: list, cfg: RealBuildConfig) -> list[str | None]:

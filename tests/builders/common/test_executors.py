@@ -55,3 +55,32 @@ def test_results_arrive_as_units_finish_and_failures_stop_the_run():
     assert got == [1, 2]  # completion order, not submission order
     with pytest.raises(ValueError, match="unit 0 is broken"):
         run_units(_slow_or_fail, [1, 0], executor="local", workers=2)
+
+
+def test_a_failing_unit_is_recorded_and_the_others_go_on():
+    got, failed = [], []
+    run_units(_slow_or_fail, [1, 0, 2], executor="local", workers=2, on_done=got.append,
+              on_error=lambda u, e: failed.append((u, str(e))))
+    assert sorted(got) == [1, 2] and failed == [(0, "unit 0 is broken")]
+    got, failed = [], []
+    run_units(_slow_or_fail, [0, 1], executor="local", workers=1, on_done=got.append,
+              on_error=lambda u, e: failed.append(u))
+    assert got == [1] and failed == [0]
+
+
+def _visible(x):
+    import os
+    import time
+
+    time.sleep(0.3)  # both workers take a unit
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_one_local_worker_per_gpu_each_pinned_to_its_own(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    got = []
+    run_units(_visible, [1, 2, 3, 4], executor="local", workers=0, gpus_per_task=1,
+              on_done=got.append)
+    assert sorted(set(got)) == ["3", "5"] and len(got) == 4
+    with pytest.raises(ValueError, match="-1"):
+        run_units(_visible, [1], gpus_per_task=-1)

@@ -50,3 +50,14 @@ def test_b2c_wording_matches_m2b_labels_across_all_captions():
     assert sanity_scores(captions, [veg_right, road_left])["sanity_spatial"] == 1.0
     flipped = ["An aerial view with trees or shrubs on the left."]
     assert sanity_scores(flipped, [veg_right, road_left])["sanity_spatial"] == 0.0
+
+
+def test_a_synthetic_edits_verification_joins_the_sanity_mean():
+    boxes = [{"box": [0.0, 0.0, 0.3, 0.3], "label": "truck"}, {"box": [0.6, 0.6, 0.9, 0.9], "label": "truck"}]
+    caption = "two trucks in a parking lot"
+    assert "sanity_verify" not in sanity_scores(caption, boxes)
+    ok = sanity_scores(caption, boxes, {"ok": True})
+    bad = sanity_scores(caption, boxes, {"ok": False})
+    assert ok["sanity_verify"] == 1.0 and ok["sanity"] == 1.0
+    assert bad["sanity_verify"] == 0.0 and bad["sanity"] == 0.5   # count 1.0, verify 0.0
+    assert sanity_scores("a field", [], {"ok": False})["sanity"] == 0.0

@@ -1,0 +1,191 @@
+"""Synthetic builder against a bare loop over the same five models, and 2 workers against 1.
+
+    python benchmarks/bench_synthetic.py [--images 16] [--per-shard 4] [--repeats 2]
+
+Tiny random-weight models of all five stages on the CPU (scripts/tiny_synthetic_models.py),
+real tiny shards built by builders.real from the demo tiles. Figures (source images/s):
+
+- bare: one process, each model loaded once, called stage by stage on the same chunks of the
+  same images in the same batch sizes as the builder, the generation requests planned the same
+  way, results kept in memory (no work folder, no shard, no JPEG);
+- builder, 1 worker, ``resident=true`` (each model loaded once per worker, as in bare): target
+  builder / bare >= 0.85; the default (one model at a time, reloaded per shard) is shown too;
+- builder, 2 workers against 1 worker: target >= 1.7x.
+Every run uses one torch thread per worker, so 2 workers use the two cores 1 worker leaves
+half idle. Each figure is the best of interleaved rounds: on a shared machine the best round is
+the least disturbed one. Results: <out>/results.json and <out>/results.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from wds_tools.config import load_config  # noqa: E402
+from wds_tools.skips import SkipLog  # noqa: E402
+
+from builders.demo_images import make_demo_tree  # noqa: E402
+from builders.real.build import build_real  # noqa: E402
+from builders.real.config import RealBuildConfig  # noqa: E402
+from builders.synthetic import pipeline, sources  # noqa: E402
+from builders.synthetic.build import build_synthetic  # noqa: E402
+from builders.synthetic.config import SyntheticBuildConfig  # noqa: E402
+from builders.synthetic.models import STAGE_CLASSES  # noqa: E402
+from builders.synthetic.modes import SourceText, plan_variants  # noqa: E402
+from builders.synthetic.unit import load_sources, out_key  # noqa: E402
+from tiny_synthetic_models import overrides, write_tiny_models  # noqa: E402
+
+TINY = REPO / "configs" / "build" / "synthetic-tiny.yaml"
+
+
+def _stage(cfg, name: str):
+    import importlib
+
+    module, cls = STAGE_CLASSES[name]
+    return getattr(importlib.import_module(module), cls)(getattr(cfg, name), device=cfg.device).load()
+
+
+def bare_loop(cfg: SyntheticBuildConfig) -> float:
+    """Source images/s of the five models called directly, chunk by chunk, stage by stage."""
+    import numpy as np
+
+    from builders.synthetic.stages.base import is_skip
+    from builders.synthetic.stages.generate import GenerateRequest
+    from builders.synthetic.stages.segment import inpaint_mask
+
+    start = time.perf_counter()
+    st = {n: _stage(cfg, n) for n in STAGE_CLASSES}
+    n_images = 0
+    for unit in sources.plan(cfg):
+        srcs = load_sources(unit, cfg, SkipLog())
+        n_images += len(srcs)
+        for i in range(0, len(srcs), cfg.chunk_size):
+            chunk = srcs[i:i + cfg.chunk_size]
+            ups = st["upscale"]([s.image for s in chunk])
+            descs = st["describe"](ups)
+            objs = [pipeline.objects_of(None if is_skip(d) else {"objects": d.objects}, s, cfg)
+                    for s, d in zip(chunk, descs)]
+            todo = [j for j, o in enumerate(objs) if o]
+            found = st["ground"]([(ups[j], objs[j]) for j in todo])
+            boxes = {j: ([pipeline._plain_box(b) for b in f] if not is_skip(f) else [])
+                     for j, f in zip(todo, found)}
+            with_boxes = [j for j in todo if boxes[j]]
+            masks = dict(zip(with_boxes, st["segment"]([(ups[j], boxes[j]) for j in with_boxes])))
+            reqs, req_masks = [], []
+            for j, s in enumerate(chunk):
+                text = SourceText(key=s.key, describe=None if is_skip(descs[j]) else descs[j].caption,
+                                  captions=s.captions, caption_sources=s.caption_sources, b2c=s.b2c)
+                ms = masks.get(j)
+                usable = [k for k in range(len(boxes.get(j, []))) if ms is not None
+                          and not is_skip(ms) and np.asarray(ms[k]).any()]
+                plans, _ = plan_variants(text, [boxes[j][k] for k in usable], cfg.modes,
+                                         seed=cfg.seed, out_key=out_key)
+                for p in plans:
+                    mask = None
+                    if p.mode.startswith("inpaint"):
+                        union = np.logical_or.reduce([np.asarray(ms[usable[k]], bool) for k in p.mask_boxes])
+                        mask = inpaint_mask(union, dilate_px=cfg.segment.dilate_px,
+                                            feather_px=cfg.segment.feather_px)
+                    reqs.append(GenerateRequest(
+                        mode="inpaint" if mask is not None else p.mode, image=None if p.mode == "text2img" else ups[j],
+                        mask=mask, prompt=p.prompt, negative_prompt=p.negative_prompt, seed=p.seed,
+                        strength=p.strength, steps=p.steps, guidance=p.guidance, size=cfg.upscale.size))
+                    req_masks.append((p, mask))
+            results = st["generate"](reqs) if reqs else []
+            check = [(r, [p.new_label or p.label]) for r, (p, m) in zip(results, req_masks)
+                     if m is not None and not is_skip(r)]
+            if check and cfg.verify.enabled:
+                st["ground"](check)
+    for s in st.values():
+        s.unload()
+    return n_images / (time.perf_counter() - start)
+
+
+def build_rate(cfg_args: list[str], out: Path, *extra: str) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = load_config(SyntheticBuildConfig, TINY, [*cfg_args, f"output={out}", *extra])
+    t = time.perf_counter()
+    summary = build_synthetic(cfg, progress=False)
+    return summary["source_images"] / (time.perf_counter() - t)
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["bare", "builder_1w_resident", "builder_1w", "builder_2w"]
+    vals = [r[k] for k in names]
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
+    ax.bar(names, vals, color=["grey", "tab:blue", "tab:orange", "tab:green"])
+    for i, v in enumerate(vals):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom")
+    ax.set_ylabel("source images / s")
+    ax.set_title(f"synthetic builder (tiny models, CPU): builder/bare = {r['ratio_builder_vs_bare']:.2f}, "
+                 f"2w/1w = {r['scaling_2w_vs_1w']:.2f}x", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=16, help="source images (train originals)")
+    ap.add_argument("--per-shard", type=int, default=4, help="source images per shard (unit)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default="bench_out/synthetic")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    models = write_tiny_models(out / "models")
+    real = out / "real"
+    if not (real / "train" / "dataset.json").exists():
+        tree = make_demo_tree(out / "tiles", per_class=-(-args.images // 5), size=48, seed=11)
+        build_real(load_config(RealBuildConfig, REPO / "configs" / "build" / "real.yaml", [
+            f"input={tree}", f"output={real}", "size=48", f"images_per_shard={args.per_shard}",
+            "workers=1", "augment.per_image=0", "zoom.enabled=false", "preview=false"]), progress=False)
+    base = [f"input={real / 'train'}", *overrides(models), "device=cpu", "cpu_threads=1", "preview=false"]
+    bare_cfg = load_config(SyntheticBuildConfig, TINY, [*base, f"output={out / 'unused'}"])
+    bare_loop(bare_cfg)  # warm imports and the page cache
+    r = {"images": sum(len(u) for u in sources.plan(bare_cfg)),
+         "per_shard": args.per_shard, "repeats": args.repeats, "cpus": len(os.sched_getaffinity(0)),
+         "load_avg_before": round(os.getloadavg()[0], 2)}
+    runs = {"bare": lambda: bare_loop(bare_cfg),
+            "builder_1w_resident": lambda: build_rate(base, out / "b1r", "workers=1", "resident=true"),
+            "builder_1w": lambda: build_rate(base, out / "b1", "workers=1"),
+            "builder_2w": lambda: build_rate(base, out / "b2", "workers=2")}
+    best = {k: 0.0 for k in runs}
+    for _ in range(args.repeats):
+        for k, run in runs.items():
+            best[k] = max(best[k], run())
+    r.update(best)
+    r["load_avg_after"] = round(os.getloadavg()[0], 2)
+    r["ratio_builder_vs_bare"] = r["builder_1w_resident"] / r["bare"]
+    r["ratio_builder_default_vs_bare"] = r["builder_1w"] / r["bare"]
+    r["scaling_2w_vs_1w"] = r["builder_2w"] / r["builder_1w"]
+    for k, v in r.items():
+        print(f"{k:32s} {v:10.3f}" if isinstance(v, float) else f"{k:32s} {v}")
+    print(f"target builder/bare >= 0.85: {'met' if r['ratio_builder_vs_bare'] >= 0.85 else 'NOT met'}; "
+          f"target 2w/1w >= 1.7: {'met' if r['scaling_2w_vs_1w'] >= 1.7 else 'NOT met'} "
+          f"(load average {r['load_avg_before']} -> {r['load_avg_after']} on {r['cpus']} CPUs)")
+    (out / "results.json").write_text(json.dumps(r, indent=2))
+    plot(r, out / "results.png")
+    print(f"wrote {out / 'results.json'} and {out / 'results.png'}")
+    return r
+
+
+if __name__ == "__main__":
+    main()
