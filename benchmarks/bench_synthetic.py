@@ -31,8 +31,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from wds_tools.config import load_config  # noqa: E402
-from wds_tools.skips import SkipLog  # noqa: E402
+from tiny_synthetic_models import overrides, write_tiny_models  # noqa: E402
 
 from builders.demo_images import make_demo_tree  # noqa: E402
 from builders.real.build import build_real  # noqa: E402
@@ -43,7 +42,8 @@ from builders.synthetic.config import SyntheticBuildConfig  # noqa: E402
 from builders.synthetic.models import STAGE_CLASSES  # noqa: E402
 from builders.synthetic.modes import SourceText, plan_variants  # noqa: E402
 from builders.synthetic.unit import load_sources, out_key  # noqa: E402
-from tiny_synthetic_models import overrides, write_tiny_models  # noqa: E402
+from wds_tools.config import load_config  # noqa: E402
+from wds_tools.skips import SkipLog  # noqa: E402
 
 TINY = REPO / "configs" / "build" / "synthetic-tiny.yaml"
 

@@ -30,12 +30,23 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from builders.synthetic.stages import (DescribeConfig, Describer, GenerateConfig, GenerateRequest, GroundConfig,  # noqa: E402
-                                       Grounder, SD3Generator, SegmentConfig, Segmenter, UpscaleConfig, Upscaler,
-                                       inpaint_mask, is_skip)
+from builders.synthetic.stages import (  # noqa: E402
+    DescribeConfig,
+    Describer,
+    GenerateConfig,
+    GenerateRequest,
+    GroundConfig,
+    Grounder,
+    SD3Generator,
+    SegmentConfig,
+    Segmenter,
+    UpscaleConfig,
+    Upscaler,
+    inpaint_mask,
+    is_skip,
+)
 from tests.builders.conftest import make_tiny_qwen2vl  # noqa: E402
-from tests.builders.synthetic.conftest import (TINY_SAM, _rrdb_state, make_tiny_grounding_dino,  # noqa: E402
-                                               make_tiny_sd3)
+from tests.builders.synthetic.conftest import TINY_SAM, _rrdb_state, make_tiny_grounding_dino, make_tiny_sd3  # noqa: E402
 
 BF16 = torch.bfloat16
 
@@ -106,7 +117,8 @@ def _full_sd3(path: Path, dev: str) -> None:
         AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
                       latent_channels=16, down_block_types=("DownEncoderBlock2D",) * 4,
                       up_block_types=("UpDecoderBlock2D",) * 4, use_quant_conv=False, use_post_quant_conv=False,
-                      shift_factor=0.0609, scaling_factor=1.5035, sample_size=1024).to(BF16).save_pretrained(path / "vae")
+                      shift_factor=0.0609, scaling_factor=1.5035,
+                      sample_size=1024).to(BF16).save_pretrained(path / "vae")
         for sub, (hidden, layers, heads) in (("text_encoder", (768, 12, 12)), ("text_encoder_2", (1280, 32, 20))):
             tiny = CLIPTextConfig.from_pretrained(path / sub)
             cfg = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
@@ -122,7 +134,8 @@ def sources(n: int, smoke: bool) -> list[Image.Image]:
     side = 32 if smoke else 256
     if ucm:
         return [Image.open(p).convert("RGB").resize((side, side)) for p in ucm]
-    return [Image.fromarray(np.random.RandomState(i).randint(0, 256, (side, side, 3), dtype=np.uint8)) for i in range(n)]
+    return [Image.fromarray(np.random.RandomState(i).randint(0, 256, (side, side, 3), dtype=np.uint8))
+            for i in range(n)]
 
 
 def timed(stage, items: list) -> tuple[list, dict]:
@@ -197,8 +210,8 @@ def main() -> None:
         weights = torch.cuda.memory_allocated() / 2 ** 30 if device == "cuda" else None
         t0 = time.perf_counter()
         run_pass(stages, images, None)
-        report["resident"] = {"weights_gib": weights and round(weights, 2),
-                              "peak_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if device == "cuda" else None,
+        peak = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if device == "cuda" else None
+        report["resident"] = {"weights_gib": weights and round(weights, 2), "peak_gib": peak,
                               "s_per_image_all_stages": round((time.perf_counter() - t0) / len(images), 3)}
         print("resident:", report["resident"])
     out = Path(ARGS.out)

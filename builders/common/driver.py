@@ -13,17 +13,16 @@ import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
+from builders.common.executors import run_units
+from builders.common.inputs import SPLITS
 from wds_tools.atomic import write_json
 from wds_tools.config import ConfigError, config_to_dict, load_config, save_config
 from wds_tools.manifest import read_stats, write_index
 from wds_tools.progress import progress as progress_bar
-
-from builders.common.executors import run_units
-from builders.common.inputs import SPLITS
 
 log = logging.getLogger(__name__)
 

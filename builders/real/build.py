@@ -25,8 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from builders.common import driver
-from builders.common.driver import (CONFIG_NAME, PLAN_NAME, PREVIEW_NAME, SUMMARY_NAME,  # noqa: F401
-                                    UnitResult)
+from builders.common.driver import CONFIG_NAME, PLAN_NAME, PREVIEW_NAME, SUMMARY_NAME, UnitResult  # noqa: F401
 from builders.common.inputs import SPLITS, read_items
 from builders.common.output import check_output_dir, lock_output, refuse_empty_build, remove_killed_temps
 from builders.common.plan import SHARD_PREFIX, Unit, plan_digest, plan_units

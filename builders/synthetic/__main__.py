@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from wds_tools.config import parse_cli, prog_name, run_main
-
 from builders.synthetic.build import build_synthetic, format_summary
 from builders.synthetic.config import SyntheticBuildConfig
+from wds_tools.config import parse_cli, prog_name, run_main
 
 FLAGS = {"--input": "input", "--output": "output", "--executor": "executor",
          "--workers": "workers", "--stages": "stages", "--overwrite": "overwrite"}

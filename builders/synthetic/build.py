@@ -21,8 +21,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from wds_tools.config import ConfigError, config_to_dict
-
 from builders.common import driver
 from builders.common.driver import PREVIEW_NAME, UnitResult
 from builders.common.executors import visible_gpus
@@ -31,6 +29,7 @@ from builders.synthetic import sources
 from builders.synthetic.config import STAGES, SyntheticBuildConfig
 from builders.synthetic.preview import write_synthetic_preview
 from builders.synthetic.unit import build_unit
+from wds_tools.config import ConfigError, config_to_dict
 
 log = logging.getLogger(__name__)
 

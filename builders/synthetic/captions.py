@@ -107,7 +107,7 @@ class Mention:
 def _label_re(label: str) -> re.Pattern:
     forms = sorted({singular(label), plural(singular(label))}, key=len, reverse=True)
     nouns = "|".join(re.escape(f).replace(r"\ ", r"\s+") for f in forms)
-    mod = r"(?:(?!(?:%s)\b)[a-z][a-z-]*\s+)" % "|".join(sorted(_STOP))
+    mod = r"(?:(?!(?:{})\b)[a-z][a-z-]*\s+)".format("|".join(sorted(_STOP)))
     return re.compile(rf"\b(?:(?P<det>{_DET})\s+)?(?P<mod>{mod}{{0,2}}?)(?P<noun>{nouns})\b", re.I)
 
 
@@ -216,7 +216,7 @@ def _delete_span(text: str, start: int, end: int) -> str:
     m = re.match(r"^\s*(and)\s+", right, re.I)
     if m:
         return left + right[m.end():]
-    m = re.search(r"(?:,\s*)?\b(%s)\s*$" % "|".join(p.replace(" ", r"\s+") for p in _PREPS),
+    m = re.search(r"(?:,\s*)?\b({})\s*$".format("|".join(p.replace(" ", r"\s+") for p in _PREPS)),
                   lstrip, re.I)
     if m:
         return lstrip[:m.start()] + right

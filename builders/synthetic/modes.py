@@ -26,8 +26,17 @@ import random
 from dataclasses import dataclass, field
 
 from builders.real.b2c import spatial_phrase
-from builders.synthetic.captions import (add_variant, append_object, count_phrase, find_mentions, plural,
-                                         remove_object, replace_object, singular, strip_positions)
+from builders.synthetic.captions import (
+    add_variant,
+    append_object,
+    count_phrase,
+    find_mentions,
+    plural,
+    remove_object,
+    replace_object,
+    singular,
+    strip_positions,
+)
 from builders.synthetic.config import MODES, ModesConfig
 
 

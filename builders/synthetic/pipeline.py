@@ -9,14 +9,14 @@ later stages can do without it (no caption, no boxes), or is dropped (no upscale
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
-from builders.synthetic.modes import SourceText, VariantPlan, norm_label, plan_variants
 from builders.synthetic.models import StageModels
+from builders.synthetic.modes import SourceText, VariantPlan, norm_label, plan_variants
 from builders.synthetic.work import ChunkWork
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from builders.synthetic.work import unit_work
 from wds_tools.atomic import atomic_open
 from wds_tools.reader import iter_tar_samples
-
-from builders.synthetic.work import unit_work
 
 _TILE = 128
 _TEXT_W = 300

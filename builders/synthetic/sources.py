@@ -15,18 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from types import SimpleNamespace
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from types import SimpleNamespace
 
+from builders.common.inputs import UnreadableImage, load_rgb, read_items
+from builders.common.plan import plan_units
 from wds_tools.reader import decode_sample, iter_tar_samples
 from wds_tools.skips import SkipLog
 from wds_tools.urls import expand_urls, open_url
 from wds_tools.writer import shard_name
-
-from builders.common.inputs import UnreadableImage, load_rgb, read_items
-from builders.common.plan import plan_units
 
 PREFIX = "synthetic"
 _HELDOUT_NAME = re.compile(r"(^|[-_])(val|valid|validation|test|dev)([-_]|$)", re.I)

@@ -15,13 +15,6 @@ from collections import Counter
 
 from PIL import Image
 
-from wds_tools.atomic import write_json
-from wds_tools.malloc import keep_freed_memory
-from wds_tools.manifest import stats_path
-from wds_tools.sample import encode_image, make_key, make_sample
-from wds_tools.skips import SkipLog
-from wds_tools.writer import ShardWriter, is_shard_complete
-
 from builders.common.driver import UnitResult, result_from_disk, skips_path
 from builders.synthetic import pipeline
 from builders.synthetic.config import STAGES
@@ -29,6 +22,12 @@ from builders.synthetic.models import StageModels, model_id
 from builders.synthetic.pipeline import Source
 from builders.synthetic.sources import SynthUnit, iter_image_sources, iter_shard_sources
 from builders.synthetic.work import chunk_work, unit_work
+from wds_tools.atomic import write_json
+from wds_tools.malloc import keep_freed_memory
+from wds_tools.manifest import stats_path
+from wds_tools.sample import encode_image, make_key, make_sample
+from wds_tools.skips import SkipLog
+from wds_tools.writer import ShardWriter, is_shard_complete
 
 log = logging.getLogger(__name__)
 _MODEL_STAGES = ("upscale", "describe", "ground", "segment", "generate")

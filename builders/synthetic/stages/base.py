@@ -17,8 +17,9 @@ import dataclasses
 import gc
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class Stage:
         for name in self._model_attrs:
             setattr(self, name, None)
 
-    def load(self) -> "Stage":
+    def load(self) -> Stage:
         """Build the models (idempotent)."""
         if not self.loaded:
             self._load()
@@ -224,7 +225,7 @@ class Stage:
         self.load()
         return run_batched(self._batch, items, self.cfg.batch_size)
 
-    def __enter__(self) -> "Stage":
+    def __enter__(self) -> Stage:
         return self.load()
 
     def __exit__(self, *exc) -> None:

@@ -79,7 +79,7 @@ class Description:
     fallback: bool
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Description":
+    def from_dict(cls, d: dict) -> Description:
         """Inverse of ``dataclasses.asdict`` (for results kept as JSON between stages)."""
         return cls(caption=d["caption"], objects=list(d["objects"]), raw=d["raw"], fallback=bool(d["fallback"]))
 

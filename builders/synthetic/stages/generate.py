@@ -82,7 +82,7 @@ class GenerateRequest:
     guidance: float | None = None
     size: int | None = None
 
-    def resolve(self, cfg: GenerateConfig) -> "GenerateRequest":
+    def resolve(self, cfg: GenerateConfig) -> GenerateRequest:
         """This request with every unset number taken from ``cfg``; checks the combination."""
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
@@ -133,8 +133,7 @@ class SD3Generator(Stage):
     def _load(self) -> None:
         import inspect
 
-        from diffusers import (StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline,
-                               StableDiffusion3Pipeline)
+        from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline, StableDiffusion3Pipeline
 
         extra = {} if self.cfg.use_t5 else {"text_encoder_3": None, "tokenizer_3": None}
         base = StableDiffusion3Pipeline.from_pretrained(self.cfg.model, dtype=self.dtype, **extra)

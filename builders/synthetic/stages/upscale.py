@@ -79,7 +79,10 @@ def load_upscaler(path: str):
     return desc
 
 
-def tile_windows(h: int, w: int, tile: int, overlap: int) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+Box = tuple[int, int, int, int]
+
+
+def tile_windows(h: int, w: int, tile: int, overlap: int) -> list[tuple[Box, Box]]:
     """``[(window, core)]`` boxes ``(y0, y1, x0, x1)`` covering an ``h`` x ``w`` image.
 
     Cores partition the image; each window is its core grown by ``overlap`` (clipped).

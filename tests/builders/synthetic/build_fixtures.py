@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from wds_tools.config import load_config
 
 from builders.demo_images import make_demo_tree
 from builders.real.build import build_real
 from builders.real.config import RealBuildConfig
 from builders.synthetic.config import SyntheticBuildConfig
+from wds_tools.config import load_config
 
 REPO = Path(__file__).resolve().parents[3]
 TINY = REPO / "configs" / "build" / "synthetic-tiny.yaml"

@@ -57,8 +57,15 @@ def make_tiny_grounding_dino(out: Path) -> Path:
     "." 1012, "?" 1029), so the text masks between phrases are built as for the real model.
     """
     import torch
-    from transformers import (BertConfig, BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
+    from transformers import (
+        BertConfig,
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
 
     words = ["car", "building", "tree", "road", "house", "river", "a", "an", "the", "parking", "lot", "field",
              "boat", "ship", "pool", "court", "tennis", "water", "roof", "swimming", "storage", "tank"]
@@ -115,7 +122,12 @@ def make_tiny_sd3(out: Path) -> Path:
     """A random-weight SD3 pipeline (1-layer transformer, 2-block VAE with 16 latent channels, two
     1-layer CLIP text encoders with a byte-level CLIP tokenizer, no T5) saved with save_pretrained."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from tokenizers import pre_tokenizers
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 

@@ -1,9 +1,17 @@
 """Caption edits of the generation modes: each stays true of the edited image."""
 import pytest
 
-from builders.synthetic.captions import (add_variant, append_object, count_phrase, find_mentions,
-                                         plural, remove_object, replace_object, singular,
-                                         strip_positions)
+from builders.synthetic.captions import (
+    add_variant,
+    append_object,
+    count_phrase,
+    find_mentions,
+    plural,
+    remove_object,
+    replace_object,
+    singular,
+    strip_positions,
+)
 
 
 @pytest.mark.parametrize("noun,pl", [("car", "cars"), ("bus", "buses"), ("storage tank", "storage tanks"),

@@ -1,10 +1,10 @@
 """Variant planning: modes from the mix, seeds from (seed, key, variant), captions per mode."""
 import pytest
-from wds_tools.config import load_config
 
 from builders.synthetic.captions import find_mentions, plural
 from builders.synthetic.config import ModesConfig
 from builders.synthetic.modes import SourceText, plan_variants, variant_seed
+from wds_tools.config import load_config
 
 CARS = [{"box": [0.1, 0.1, 0.2, 0.2], "label": "car", "score": 0.9, "source": "grounding_dino"},
         {"box": [0.12, 0.3, 0.22, 0.4], "label": "cars", "score": 0.8, "source": "grounding_dino"},

@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from wds_tools.config import ConfigError
-from wds_tools.reader import decode_sample, iter_shard
 
 from builders.synthetic import unit as unit_mod
 from builders.synthetic.build import build_synthetic
 from builders.synthetic.sources import SplitRefused
-from tests.builders.synthetic.build_fixtures import (REPO, TINY, real_shards, model_overrides,  # noqa: F401
-                                                     shard_hashes, syn_cfg)
+from tests.builders.synthetic.build_fixtures import REPO, TINY, model_overrides, real_shards, shard_hashes, syn_cfg  # noqa: F401
+from wds_tools.config import ConfigError
+from wds_tools.reader import decode_sample, iter_shard
 
 
 def _samples(out: Path) -> list[dict]:
@@ -34,10 +33,9 @@ def _real_train(real: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def built(real_shards, model_overrides, tmp_path_factory):  # noqa: F811
     """One build of the synthetic set from the real train shards, shared by the checks below."""
-    from wds_tools.config import load_config
-
     from builders.synthetic.config import SyntheticBuildConfig
     from tests.builders.synthetic.build_fixtures import FAST
+    from wds_tools.config import load_config
 
     out = tmp_path_factory.mktemp("syn") / "out"
     cfg = load_config(SyntheticBuildConfig, TINY, [f"input={real_shards / 'train'}", f"output={out}",

@@ -5,8 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from builders.synthetic.stages.base import (NON_FINITE, OUT_OF_MEMORY, Skip, Stage, autocast, has_non_finite,
-                                            is_out_of_memory, pick_dtype, run_batched)
+from builders.synthetic.stages.base import (
+    NON_FINITE,
+    OUT_OF_MEMORY,
+    Skip,
+    Stage,
+    autocast,
+    has_non_finite,
+    is_out_of_memory,
+    pick_dtype,
+    run_batched,
+)
 
 
 class FakeOOM:

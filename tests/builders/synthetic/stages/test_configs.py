@@ -1,9 +1,8 @@
 """Every stage config loads through wds_tools.config (defaults, YAML, dotted overrides) and validates."""
 import pytest
-from wds_tools.config import ConfigError, load_config
 
-from builders.synthetic.stages import (DescribeConfig, GenerateConfig, GroundConfig, SegmentConfig,
-                                       UpscaleConfig)
+from builders.synthetic.stages import DescribeConfig, GenerateConfig, GroundConfig, SegmentConfig, UpscaleConfig
+from wds_tools.config import ConfigError, load_config
 
 
 @pytest.mark.parametrize("cls", [UpscaleConfig, DescribeConfig, GroundConfig, SegmentConfig, GenerateConfig])

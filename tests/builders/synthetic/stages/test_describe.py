@@ -6,8 +6,14 @@ import pytest
 from PIL import Image
 
 from builders.synthetic.stages.base import Skip
-from builders.synthetic.stages.describe import (AERIAL_NOUNS, DescribeConfig, Describer, Description,
-                                                nouns_in, parse_description)
+from builders.synthetic.stages.describe import (
+    AERIAL_NOUNS,
+    DescribeConfig,
+    Describer,
+    Description,
+    nouns_in,
+    parse_description,
+)
 
 
 def parse(raw):

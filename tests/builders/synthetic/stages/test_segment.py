@@ -57,7 +57,7 @@ def test_inpaint_mask_dilates_feathers_and_stays_in_the_dilated_region():
     assert (alpha[dist > 6] == 0).all() and (alpha[(dist > 3) & (dist <= 6)] > 0).all()
     assert 0 < alpha[20, 30] < 255  # 6 px out: the ramp
     hard = np.asarray(inpaint_mask(m, dilate_px=2, feather_px=0))
-    assert set(np.unique(hard)) == {0, 255} and hard.sum() // 255 == ((dist <= 2)).sum()
+    assert set(np.unique(hard)) == {0, 255} and hard.sum() // 255 == (dist <= 2).sum()
     assert not np.asarray(inpaint_mask([np.zeros((4, 4), bool)], dilate_px=3, feather_px=1)).any()
 
 

@@ -5,8 +5,14 @@ import torch
 from PIL import Image
 
 from builders.synthetic.stages.base import NON_FINITE, Skip
-from builders.synthetic.stages.upscale import (UpscaleConfig, Upscaler, load_upscaler, read_state_dict,
-                                               resize_square, tile_windows)
+from builders.synthetic.stages.upscale import (
+    UpscaleConfig,
+    Upscaler,
+    load_upscaler,
+    read_state_dict,
+    resize_square,
+    tile_windows,
+)
 from tests.builders.synthetic.conftest import _rrdb_state
 
 
@@ -42,7 +48,7 @@ def test_tiled_equals_whole_image_when_overlap_covers_receptive_field(tiny_esrga
 
 def test_tile_cores_partition_the_image():
     cover = np.zeros((50, 70), dtype=int)
-    for (wy0, wy1, wx0, wx1), (y0, y1, x0, x1) in tile_windows(50, 70, 16, 4):
+    for (wy0, _wy1, _wx0, wx1), (y0, y1, x0, x1) in tile_windows(50, 70, 16, 4):
         cover[y0:y1, x0:x1] += 1
         assert wy0 == max(0, y0 - 4) and wx1 == min(70, x1 + 4)
     assert (cover == 1).all()
