@@ -15,6 +15,15 @@ class LoraConfig:
     targets: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
     )
+    # rsLoRA: scale the update by alpha / sqrt(rank) instead of alpha / rank (Kalajdzievski 2023),
+    # so a larger rank does not shrink the update; saved as peft's use_rslora.
+    rslora: bool = False
+    # Parameters trained in full beside the LoRA factors. Heads: visual.proj, text_projection,
+    # logit_scale. LayerNorms: every LayerNorm weight and bias of both towers. Token embedding:
+    # the text tower's embedding table (a base that never trained a word cannot use it otherwise).
+    train_heads: bool = True
+    train_layernorms: bool = False
+    train_token_embedding: bool = False
     # torch.compile the model (worth it on GPU; warm-up takes about a minute).
     compile: bool = False
 
@@ -62,8 +71,13 @@ class TrainConfig:
     batch_size: int = 32
     grad_accum: int = 1
     learning_rate: float = 1e-4
+    # Learning rate of the parameters trained in full beside LoRA (heads, LayerNorms, token
+    # embedding) as a multiple of learning_rate.
+    full_param_lr_scale: float = 1.0
     weight_decay: float = 0.01
     warmup_steps: int = 100
+    # After warm-up: "cosine" (decay to 0 at the last step) or "constant".
+    schedule: str = "cosine"
     num_epochs: int = 10
     # > 0 overrides num_epochs.
     max_steps: int = 0
