@@ -7,7 +7,9 @@ Figures (source images/s):
   (the same primitives the builder uses, so the ratio isolates the builder's own overhead);
 - (a) originals only (no augmentation, M2B, zoom), 1 worker: target a / bare >= 0.8;
 - (b) the full default recipe (5 augmentations, M2B/B2C, zoom crops), 1 worker;
-- (b) with 2 workers against 1: target >= 1.7x on a 2-core machine.
+- (b) with 2 workers against 1: target >= 1.7x on a 2-core machine;
+- (b) with ``augment.spread_shards=1`` (a source's samples in one shard), 1 worker: the cost of
+  spreading a source over shards (each extra shard decodes it again), as full_1w / this.
 Each figure is the best of interleaved repeats (see best_of). Anything else running on the
 machine lowers the 2-worker figure most: check the load average before trusting it.
 Source images are procedural aerial-like JPEGs (builders.demo_images) written at --source-size.
@@ -154,14 +156,17 @@ def main(argv: list[str] | None = None) -> dict:
     r["bare"], r["originals_1w"] = best_of(
         args.repeats, lambda: bare_loop(paths),
         lambda: build_rate(src, out / "a", n, *originals, "workers=1", label="orig"))
-    r["full_1w"], r["full_2w"] = best_of(
+    r["full_1w"], r["full_2w"], r["full_1w_unspread"] = best_of(
         max(args.repeats - 1, 1),
         lambda: build_rate(src_full, out / "b", nf, *common, "workers=1", label="1w"),
-        lambda: build_rate(src_full, out / "b2", nf, *common, "workers=2", label="2w"))
+        lambda: build_rate(src_full, out / "b2", nf, *common, "workers=2", label="2w"),
+        lambda: build_rate(src_full, out / "b1", nf, *common, "workers=1", "augment.spread_shards=1"))
     r["load_avg_after"] = round(os.getloadavg()[0], 2)
     r["ratio_originals_vs_bare"] = r["originals_1w"] / r["bare"]
     r["scaling_2w_vs_1w"] = r["full_2w"] / r["full_1w"]
     r["full_per_worker_2w"] = r["full_2w"] / 2
+    # What spreading a source's augmentations over shards costs (each extra shard decodes it again).
+    r["spread_vs_unspread"] = r["full_1w"] / r["full_1w_unspread"]
     # CPU seconds per image and the cores actually obtained: when other work holds the CPUs,
     # the wall-clock scaling says little, but equal CPU cost per image at 1 and 2 workers
     # means the work itself splits cleanly; cpu_bound_scaling is the 2-worker speed-up those

@@ -17,6 +17,7 @@ from typing import Sequence
 import fsspec
 import msgpack
 
+from wds_tools.manifest import classes_per_shard
 from wds_tools.reader import SkipLog, iter_shard
 from wds_tools.urls import expand_urls
 
@@ -113,6 +114,7 @@ def _merge(reports: list[dict]) -> dict:
                 agg["sum"] += s["mean"] * s["n"]
         for k, c in r["flags"].items():
             total["flags"].setdefault(k, Counter()).update(c)
+    total["classes_per_shard"] = classes_per_shard([r["classes"] for r in reports])
     for agg in total["scores"].values():
         agg["mean"] = agg.pop("sum") / agg["n"] if agg["n"] else None
         if not agg["n"]:
@@ -129,11 +131,14 @@ def format_report(report: dict) -> str:
     lines = [f"{t['shards']} shard(s), {t['samples']} samples"]
     for r in report["shards"]:
         side = f"  sidecars: {', '.join(r['sidecars'])}" if r["sidecars"] else ""
-        lines.append(f"  {r['url']}: {r['samples']} samples{side}")
+        classes = f", {len(r['classes'])} classes" if r["classes"] else ""
+        lines.append(f"  {r['url']}: {r['samples']} samples{classes}{side}")
     lines.append(f"members:  {t['extensions']}")
     lines.append(f"sources:  {t['sources']}")
     if t["classes"]:
         lines.append(f"classes:  {t['classes']}")
+        c = t["classes_per_shard"]
+        lines.append(f"classes per shard: min {c['min']}  median {c['median']}  max {c['max']}")
     for k, s in t["scores"].items():
         if s["n"]:
             lines.append(f"score {k}: min {s['min']:.4g}  mean {s['mean']:.4g}  max {s['max']:.4g}  (n={s['n']}, missing {s['missing']})")

@@ -70,6 +70,16 @@ def list_shard_stats(output_dir: str | Path) -> list[ShardStats]:
     return out
 
 
+def classes_per_shard(by_class: list[dict]) -> dict:
+    """Distinct classes per shard: min, median, max over shards (how well shards mix classes)."""
+    counts = sorted(len(c) for c in by_class)
+    if not counts:
+        return {"min": 0, "median": 0, "max": 0}
+    mid = len(counts) // 2
+    median = counts[mid] if len(counts) % 2 else (counts[mid - 1] + counts[mid]) / 2
+    return {"min": counts[0], "median": median, "max": counts[-1]}
+
+
 def write_index(output_dir: str | Path, *, name: str, extra: dict | None = None) -> dict:
     """Write ``sizes.json`` (open_clip's trainer reads it) and ``dataset.json`` for ``output_dir``."""
     output_dir = Path(output_dir)
@@ -84,8 +94,10 @@ def write_index(output_dir: str | Path, *, name: str, extra: dict | None = None)
         "total_bytes": sum(s.bytes for s in shards),
         "num_shards": len(shards),
         "stats": {f: dict(sorted(c.items())) for f, c in totals.items()},
+        "classes_per_shard": classes_per_shard([s.by_class for s in shards]),
         "shards": [
-            {"name": s.name, "samples": s.samples, "bytes": s.bytes, "sha256": s.sha256} for s in shards
+            {"name": s.name, "samples": s.samples, "bytes": s.bytes, "sha256": s.sha256,
+             "classes": len(s.by_class), "by_class": dict(sorted(s.by_class.items()))} for s in shards
         ],
         **(extra or {}),
     }

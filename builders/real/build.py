@@ -128,7 +128,8 @@ def write_indexes(out: Path, results: list[UnitResult], cfg: RealBuildConfig) ->
         summary["splits"][split] = {
             "shards": manifest["num_shards"], "samples": manifest["total_samples"],
             "source_images": extra["source_images"], **counts, "skipped": extra["skipped"],
-            "by_caption_source": manifest["stats"]["by_caption_source"]}
+            "by_caption_source": manifest["stats"]["by_caption_source"],
+            "classes_per_shard": manifest["classes_per_shard"]}
         summary["source_images"] += extra["source_images"]
         total_skips.update(skips)
     summary["skipped"] = dict(sorted(total_skips.items()))
@@ -143,7 +144,10 @@ def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
     out = Path(cfg.output)
     items = read_items(cfg.input, image_root=cfg.image_root or None)
     units = plan_units(items, images_per_shard=cfg.images_per_shard, seed=cfg.seed,
-                       val_fraction=cfg.splits.val_fraction, test_fraction=cfg.splits.test_fraction)
+                       val_fraction=cfg.splits.val_fraction, test_fraction=cfg.splits.test_fraction,
+                       order=cfg.shard_order, augmentations=cfg.augment.per_image,
+                       spread=cfg.augment.spread_shards,
+                       augment_splits=SPLITS if cfg.splits.augment_heldout else ("train",))
     check_resumable(cfg, out)
     check_plan(units, out, overwrite=cfg.overwrite)
     prepare_output(units, out, overwrite=cfg.overwrite)
@@ -182,6 +186,9 @@ def format_summary(summary: dict, out: str | Path) -> str:
         lines.append(f"  {split:5s}: {s['shards']} shards, {s['samples']} samples from "
                      f"{s['source_images']} images = {s['real_original']} original + "
                      f"{s['real_augmented']} augmented + {s['zoom_crops']} zoom crops")
+        c = s.get("classes_per_shard")
+        if c and c["max"]:
+            lines.append(f"         classes per shard: min {c['min']}, median {c['median']}, max {c['max']}")
     if summary.get("preview"):
         lines.append(f"  preview: {summary['preview']}")
     if summary["skipped"]:

@@ -36,12 +36,17 @@ class AugmentConfig:
     saturation: float = 0.2
     rewrite_positions: bool = True
     m2b_captions: bool = True       # caption each augmented image anew with M2B/B2C
+    # Shards a source's original and augmentations are spread over (1: all in one shard). Each
+    # extra shard decodes the source again (and captions it again when a VLM is set).
+    spread_shards: int = 3
 
     def validate(self) -> None:
         if self.per_image < 0:
             raise ValueError(f"per_image must be >= 0, got {self.per_image}")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {self.crop_scale}")
+        if self.spread_shards < 1:
+            raise ValueError(f"spread_shards must be >= 1, got {self.spread_shards}")
 
 
 @dataclass
@@ -91,6 +96,9 @@ class RealBuildConfig:
     image_ext: Literal["jpg", "png", "webp"] = "jpg"
     quality: int = 90
     images_per_shard: int = 100     # source images per shard unit (each adds augs and crops)
+    # "permuted": keys in a seeded hash order, so shards mix classes; "sorted": key order (keys
+    # begin with the class folder, so each shard holds one or two classes).
+    shard_order: Literal["permuted", "sorted"] = "permuted"
     class_caption: str = "an aerial image of {cls}"   # used when the input has no caption
     executor: Literal["local", "ray"] = "local"
     workers: int = 0                # 0: one per CPU; with executor=local, 1 runs in-process

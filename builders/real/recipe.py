@@ -14,6 +14,8 @@ about the cropped region ("zoom").
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from PIL import Image
 from wds_tools.sample import encode_image, make_key, make_sample
@@ -62,14 +64,22 @@ def _sample(key: str, img: Image.Image, captions: list[str], sources: list[str],
 
 
 def build_item(key: str, item: SourceItem, square: Image.Image, split: str, cfg: RealBuildConfig,
-               *, vlm_caption: str | None = None) -> list[dict]:
-    """All samples of one source image (``square``: its centred square crop, source size).
+               *, vlm_caption: str | None = None, owned: bool = True,
+               augs: Sequence[int] | None = None) -> list[dict]:
+    """Samples of one source image (``square``: its centred square crop, source size).
 
-    Returns [] when the image ends up with no caption at all (the caller counts the skip).
+    ``owned``: write the original and its zoom crops; ``augs``: the augmentation indices to write
+    (None: all of them). The shard planner spreads a source's samples over several units this way.
+    Returns [] when the image ends up with no caption at all (the owner counts the skip).
     """
     caps, srcs = base_captions(item, cfg)
     if vlm_caption:
         caps, srcs = caps + [vlm_caption], srcs + ["vlm"]
+    if augs is None:
+        augs = range(cfg.augment.per_image)
+    if not owned:
+        return _augmented(key, square, caps, srcs, _detector(item), {"class": item.cls, "split": split},
+                          cfg, augs)
     orig = resize_square(square, cfg.size)
     regions: list[dict] = []
     o_caps, o_srcs = list(caps), list(srcs)
@@ -79,27 +89,32 @@ def build_item(key: str, item: SourceItem, square: Image.Image, split: str, cfg:
             o_caps, o_srcs = o_caps + [text], o_srcs + ["m2b_b2c"]
     if not o_caps:
         return []
-    detector = [b for b in item.boxes if b.get("source") == "detector"]
+    detector = _detector(item)
     common = {"class": item.cls, "split": split}
     out = [_sample(key, orig, o_caps, o_srcs, {
         **common, "kind": "original", "parent": None, "aug": None,
         "boxes": list(item.boxes) + (_boxes(regions) if cfg.m2b.enabled else [])}, cfg)]
     if split != "train" and not cfg.splits.augment_heldout:
         return out
-    out += _augmented(key, square, caps, srcs, detector, common, cfg)
+    out += _augmented(key, square, caps, srcs, detector, common, cfg, augs)
     if cfg.zoom.enabled:
         out += _zoom_crops(key, square, regions, detector, common, cfg)
     return out
 
 
-def _augmented(key, square, caps, srcs, detector, common, cfg) -> list[dict]:
+def _detector(item: SourceItem) -> list[dict]:
+    return [b for b in item.boxes if b.get("source") == "detector"]
+
+
+def _augmented(key, square, caps, srcs, detector, common, cfg, indices) -> list[dict]:
     a = cfg.augment
     out = []
-    if a.per_image == 0:
+    if a.per_image == 0 or not indices:
         return out
-    for i, p in enumerate(aug_params(seed=cfg.seed, key=key, count=a.per_image,
-                                     crop_scale=tuple(a.crop_scale), brightness=a.brightness,
-                                     contrast=a.contrast, saturation=a.saturation)):
+    params = aug_params(seed=cfg.seed, key=key, count=a.per_image, crop_scale=tuple(a.crop_scale),
+                        brightness=a.brightness, contrast=a.contrast, saturation=a.saturation)
+    for i in sorted(indices):
+        p = params[i]
         img = apply_aug(square, p, cfg.size)
         a_caps = [rewrite_positions(c, flip=p["flip"], rot90=p["rot90"]) if a.rewrite_positions
                   else c for c in caps]

@@ -64,14 +64,18 @@ def _vlm_captions(squares: list, cfg: RealBuildConfig) -> list[str | None]:
 
 
 def _load_squares(unit: Unit, cfg: RealBuildConfig, skips: SkipLog) -> Iterator[tuple]:
-    """(key, item, centre square) per readable image of ``unit``; unreadable ones are counted."""
-    for key, item in unit.items:
+    """(key, item, owned, aug indices, centre square) per readable source of ``unit``, each
+    decoded once; unreadable ones are counted by their owner unit only."""
+    for key, item, owned, augs in unit.work():
         try:
             img = load_rgb(item.path, draft_size=cfg.size)
         except UnreadableImage as e:
-            skips.add(e.reason, key=key, url=item.path)
+            if owned:
+                skips.add(e.reason, key=key, url=item.path)
+            else:
+                log.debug("%s: %s unreadable (counted by its owner shard)", unit.name, key)
             continue
-        yield key, item, center_square(img)
+        yield key, item, owned, augs, center_square(img)
 
 
 def _groups(items: Iterable, n: int) -> Iterator[list]:
@@ -98,10 +102,11 @@ def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
     group_size = max(cfg.vlm.batch_size, 1) if cfg.vlm.model else 1
     with ShardWriter(shard) as w:
         for group in _groups(_load_squares(unit, cfg, skips), group_size):
-            vlm = _vlm_captions([resize_square(sq, cfg.size) for _, _, sq in group], cfg)
-            for (key, item, square), vcap in zip(group, vlm):
-                samples = build_item(key, item, square, unit.split, cfg, vlm_caption=vcap)
-                if not samples:
+            vlm = _vlm_captions([resize_square(g[-1], cfg.size) for g in group], cfg)
+            for (key, item, owned, augs, square), vcap in zip(group, vlm):
+                samples = build_item(key, item, square, unit.split, cfg, vlm_caption=vcap,
+                                     owned=owned, augs=augs)
+                if owned and not samples:
                     skips.add("no_caption", key=key, url=item.path)
                 for s in samples:
                     w.write(s)

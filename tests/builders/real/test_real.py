@@ -178,3 +178,32 @@ def test_ucm_sample_caption_list_builds(tmp_path):
         m = originals[r["class"]]["json"]
         assert m["captions"][: len(r["captions"])] == r["captions"]
         assert m["caption_sources"][-1] == "m2b_b2c"
+
+
+def test_class_sorted_input_gives_class_mixed_shards_with_spread_augmentations(tmp_path):
+    from builders.demo_images import make_demo_tree
+
+    src = make_demo_tree(tmp_path / "src", per_class=4, size=32, seed=3)  # 5 class folders, sorted
+    fast = ["size=32", "images_per_shard=4", "workers=1", "m2b.analysis_size=32", "preview=false"]
+    build_real(load_config(RealBuildConfig, CONFIG, [f"input={src}", f"output={tmp_path / 'old'}", *fast,
+                                                      "shard_order=sorted", "augment.spread_shards=1"]),
+               progress=False)
+    summary = build_real(load_config(RealBuildConfig, CONFIG, [f"input={src}", f"output={tmp_path / 'new'}",
+                                                               *fast]), progress=False)
+    old, new = _read(tmp_path / "old" / "train"), _read(tmp_path / "new" / "train")
+    old_index = json.loads((tmp_path / "old" / "train" / "dataset.json").read_text())
+    new_index = json.loads((tmp_path / "new" / "train" / "dataset.json").read_text())
+    assert old_index["classes_per_shard"] == {"min": 1, "median": 1, "max": 1}
+    assert new_index["classes_per_shard"]["min"] >= 3, new_index["classes_per_shard"]
+    assert summary["splits"]["train"]["classes_per_shard"] == new_index["classes_per_shard"]
+    for entry in new_index["shards"]:
+        assert entry["classes"] == len(entry["by_class"]) and sum(entry["by_class"].values()) == entry["samples"]
+    # The same samples, byte for byte, only placed differently.
+    by_key = lambda shards: {s["__key__"]: s["jpg"].tobytes() for ss in shards.values() for s in ss}
+    assert by_key(old) == by_key(new)
+    shards_of: dict[str, set] = {}
+    for name, samples in new.items():
+        for s in samples:
+            shards_of.setdefault(s["json"]["parent"] or s["__key__"], set()).add(name)
+    assert len(shards_of) == 20 and all(len(v) == 3 for v in shards_of.values()), shards_of
+    assert summary["source_images"] == 20 and summary["splits"]["train"]["real_augmented"] == 100
