@@ -45,6 +45,20 @@ ABLATIONS = {
 }
 
 
+# The LoRA-against-full-fine-tune study (--study): what closes the gap at the same budget.
+STUDY_ARMS = {
+    "lr1e-3": "train.learning_rate=1e-3",
+    "lr3e-3": "train.learning_rate=3e-3",
+    "lr1e-2": "train.learning_rate=1e-2",
+    "lr3e-3_constant": "train.learning_rate=3e-3 train.schedule=constant",
+    "lr3e-3_rslora": "train.learning_rate=3e-3 lora.rslora=true",
+    "lr3e-3_r32_rslora": "train.learning_rate=3e-3 lora.rank=32 lora.rslora=true",
+    "lr3e-3_layernorms": "train.learning_rate=3e-3 lora.train_layernorms=true",
+    "lr3e-3_token_embedding": "train.learning_rate=3e-3 lora.train_token_embedding=true",
+    "lr3e-3_no_heads": "train.learning_rate=3e-3 lora.train_heads=false",
+}
+
+
 def prepare(name: str, work: Path, quick: bool) -> dict | None:
     """Shards of one data set, or None (with a message) when it is absent."""
     if name == "ucm":
@@ -53,7 +67,7 @@ def prepare(name: str, work: Path, quick: bool) -> dict | None:
             return None
         records = datasets.ucm_records(datasets.UCM_DIR)
     else:
-        n = 12 if quick else 24
+        n = 6 if quick else 24
         records = datasets.demo_records(work / "tiles", per_class=n, test=n // 3)
     return datasets.build_splits(records, work, size=64, images_per_shard=4)
 
@@ -128,6 +142,15 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
         result["runs"][arm] = {"figures": figs, "gain_over_base": gains, "seeds": rs,
                                "what": ABLATIONS.get(arm, ("", arm))[1]}
     result["verdict"] = verdict(result)
+    if args.study:
+        from benchmarks.learning.peft_reference import compare_with_peft
+        from training.config import LoraConfig
+
+        result["peft_reference"] = compare_with_peft(
+            base_set, model_cfg=runs.base_model_config(str(base_path)), lora=LoraConfig(),
+            steps=args.peft_steps, batch_size=args.batch_size, lr=3e-3)
+        log.info("%s peft reference: max |loss difference| %.2e over %d steps", name,
+                 result["peft_reference"]["max_abs_diff"], args.peft_steps)
     return result
 
 
@@ -161,13 +184,21 @@ def parse_args(argv=None):
     p.add_argument("--extra-arm", nargs=2, action="append", default=[], metavar=("NAME", "OVERRIDES"),
                    help="one more Stage 2 arm: name and space-separated overrides")
     p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--study", action="store_true",
+                   help="LoRA-vs-full-fine-tune study: learning rate, schedule, rsLoRA, what trains beside LoRA, "
+                        "and peft's LoRA as a reference (replaces the ablations)")
+    p.add_argument("--peft-steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=1, help="torch threads (every run, both trainers)")
     p.add_argument("--quick", action="store_true", help="smoke run: demo tiles, 1 seed, tiny budget")
     args = p.parse_args(argv)
+    if args.study:
+        args.no_ablations = True
+        args.extra_arm = list(STUDY_ARMS.items()) + args.extra_arm
     args.extra_arm = [(n, o.split()) for n, o in args.extra_arm]
     if args.quick:
-        args.datasets, args.seeds, args.samples, args.base_steps = ["demo"], args.seeds[:1], 64, 10
-        args.no_ablations = True
+        args.datasets, args.seeds, args.samples, args.base_steps = ["demo"], args.seeds[:1], 16, 3
+        args.batch_size, args.peft_steps, args.no_ablations = 8, 2, True
+        args.extra_arm = args.extra_arm[:1]
     return args
 
 
