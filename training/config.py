@@ -39,8 +39,10 @@ class DataConfig:
     # Exact per-batch proportions instead of independent per-sample draws.
     stratified: bool = False
     num_workers: int = 4
-    # Shards read and shuffled together per visit of a source (memory vs. mixing).
-    shards_per_chunk: int = 4
+    # Shards opened together and read interleaved per visit of a source (one sample held per shard).
+    shards_per_chunk: int = 16
+    # Raw samples a source's shuffle buffer holds (memory vs. mixing); it spans chunk boundaries.
+    shuffle_buffer: int = 2000
     crop_scale_min: float = 0.8
     hflip: bool = True
     # Draw one of meta["captions"] at random per sample; False = always the primary caption.
@@ -61,6 +63,12 @@ class LossConfig:
     use_fine_grained: bool = True
     fine_grained_weight: float = 0.3
     fine_grained_temperature: float = 0.07
+    # False negatives left out of the contrastive softmax (training/losses.py): samples of one
+    # source (an original and its augmentations and crops), samples with identical caption tokens,
+    # and, in the word-region loss, repeated tokens of one caption. All off = the plain losses.
+    mask_same_source: bool = True
+    mask_same_caption: bool = True
+    mask_repeated_words: bool = True
 
 
 @dataclass

@@ -5,8 +5,12 @@ Layout of the stream (all randomness counter-based, so any position can be rebui
 * Every (rank, loader worker) pair owns a *logical worker* id. Each source's shards are split by
   node and worker (``urls[g::ranks*workers]`` for global worker ``g``; every pair reads all
   shards when there are fewer shards than pairs) and are then **resampled with replacement**: chunk
-  ``c`` of a source is ``shards_per_chunk`` shards drawn by ``rng(seed, rank, worker, source, c)``
-  and shuffled together. The stream never ends, so every rank runs the same number of steps.
+  ``c`` of a source is ``shards_per_chunk`` shards drawn by ``rng(seed, rank, worker, source, c)``,
+  opened together and read interleaved (round-robin), so only one sample per open shard is held.
+  The stream never ends, so every rank runs the same number of steps.
+* A sample shuffle buffer of ``shuffle_buffer`` raw samples spans chunks: raw sample ``t`` gets a
+  seeded delay below the buffer size and samples leave in ``(t + delay, t)`` order (see
+  :func:`resampled_samples`); memory is bounded by the buffer, and the order is rebuildable.
 * Batch ``b`` of a logical worker picks the source of each slot with ``rng(seed, rank, worker, b)``
   (independent draws with the source weights, or exact per-batch counts when ``stratified``).
 * Per sample, the caption choice and the crop come from ``rng(..., chunk, offset)``.
@@ -15,7 +19,12 @@ Stages (small generators, each with a curried ``wds_tools.stages.stage`` wrapper
 ``resampled_samples -> quality_selected -> decoded_augmented``; per worker ``mix_batches ->
 collated`` (uint8 stack + one tokenizer call per batch). No stage reads ahead.
 
-A worker's position is ``{"batch": b, "streams": [[chunk, offset], ...]}``; it travels with every
+Each batch also carries int64 ``groups`` (source image: ``json["parent"]`` or the key of an
+original) and ``caption_ids`` (its token row) for the loss's false-negative masking, and ``mix``
+(distinct classes, same-source pairs) for the training log.
+
+A worker's position is ``{"batch": b, "streams": [[chunk, offset, t, last_key, last_t], ...]}``
+(per source, the shuffle's resume state, None before the first sample); it travels with every
 batch, the trainer keeps the newest one per worker, and a resumed loader restarts each worker from
 it (rotating worker ids so DataLoader's round-robin continues where it stopped). Quality-sidecar
 drops and corrupt samples are counted per batch and summed by the trainer.
@@ -23,10 +32,12 @@ drops and corrupt samples are counted per batch and summed by the trainer.
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import logging
 import math
 import re
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -49,7 +60,8 @@ from clip_models.text_tower import CachedTokenizer
 
 log = logging.getLogger(__name__)
 
-_TAG_CHUNK, _TAG_SAMPLE, _TAG_BATCH = 1, 2, 3
+_TAG_CHUNK, _TAG_SAMPLE, _TAG_BATCH, _TAG_DELAY = 1, 2, 3, 4
+_DELAY_BLOCK = 1024
 _MAX_EMPTY_CHUNKS = 50
 
 
@@ -75,7 +87,8 @@ class LoaderSpec:
     world_size: int = 1
     num_workers: int = 0
     stratified: bool = False
-    shards_per_chunk: int = 4
+    shards_per_chunk: int = 16
+    shuffle_buffer: int = 2000
     crop_scale_min: float = 0.8
     hflip: bool = True
     random_caption: bool = True
@@ -136,29 +149,98 @@ def worker_shards(spec: LoaderSpec, src_idx: int, worker: int) -> list[str]:
     return urls[g::total] if len(urls) >= total else list(urls)
 
 
-def resampled_samples(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int = 0, offset: int = 0,
-                      skips: SkipLog) -> Iterator[dict]:
-    """Source stage: endless raw samples of one source, tagged ``__pos__ = (source, chunk, offset)``."""
+def chunk_urls(spec: LoaderSpec, src_idx: int, worker: int, chunk: int) -> list[str]:
+    """The ``shards_per_chunk`` shards of chunk ``chunk``, drawn from this worker's pool."""
     pool = worker_shards(spec, src_idx, worker)
+    rng = _rng(spec.seed, spec.rank, worker, src_idx, chunk, _TAG_CHUNK)
+    return [pool[i] for i in rng.choice(len(pool), size=min(spec.shards_per_chunk, len(pool)), replace=False)]
+
+
+def interleave(iterators: list[Iterator[dict]]) -> Iterator[dict]:
+    """Round-robin over open iterators, dropping each as it ends: K shards read side by side."""
+    live = list(iterators)
+    while live:
+        nxt = []
+        for it in live:
+            item = next(it, None)
+            if item is not None:
+                nxt.append(it)
+                yield item
+        live = nxt
+
+
+def raw_stream(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int, offset: int,
+               skips: SkipLog) -> Iterator[tuple[int, int, dict]]:
+    """Endless (chunk, offset, raw sample) of one source from (chunk, offset) on: each chunk's
+    shards are opened together and read interleaved, holding one sample of each at a time."""
     name = spec.quality_sidecar
     has_sidecar: dict[str, bool] = {}
     empty = 0
     while True:
-        rng = _rng(spec.seed, spec.rank, worker, src_idx, chunk, _TAG_CHUNK)
-        samples = []
-        for i in rng.choice(len(pool), size=min(spec.shards_per_chunk, len(pool)), replace=False):
-            url = pool[i]
+        streams = []
+        for url in chunk_urls(spec, src_idx, worker, chunk):
             if name and url not in has_sidecar:
                 has_sidecar[url] = url_exists(sidecar_url(url, name))
             sidecars = (name,) if name and has_sidecar[url] else ()
-            samples.extend(iter_shard(url, sidecars=sidecars, allow_pipe=spec.allow_pipe, skips=skips))
-        order = rng.permutation(len(samples))
-        empty = 0 if samples else empty + 1
+            streams.append(iter_shard(url, sidecars=sidecars, allow_pipe=spec.allow_pipe, skips=skips))
+        n = -1
+        for n, sample in enumerate(interleave(streams)):
+            if n >= offset:
+                yield chunk, n, sample
+        empty = 0 if n >= 0 else empty + 1
         if empty > _MAX_EMPTY_CHUNKS:
             raise ValueError(f"source {spec.sources[src_idx].name!r}: its shards yield no samples")
-        for off in range(offset, len(samples)):
-            yield {**samples[order[off]], "__pos__": (src_idx, chunk, off)}
         chunk, offset = chunk + 1, 0
+
+
+def _delays(spec: LoaderSpec, src_idx: int, worker: int):
+    """delay(chunk, offset) in [0, shuffle_buffer): counter-based, so a replay draws the same."""
+    cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def delay(chunk: int, offset: int) -> int:
+        block = (chunk, offset // _DELAY_BLOCK)
+        if block not in cache:
+            cache.clear()
+            cache[block] = _rng(spec.seed, spec.rank, worker, src_idx, *block, _TAG_DELAY).integers(
+                0, spec.shuffle_buffer, size=_DELAY_BLOCK)
+        return int(cache[block][offset % _DELAY_BLOCK])
+    return delay
+
+
+def resampled_samples(*, spec: LoaderSpec, src_idx: int, worker: int, resume: list[int] | None = None,
+                      skips: SkipLog) -> Iterator[dict]:
+    """Source stage: endless shuffled raw samples of one source.
+
+    Shuffle buffer spanning chunks: raw sample number ``t`` (counted over all chunks) gets a seeded
+    delay ``d < shuffle_buffer`` and samples come out in ``(t + d, t)`` order. A sample can leave as
+    soon as sample ``t + d`` has been read, so at most ``shuffle_buffer`` samples are held, and the
+    output order is a fixed function of the seed: the resume state ``[chunk, offset, t, last_key,
+    last_t]`` (where the oldest held sample was read, and the order key of the last sample out)
+    rebuilds the buffer by re-reading at most ``shuffle_buffer`` raw samples. Each sample carries
+    ``__pos__ = (source, chunk, offset)`` (its raw position, which seeds its crop and caption) and
+    ``__resume__``, the state right after it.
+    """
+    if spec.shuffle_buffer < 1:
+        raise ValueError(f"shuffle_buffer must be >= 1, got {spec.shuffle_buffer}")
+    chunk, offset, t, last_key, last_t = resume or (0, 0, 0, -1, -1)
+    delay = _delays(spec, src_idx, worker)
+    heap: list = []
+    held: deque = deque()   # (t, chunk, offset) of held samples in read order
+    out: set[int] = set()   # t of samples out while an older one is still held
+    for c, o, sample in raw_stream(spec=spec, src_idx=src_idx, worker=worker, chunk=chunk, offset=offset,
+                                   skips=skips):
+        key = t + delay(c, o)
+        if (key, t) > (last_key, last_t):  # not out before the resume point
+            heapq.heappush(heap, (key, t, c, o, sample))
+            held.append((t, c, o))
+        while heap and heap[0][0] <= t:
+            k, tt, sc, so, raw = heapq.heappop(heap)
+            out.add(tt)
+            while held and held[0][0] in out:
+                out.discard(held.popleft()[0])
+            start = list(held[0]) if held else [t + 1, c, o + 1]
+            yield {**raw, "__pos__": (src_idx, sc, so), "__resume__": [start[1], start[2], start[0], k, tt]}
+        t += 1
 
 
 def quality_select(src: Iterable[dict], *, member: str | None, skips: SkipLog, drops: Counter,
@@ -196,7 +278,7 @@ def decode_augment(src: Iterable[dict], *, spec: LoaderSpec, worker: int, skips:
         rng = _rng(spec.seed, spec.rank, worker, s, chunk, offset, _TAG_SAMPLE)
         item = prepare_sample(raw, spec=spec, rng=rng, skips=skips)
         if item is not None:
-            item["__pos__"] = raw["__pos__"]
+            item["__pos__"], item["__resume__"] = raw["__pos__"], raw["__resume__"]
             yield item
 
 
@@ -204,15 +286,16 @@ quality_selected = stage(quality_select)
 decoded_augmented = stage(decode_augment)
 
 
-def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int, offset: int,
+def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, resume: list[int] | None,
                     skips: SkipLog, drops: Counter) -> wds.DataPipeline:
-    """Resampled shards -> quality selection -> decode + augment, for one source.
+    """Resampled, shuffled shards -> quality selection -> decode + augment, for one source.
 
-    No stage reads ahead, so the position of the last sample out is the stream's exact position.
+    Only the shuffle holds samples back, and its ``__resume__`` state accounts for them, so the
+    state of the last sample out is the stream's exact position.
     """
     member = f"{spec.quality_sidecar}.msgpack" if spec.quality_sidecar else None
     return wds.DataPipeline(
-        lambda: resampled_samples(spec=spec, src_idx=src_idx, worker=worker, chunk=chunk, offset=offset, skips=skips),
+        lambda: resampled_samples(spec=spec, src_idx=src_idx, worker=worker, resume=resume, skips=skips),
         quality_selected(member=member, skips=skips, drops=drops),
         decoded_augmented(spec=spec, worker=worker, skips=skips))
 
@@ -220,7 +303,8 @@ def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int, 
 def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, skips: SkipLog) -> dict | None:
     """Decode to uint8, crop, caption choice and class weight; None = counted skip."""
     key, url = raw["__key__"], raw.get("__url__")
-    sample = decode_sample({k: v for k, v in raw.items() if k != "__pos__"}, image="uint8", skips=skips)
+    sample = decode_sample({k: v for k, v in raw.items() if k not in ("__pos__", "__resume__")},
+                           image="uint8", skips=skips)
     if sample is None:
         return None
     ext = next((e for e in IMAGE_EXTS + ("jpeg",) if e in sample), None)
@@ -242,7 +326,27 @@ def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, ski
         caption = mirror_caption(caption)
     cls = meta.get("class")
     weight = spec.class_weights.get(str(cls), 1.0) if cls is not None else 1.0
-    return {"key": key, "image": image, "caption": caption, "weight": weight, "class": cls}
+    return {"key": key, "image": image, "caption": caption, "weight": weight, "class": cls,
+            "group": source_group(meta, key)}
+
+
+def source_group(meta: dict, key: str) -> str:
+    """The source image a sample was made from: ``json["parent"]``, or its own key (an original)."""
+    parent = meta.get("parent")
+    return parent if isinstance(parent, str) and parent else key
+
+
+def stable_id(data: str | bytes) -> int:
+    """int64 id of a string or bytes, equal in every process (unlike ``hash``)."""
+    raw = data.encode() if isinstance(data, str) else data
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little", signed=True)
+
+
+def batch_mix(classes: list, groups: list[str]) -> dict[str, int]:
+    """How mixed a batch is: distinct classes, and pairs of samples from one source image."""
+    sizes = Counter(groups).values()
+    return {"classes": len({c for c in classes if c is not None}),
+            "same_source_pairs": sum(n * (n - 1) // 2 for n in sizes)}
 
 
 def _deltas(before: dict, after: dict, prefix: str = "") -> dict[str, int]:
@@ -252,9 +356,9 @@ def _deltas(before: dict, after: dict, prefix: str = "") -> dict[str, int]:
 def mix_batches(spec: LoaderSpec, worker: int, state: dict | None = None) -> Iterator[dict]:
     """Source stage of a worker: per slot, the next sample of the source the batch plan names."""
     skips, drops = SkipLog(), Counter()
-    positions = [list(p) for p in (state["streams"] if state else [[0, 0]] * len(spec.sources))]
-    streams = [iter(source_pipeline(spec=spec, src_idx=i, worker=worker, chunk=c, offset=o, skips=skips,
-                                     drops=drops)) for i, (c, o) in enumerate(positions)]
+    positions = [list(p) if p else None for p in (state["streams"] if state else [None] * len(spec.sources))]
+    streams = [iter(source_pipeline(spec=spec, src_idx=i, worker=worker, resume=p, skips=skips,
+                                     drops=drops)) for i, p in enumerate(positions)]
     weights = [s.weight for s in spec.sources]
     b = state["batch"] if state else 0
     while True:
@@ -263,13 +367,12 @@ def mix_batches(spec: LoaderSpec, worker: int, state: dict | None = None) -> Ite
         items = []
         for s in plan:
             item = next(streams[s])
-            _, chunk, offset = item["__pos__"]
-            positions[s] = [chunk, offset + 1]
+            positions[s] = list(item["__resume__"])
             items.append({**item, "source": spec.sources[s].name})
         b += 1
         counts = {**_deltas(before, skips.as_dict(), "skip_"), **_deltas(dropped_before, drops)}
         yield {"items": items, "counts": counts,
-               "state": {"worker": worker, "batch": b, "streams": [list(p) for p in positions]}}
+               "state": {"worker": worker, "batch": b, "streams": [list(p) if p else None for p in positions]}}
 
 
 def collate_tokenize(src: Iterable[dict], *, tokenizer: dict) -> Iterator[dict]:
@@ -277,10 +380,15 @@ def collate_tokenize(src: Iterable[dict], *, tokenizer: dict) -> Iterator[dict]:
     tok = CachedTokenizer(build_tokenizer(tokenizer))  # augmentations repeat their parent's captions
     for batch in src:
         items = batch["items"]
+        text = tok([it["caption"] for it in items])
         yield {
             "keys": [it["key"] for it in items],
             "images": torch.stack([it["image"] for it in items]),
-            "text": tok([it["caption"] for it in items]),
+            "text": text,
+            # ids the loss masks false negatives by (identical tokens = identical caption)
+            "groups": torch.tensor([stable_id(it["group"]) for it in items], dtype=torch.int64),
+            "caption_ids": torch.tensor([stable_id(row.numpy().tobytes()) for row in text], dtype=torch.int64),
+            "mix": batch_mix([it["class"] for it in items], [it["group"] for it in items]),
             "captions": [it["caption"] for it in items],
             "weights": torch.tensor([it["weight"] for it in items], dtype=torch.float32),
             "sources": [it["source"] for it in items],

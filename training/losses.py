@@ -10,6 +10,18 @@ image-text pre-training"): per sample, each caption token is matched to a sparse
 sum of that image's patch embeddings and contrasted against the other tokens of the same caption.
 It needs no cross-sample token comparison (FILIP's token-wise max over all image/caption pairs is
 B^2 x L x P), so it costs one B x L x P product and needs no gather.
+
+False negatives (choice: masking, not multi-positive targets): an original and its augmentations
+(same ``group`` id: the parent key, or the key of an original) and samples whose captions tokenise
+identically (same ``caption`` id) are removed from each other's softmax denominators; each sample's
+own pair stays the only target. Multi-positive targets would pull an augmented crop towards its
+sibling's caption, which after a flip or crop may no longer describe it (M2B/B2C captions are made
+per image), and the identical captions of different sources (class templates) say nothing about
+whether the images match; masking only stops pushing such pairs apart. With no such pair in the
+batch the masked loss equals the plain one exactly. Ids are all-gathered, so pairs split across
+ranks are masked too. SPARC has no cross-sample negatives (each caption's words are contrasted with
+the other words of the same caption), so its false negatives are repeated tokens of one caption:
+they are masked the same way.
 """
 
 from __future__ import annotations
@@ -50,11 +62,47 @@ def global_weight_mean(weights: torch.Tensor) -> torch.Tensor:
     return total[0] / total[1]
 
 
+def gather_ids(ids: torch.Tensor) -> torch.Tensor:
+    """All ranks' int64 ids concatenated in rank order (no gradient); the local ids when alone."""
+    _, world = _dist_info()
+    if world == 1:
+        return ids
+    parts = [torch.empty_like(ids) for _ in range(world)]
+    dist.all_gather(parts, ids.contiguous())
+    return torch.cat(parts)
+
+
+def false_negative_mask(labels: torch.Tensor, ids: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """B x N: True where local row i and global column j share any id (``(local, global)`` pairs),
+    except each row's own target column ``labels[i]``."""
+    mask = torch.zeros(labels.numel(), ids[0][1].numel(), dtype=torch.bool, device=labels.device)
+    for local, every in ids:
+        mask |= local.unsqueeze(1) == every.unsqueeze(0)
+    mask[torch.arange(labels.numel(), device=labels.device), labels] = False
+    return mask
+
+
+def masked_clip_ce(logits_i2t: torch.Tensor, logits_t2i: torch.Tensor, labels: torch.Tensor,
+                   mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample symmetric cross-entropy and the (masked) logits; masked columns are -inf, so
+    they take no part in the softmax and get no gradient. ``mask=None`` is the plain loss."""
+    logits_i2t, logits_t2i = logits_i2t.float(), logits_t2i.float()
+    if mask is not None:
+        logits_i2t = logits_i2t.masked_fill(mask, float("-inf"))
+        logits_t2i = logits_t2i.masked_fill(mask, float("-inf"))
+    ce = (F.cross_entropy(logits_i2t, labels, reduction="none")
+          + F.cross_entropy(logits_t2i, labels, reduction="none")) / 2
+    return ce, logits_i2t, logits_t2i
+
+
 def weighted_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                       weights: torch.Tensor) -> dict[str, torch.Tensor]:
+                       weights: torch.Tensor, *, groups: torch.Tensor | None = None,
+                       captions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Symmetric InfoNCE over the global batch (gathered with gradient), rows weighted per sample.
 
-    Features must be L2-normalised. Returns ``loss`` (this rank's share), ``acc_i2t``, ``acc_t2i``.
+    Features must be L2-normalised. ``groups`` / ``captions``: int64 ids per local sample; pairs
+    sharing one are not negatives of each other (module docstring). Returns ``loss`` (this rank's
+    share), ``acc_i2t``, ``acc_t2i`` and ``masked_pairs`` (masked cells of this rank's rows).
     """
     rank, world = _dist_info()
     if world > 1:
@@ -65,14 +113,16 @@ def weighted_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor
     logits_i2t = logit_scale * image_features @ all_txt.T
     logits_t2i = logit_scale * text_features @ all_img.T
     labels = torch.arange(image_features.shape[0], device=image_features.device) + rank * image_features.shape[0]
-    ce = (F.cross_entropy(logits_i2t.float(), labels, reduction="none")
-          + F.cross_entropy(logits_t2i.float(), labels, reduction="none")) / 2
+    ids = [(i, gather_ids(i)) for i in (groups, captions) if i is not None]
+    mask = false_negative_mask(labels, ids) if ids else None
+    ce, logits_i2t, logits_t2i = masked_clip_ce(logits_i2t, logits_t2i, labels, mask)
     w = weights.to(ce.dtype)
     loss = (w * ce).sum() / (global_weight_mean(w) * w.numel())
     with torch.no_grad():
         acc_i2t = (logits_i2t.argmax(dim=1) == labels).float().mean()
         acc_t2i = (logits_t2i.argmax(dim=1) == labels).float().mean()
-    return {"loss": loss, "acc_i2t": acc_i2t, "acc_t2i": acc_t2i}
+        masked = mask.sum().float() if mask is not None else torch.zeros((), device=labels.device)
+    return {"loss": loss, "acc_i2t": acc_i2t, "acc_t2i": acc_t2i, "masked_pairs": masked}
 
 
 def word_token_mask(text: torch.Tensor) -> torch.Tensor:
@@ -85,11 +135,18 @@ def word_token_mask(text: torch.Tensor) -> torch.Tensor:
     return (text != 0) & (pos > 0) & (pos != eot)
 
 
+def repeated_token_mask(text: torch.Tensor) -> torch.Tensor:
+    """B x L x L: True where positions l != m of one caption hold the same token id."""
+    same = text.unsqueeze(2) == text.unsqueeze(1)
+    return same & ~torch.eye(text.shape[1], dtype=torch.bool, device=text.device)
+
+
 def sparc_loss(word_tokens: torch.Tensor, patch_tokens: torch.Tensor, word_mask: torch.Tensor, *,
-               temperature: float = 0.07) -> torch.Tensor:
+               temperature: float = 0.07, text: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample SPARC fine-grained loss (B,) for word tokens B x L x D and patches B x P x D.
 
-    Samples without any word token get 0.
+    ``text`` (token ids, B x L): a token repeated within a caption is not a negative of its other
+    occurrences (masked; see the module docstring). Samples without any word token get 0.
     """
     words = F.normalize(word_tokens.float(), dim=-1)
     patches = F.normalize(patch_tokens.float(), dim=-1)
@@ -103,6 +160,8 @@ def sparc_loss(word_tokens: torch.Tensor, patch_tokens: torch.Tensor, word_mask:
     logits = words @ grouped.transpose(1, 2) / temperature  # B x L x L
     valid = word_mask.bool()
     pair = valid.unsqueeze(1) & valid.unsqueeze(2)
+    if text is not None:
+        pair = pair & ~repeated_token_mask(text[:, : logits.shape[1]])
     logits = logits.masked_fill(~pair, -1e4)
     labels = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
     ce_w2v = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # word -> its grouped vision

@@ -31,6 +31,7 @@ from wds_tools.atomic import atomic_open
 from wds_tools.config import config_to_dict, save_config
 
 log = logging.getLogger(__name__)
+_DEVICE_KEYS = ("images", "text", "weights", "groups", "caption_ids")
 
 
 class Stage2Model(nn.Module):
@@ -69,16 +70,24 @@ def build_model(cfg: Stage2Config) -> tuple[Stage2Model, dict]:
     return Stage2Model(clip=clip, fine_grained=fine), {**counts, "lora_modules": len(wrapped), "fine_grained": fine}
 
 
+def _false_negative_ids(batch: dict, cfg: Stage2Config) -> dict[str, torch.Tensor | None]:
+    """The id tensors the contrastive loss masks by, as the loss config enables them."""
+    return {"groups": batch.get("groups") if cfg.loss.mask_same_source else None,
+            "captions": batch.get("caption_ids") if cfg.loss.mask_same_caption else None}
+
+
 def forward_losses(model: nn.Module, batch: dict, cfg: Stage2Config) -> dict[str, torch.Tensor]:
     """All loss terms of one (local) batch; ``total`` is what is back-propagated."""
     out = model(batch["images"], batch["text"])
     weights = batch["weights"]
-    terms = weighted_clip_loss(out["image"], out["text"], out["logit_scale"], weights)
+    terms = weighted_clip_loss(out["image"], out["text"], out["logit_scale"], weights,
+                               **_false_negative_ids(batch, cfg))
     terms["clip_loss"] = terms.pop("loss")
     total = terms["clip_loss"]
     if "patches" in out:
         per_sample = sparc_loss(out["words"], out["patches"], word_token_mask(batch["text"]),
-                                temperature=cfg.loss.fine_grained_temperature)
+                                temperature=cfg.loss.fine_grained_temperature,
+                                text=batch["text"] if cfg.loss.mask_repeated_words else None)
         terms["fine_grained_loss"] = weighted_mean(per_sample, weights)
         total = total + cfg.loss.fine_grained_weight * terms["fine_grained_loss"]
     terms["total_loss"] = total
@@ -210,7 +219,8 @@ def train(cfg: Stage2Config) -> dict:
     spec = LoaderSpec(sources=sources, batch_size=cfg.train.batch_size, image_size=image_size(model_of(accelerator, model)),
                       tokenizer=tokenizer_spec(clip_name), seed=cfg.train.seed, rank=rank, world_size=world,
                       num_workers=cfg.data.num_workers, stratified=cfg.data.stratified,
-                      shards_per_chunk=cfg.data.shards_per_chunk, crop_scale_min=cfg.data.crop_scale_min,
+                      shards_per_chunk=cfg.data.shards_per_chunk,
+                      shuffle_buffer=cfg.data.shuffle_buffer, crop_scale_min=cfg.data.crop_scale_min,
                       hflip=cfg.data.hflip, random_caption=cfg.data.random_caption,
                       quality_sidecar=cfg.data.quality_sidecar if cfg.data.use_quality else None,
                       allow_pipe=cfg.data.allow_pipe, class_weights=class_weights)
@@ -248,7 +258,7 @@ def train(cfg: Stage2Config) -> dict:
             keys_file.flush()
         # captions cut after the batch's last end-of-text token: exact for CLIP's causal text tower
         batch["text"] = trim_text(clip_ref, batch["text"])
-        moved = {k: batch[k].to(accelerator.device, non_blocking=True) for k in ("images", "text", "weights")}
+        moved = {k: batch[k].to(accelerator.device, non_blocking=True) for k in _DEVICE_KEYS if k in batch}
         with accelerator.accumulate(model):
             with accelerator.autocast():
                 terms = forward_losses(model, moved, cfg)
@@ -294,6 +304,9 @@ def model_of(accelerator, model: nn.Module) -> nn.Module:
 
 
 def _count_batch(batch: dict, counters: Counter, window: Counter) -> None:
+    window["batches"] += 1
+    for k, v in batch.get("mix", {}).items():   # classes and same-source pairs of this batch
+        window[f"mix_{k}"] += v
     for name in batch["sources"]:
         counters[f"samples_{name}"] += 1
         window[f"samples_{name}"] += 1
@@ -308,20 +321,26 @@ def _share(counts: Counter) -> float | None:
 
 def _log_entry(accelerator, run_log: RunLog, terms: dict, step: int, steps_per_epoch: int, scheduler,
                window: Counter, counters: Counter, samples_per_s: float) -> None:
-    names = [k for k in ("total_loss", "clip_loss", "fine_grained_loss", "acc_i2t", "acc_t2i") if k in terms]
+    names = [k for k in ("total_loss", "clip_loss", "fine_grained_loss", "acc_i2t", "acc_t2i", "masked_pairs")
+             if k in terms]
     values = accelerator.reduce(torch.stack([terms[k].detach().float() for k in names]), reduction="mean")
     local = torch.tensor([float(window.get("samples_synthetic", 0)),
                           float(sum(v for k, v in window.items() if k.startswith("samples_"))),
                           float(counters.get("samples_synthetic", 0)),
                           float(sum(v for k, v in counters.items() if k.startswith("samples_"))),
-                          float(counters.get("quality_dropped", 0))], device=accelerator.device)
+                          float(counters.get("quality_dropped", 0)), float(window.get("batches", 0)),
+                          float(window.get("mix_classes", 0)), float(window.get("mix_same_source_pairs", 0))],
+                         device=accelerator.device)
     shares = accelerator.reduce(local, reduction="sum").tolist()
     entry = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
     entry.update({k: round(v.item(), 6) for k, v in zip(names, values)})
     entry.update({"synthetic_share": round(shares[0] / max(shares[1], 1), 4),
                   "synthetic_share_total": round(shares[2] / max(shares[3], 1), 4),
                   "quality_dropped_total": int(shares[4]), "lr": scheduler.get_last_lr()[0],
-                  "samples_per_s": round(samples_per_s, 2), "nonfinite_steps": counters.get("nonfinite_steps", 0)})
+                  "samples_per_s": round(samples_per_s, 2), "nonfinite_steps": counters.get("nonfinite_steps", 0),
+                  # per loader batch (one rank's micro-batch), averaged over the logging interval
+                  "classes_per_batch": round(shares[6] / max(shares[5], 1), 3),
+                  "same_source_pairs_per_batch": round(shares[7] / max(shares[5], 1), 3)})
     if accelerator.is_main_process:
         run_log.entries.append(entry)
         log.info("step %d loss %.4f (clip %.4f) acc %.3f/%.3f synthetic share %.3f (total %.3f) dropped %d",

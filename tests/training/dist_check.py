@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from training.config import Stage2Config
+from training.data import stable_id
 from training.trainer import build_model, forward_losses, train
 from wds_tools.config import load_config
 
@@ -21,9 +22,14 @@ def fixed_global_batch(n: int, *, size: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
     words = ["airport", "forest", "river", "beach", "harbor", "farmland", "desert", "bridge"]
-    text = build_tokenizer(tokenizer_spec("tiny-clip"))([f"an aerial view of a {words[i % 8]} number {i}" for i in range(n)])
+    # Sample 6 repeats sample 1's caption; 0~4 and 2~7 are one source each: both pairs straddle the
+    # rank split, so the loss's false-negative masking needs the gathered ids.
+    captions = [f"an aerial view of a {words[j % 8]} number {j}" for j in (1 if i == 6 else i for i in range(n))]
+    text = build_tokenizer(tokenizer_spec("tiny-clip"))(captions)
     weights = torch.tensor([2.0 if i % 3 == 0 else 1.0 for i in range(n)])
-    return {"images": images, "text": text, "weights": weights}
+    groups = torch.tensor([stable_id(f"src{[0, 1, 2, 3, 0, 5, 6, 2][i % 8]}") for i in range(n)])
+    caption_ids = torch.tensor([stable_id(row.numpy().tobytes()) for row in text])
+    return {"images": images, "text": text, "weights": weights, "groups": groups, "caption_ids": caption_ids}
 
 
 def batch_loss_and_grads(cfg: Stage2Config, accelerator, batch: dict) -> dict:
@@ -42,7 +48,7 @@ def batch_loss_and_grads(cfg: Stage2Config, accelerator, batch: dict) -> dict:
     grads = {name: p.grad.norm().item() for name, p in accelerator.unwrap_model(model).named_parameters()
              if p.grad is not None}
     return {"loss": loss, "clip_loss": accelerator.reduce(terms["clip_loss"].detach(), reduction="mean").item(),
-            "grads": grads}
+            "masked_pairs": accelerator.reduce(terms["masked_pairs"], reduction="sum").item(), "grads": grads}
 
 
 def main(config: str, out: str, *overrides: str) -> None:

@@ -147,3 +147,85 @@ def test_corrupt_images_and_quality_members_are_counted_skips(tmp_path):
         counts.update(b["counts"])
     assert counts["skip_corrupt_jpg"] >= 1 and counts["skip_corrupt_quality.msgpack"] >= 1
     assert "quality_dropped" not in counts
+
+
+CLASSES8 = ["airport", "forest", "river", "beach"] * 2
+
+
+def _class_sorted_source(root, *, n_shards=8, originals=4, augs=2):
+    """Shards of one class each (a class-sorted build): originals followed by their augmentations."""
+    from tests.training.conftest import tile
+    from wds_tools.sample import encode_image, make_sample
+    from wds_tools.writer import shard_name, write_shard
+
+    root.mkdir(parents=True, exist_ok=True)
+    for s in range(n_shards):
+        cls, samples = f"{CLASSES8[s]}{s}", []
+        for i in range(originals):
+            key = f"c{s}_img{i}"
+            for a in range(augs + 1):
+                meta = {"source": "real", "class": cls, "captions": [f"{cls} image {i} copy {a}"],
+                        "parent": key if a else None}
+                samples.append(make_sample(key=key if a == 0 else f"{key}_aug_{a}",
+                                           image=encode_image(tile(CLASSES8[s], 10 * s + i, size=16)),
+                                           caption=meta["captions"][0], meta=meta))
+        write_shard(root / shard_name("real", s), samples)
+    return root
+
+
+def test_batches_from_class_sorted_shards_hold_many_classes(tmp_path):
+    src = _class_sorted_source(tmp_path / "sorted")
+    sources = build_sources([str(src)], [], 0.0)
+    spec = LoaderSpec(sources=sources, batch_size=8, image_size=16, tokenizer=TOKENIZER,
+                      shards_per_chunk=8, shuffle_buffer=48, quality_sidecar=None)
+    batches = _take(iter_batches(spec, 0), 12)
+    classes = [len({k.split("_")[0] for k in b["keys"]}) for b in batches]
+    assert [b["mix"]["classes"] for b in batches] == classes
+    assert np.mean(classes) >= 5, classes            # of 8 classes, 8 samples a batch
+    one_shard = LoaderSpec(sources=sources, batch_size=8, image_size=16, tokenizer=TOKENIZER,
+                           shards_per_chunk=1, shuffle_buffer=1, quality_sidecar=None)
+    assert {b["mix"]["classes"] for b in _take(iter_batches(one_shard, 0), 6)} <= {1, 2}  # the failure mode
+    for b in batches:  # same-source pairs and the ids the loss masks by
+        groups = [k.split("_aug_")[0] for k in b["keys"]]
+        assert b["mix"]["same_source_pairs"] == sum(groups.count(g) * (groups.count(g) - 1) // 2
+                                                    for g in set(groups))
+        same = [(i, j) for i in range(8) for j in range(8) if groups[i] == groups[j]]
+        assert all(b["groups"][i] == b["groups"][j] for i, j in same)
+        assert len(set(b["groups"].tolist())) == len(set(groups))
+        caps = b["captions"]
+        assert len(set(b["caption_ids"].tolist())) == len(set(caps))
+
+
+def test_shuffle_buffer_bounds_memory_and_resumes_across_chunks(tmp_path, monkeypatch):
+    from training import data
+
+    src = _class_sorted_source(tmp_path / "sorted", n_shards=4, originals=2, augs=1)  # 4 a shard
+    spec = LoaderSpec(sources=build_sources([str(src)], [], 0.0), batch_size=4, image_size=16,
+                      tokenizer=TOKENIZER, shards_per_chunk=2, shuffle_buffer=20, quality_sidecar=None)
+    pulled = [0]
+    real_iter_shard = data.iter_shard
+
+    def counting(*a, **kw):
+        for x in real_iter_shard(*a, **kw):
+            pulled[0] += 1
+            yield x
+    monkeypatch.setattr(data, "iter_shard", counting)
+    out, held = [], []
+    for n, item in enumerate(data.resampled_samples(spec=spec, src_idx=0, worker=0, skips=data.SkipLog())):
+        held.append(pulled[0] - n - 1)
+        out.append(item)
+        if n == 199:
+            break
+    assert max(held) <= 20 and max(held) >= 10, held       # bounded by the buffer, and used
+    positions = [it["__pos__"] for it in out]
+    assert len(set(positions)) == len(positions)            # each raw sample once
+    assert len({p[1] for p in positions[:20]}) >= 3          # the buffer spans chunks (8 samples each)
+    # Resume from the state after sample 77 equals the uninterrupted stream.
+    resumed = data.resampled_samples(spec=spec, src_idx=0, worker=0, resume=out[77]["__resume__"],
+                                     skips=data.SkipLog())
+    again = [next(resumed) for _ in range(100)]
+    assert [(it["__key__"], it["__pos__"], it["__resume__"]) for it in again] == \
+        [(it["__key__"], it["__pos__"], it["__resume__"]) for it in out[78:178]]
+    with pytest.raises(ValueError, match="shuffle_buffer"):
+        next(data.resampled_samples(spec=LoaderSpec(**{**spec.__dict__, "shuffle_buffer": 0}), src_idx=0,
+                                    worker=0, skips=data.SkipLog()))

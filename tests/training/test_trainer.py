@@ -53,6 +53,9 @@ def test_outputs_and_log_format(reference_run):
     for entry in saved["entries"]:
         for key in ("epoch", "total_loss", "clip_loss", "fine_grained_loss", "acc_i2t", "acc_t2i", "synthetic_share"):
             assert key in entry, key
+        # batch mix of 4-sample batches over 4 classes (a resampled sample may repeat: a same-source pair)
+        assert 1 <= entry["classes_per_batch"] <= 4 and 0 <= entry["same_source_pairs_per_batch"] <= 6
+        assert entry["masked_pairs"] >= 0
         total = entry["clip_loss"] + cfg.loss.fine_grained_weight * entry["fine_grained_loss"]
         assert entry["total_loss"] == pytest.approx(total, rel=1e-4)
     counters = saved["summary"]["counters"]

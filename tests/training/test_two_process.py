@@ -50,6 +50,12 @@ def test_two_ranks_train_in_sync_and_match_single_process(shard_dirs, tmp_path):
     assert ranks[0]["loss"] == pytest.approx(ranks[1]["loss"], abs=1e-7)
     assert ranks[0]["loss"] == pytest.approx(single["loss"], rel=1e-5)
     assert ranks[0]["clip_loss"] == pytest.approx(single["clip_loss"], rel=1e-5)
+    # 3 duplicate pairs (2 sources, 1 caption), masked both ways: 6 cells, 4 of them across ranks
+    assert single["masked_pairs"] == 6 and ranks[0]["masked_pairs"] == 6
+    cfg_off = load_config(Stage2Config, TINY_CONFIG, overrides + ["loss.mask_same_source=false",
+                                                                  "loss.mask_same_caption=false"])
+    plain = batch_loss_and_grads(cfg_off, Accelerator(cpu=True), fixed_global_batch(8, size=64))
+    assert abs(plain["clip_loss"] - single["clip_loss"]) > 1e-4  # masking changed the loss
     assert set(ranks[0]["grads"]) == set(single["grads"])
     for name, g in single["grads"].items():
         assert g > 0, name
