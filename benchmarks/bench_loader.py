@@ -5,7 +5,14 @@ workers, tokenise per batch (normalisation happens later, on the device). Baseli
 open_clip's trainer does in its WebDataset pipeline: PIL decode, RandomResizedCrop, ToTensor,
 Normalize and tokenise per sample, then batch.
 
-    python -m benchmarks.bench_loader [--workers 2] [--batches 40] [--out bench_out/loader]
+Equal work: on a CPU device the Stage 2 side is also charged for the float normalisation that the
+trainer does on the device (moved there, not removed), so two Stage 2 figures are printed: the
+loader alone, and the loader plus normalisation in the consuming process (the CPU-device figure).
+Captions are distinct per sample by default (``--caption-repeats 1``), so the tokenizer cache of
+the Stage 2 loader gains nothing it would not gain on a real set; ``--caption-repeats 6`` mimics a
+real set, where an original and its five augmentations share a caption.
+
+    python -m benchmarks.bench_loader [--workers 2] [--batches 40] [--caption-repeats 1] [--out bench_out/loader]
 """
 
 from __future__ import annotations
@@ -36,9 +43,19 @@ def aerial_tile(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def make_shards(root: Path, *, source: str, shards: int, per_shard: int, size: int, quality: bool) -> Path:
+WORDS = ("farmland", "roads", "river", "houses", "forest", "parking", "lake", "bridge", "field", "trees",
+         "runway", "beach", "harbor", "meadow", "church", "square")
+
+
+def caption(rng: np.random.Generator, n_words: int) -> str:
+    """A caption of ``n_words`` words drawn from a small aerial vocabulary."""
+    return "an aerial photo of " + " ".join(rng.choice(WORDS, size=n_words))
+
+
+def make_shards(root: Path, *, source: str, shards: int, per_shard: int, size: int, quality: bool,
+                caption_repeats: int = 1) -> Path:
     """JPEG shards of the sample contract (+ quality sidecars keeping 90 %)."""
-    out = root / source
+    out = root / f"{source}-rep{caption_repeats}"
     if (out / "dataset.json").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -47,7 +64,9 @@ def make_shards(root: Path, *, source: str, shards: int, per_shard: int, size: i
         samples, records = [], []
         for i in range(per_shard):
             key = make_key(source, s, i)
-            caps = [f"an aerial photo of farmland and roads {i}", f"fields seen from above {s}"]
+            # consecutive groups of `caption_repeats` samples share their captions, like a real set's augmentations
+            crng = np.random.default_rng([len(source), s, i // caption_repeats])
+            caps = [caption(crng, int(crng.integers(4, 16))), caption(crng, int(crng.integers(4, 16)))]
             meta = {"source": source, "captions": caps, "caption_sources": ["original", "vlm"], "class": "farmland"}
             samples.append(make_sample(key=key, image=encode_image(aerial_tile(rng, size), quality=90),
                                        caption=caps[0], meta=meta))
@@ -89,14 +108,30 @@ def openclip_style_loader(dirs: dict[str, Path], *, batch: int, workers: int, si
     return DataLoader(pipeline, batch_size=None, num_workers=workers, persistent_workers=False)
 
 
-def measure(loader, *, batches: int, warmup: int, batch: int) -> float:
-    """Samples/s over ``batches`` batches after ``warmup`` batches (worker start-up excluded)."""
+def normalise_like_trainer(batch) -> None:
+    """The trainer's device-side step (Stage2Model.forward): uint8 -> float, OpenAI mean/std."""
+    import open_clip
+    import torch
+
+    images = batch["images"]
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    (images.float() / 255.0 - mean) / std
+
+
+def measure(loader, *, batches: int, warmup: int, batch: int, consume=None) -> float:
+    """Samples/s over ``batches`` batches after ``warmup`` batches (worker start-up excluded).
+
+    ``consume(batch)`` runs in this process on every timed batch (work charged to this side).
+    """
     it = iter(loader)
     for _ in range(warmup):
         next(it)
     t0 = time.perf_counter()
     for _ in range(batches):
-        next(it)
+        b = next(it)
+        if consume is not None:
+            consume(b)
     rate = batches * batch / (time.perf_counter() - t0)
     del it
     return rate
@@ -112,23 +147,35 @@ def main(argv=None) -> int:
     ap.add_argument("--source-size", type=int, default=256, help="stored JPEG size")
     ap.add_argument("--out", default="bench_out/loader")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds, best of each kept")
+    ap.add_argument("--caption-repeats", type=int, default=1,
+                    help="samples sharing one caption (1 = every caption distinct; a real set repeats about 6)")
     args = ap.parse_args(argv)
+    if args.caption_repeats < 1:
+        raise SystemExit(f"--caption-repeats must be >= 1, got {args.caption_repeats}")
     out = Path(args.out)
     dirs = {name: make_shards(out / "shards", source=name, shards=6, per_shard=100, size=args.source_size,
-                              quality=(name == "synthetic")) for name in ("real", "synthetic")}
-    results = {"stage2_uint8": [], "openclip_float": []}
-    for _ in range(args.rounds):  # alternate so both see the same machine load
-        for name, build in (("stage2_uint8", stage2_loader), ("openclip_float", openclip_style_loader)):
+                              quality=(name == "synthetic"), caption_repeats=args.caption_repeats)
+            for name in ("real", "synthetic")}
+    runs = (("stage2_uint8", stage2_loader, None),
+            ("stage2_uint8+normalise", stage2_loader, normalise_like_trainer),
+            ("openclip_float", openclip_style_loader, None))
+    results: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    for _ in range(args.rounds):  # alternate so all see the same machine load
+        for name, build, consume in runs:
             loader = build(dirs, batch=args.batch, workers=args.workers, size=args.size)
-            results[name].append(measure(loader, batches=args.batches, warmup=args.warmup, batch=args.batch))
+            results[name].append(measure(loader, batches=args.batches, warmup=args.warmup, batch=args.batch,
+                                         consume=consume))
     best = {k: max(v) for k, v in results.items()}
-    ratio = best["stage2_uint8"] / best["openclip_float"]
-    print(f"workers={args.workers} batch={args.batch} image={args.size}px from {args.source_size}px JPEG")
+    ratios = {k: best[k] / best["openclip_float"] for k in ("stage2_uint8", "stage2_uint8+normalise")}
+    print(f"workers={args.workers} batch={args.batch} image={args.size}px from {args.source_size}px JPEG, "
+          f"captions repeated x{args.caption_repeats}")
     for k, v in results.items():
-        print(f"  {k:16s} {best[k]:8.1f} samples/s   (rounds: {', '.join(f'{x:.1f}' for x in v)})")
-    print(f"  ratio stage2 / open_clip-style: {ratio:.2f}x (target >= 1.8x)")
+        print(f"  {k:24s} {best[k]:8.1f} samples/s   (rounds: {', '.join(f'{x:.1f}' for x in v)})")
+    print(f"  ratio stage2 loader alone / open_clip-style:        {ratios['stage2_uint8']:.2f}x")
+    print(f"  ratio stage2 + normalisation (CPU device) / open_clip: {ratios['stage2_uint8+normalise']:.2f}x "
+          "(target >= 1.8x; on a GPU the normalisation runs on the device)")
     (out / "results.json").write_text(json.dumps({"args": vars(args), "samples_per_s": results,
-                                                 "best": best, "ratio": ratio}, indent=2))
+                                                 "best": best, "ratios": ratios}, indent=2))
     return 0
 
 

@@ -10,6 +10,9 @@ Figures (source images/s):
 - (b) with 2 workers against 1: target >= 1.7x on a 2-core machine;
 - (b) with ``augment.spread_shards=1`` (a source's samples in one shard), 1 worker: the cost of
   spreading a source over shards (each extra shard decodes it again), as full_1w / this.
+- (b) as two fresh processes, each a 1-worker build of half the images, run at once, against one
+  fresh 1-worker process building all of them: the scaling two independent builds get, with
+  no pool at all. A pool that scales worse than this pays an extra cost per image.
 Each figure is the best of interleaved repeats (see best_of). Anything else running on the
 machine lowers the 2-worker figure most: check the load average before trusting it.
 Source images are procedural aerial-like JPEGs (builders.demo_images) written at --source-size.
@@ -85,7 +88,8 @@ def bare_loop(paths: list[Path], size: int = 256, quality: int = 90) -> float:
     return len(paths) / wall
 
 
-def build_rate(src: Path, out: Path, n: int, *overrides: str, label: str = "") -> float:
+def build_rate(src: Path, out: Path, n: int, *overrides: str, label: str = "", n_is_int: bool = False) -> float:
+    n = int(n) if n_is_int else n
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(RealBuildConfig, CONFIG, [f"input={src}", f"output={out}", *overrides])
     c, t = _cpu_seconds(), time.perf_counter()
@@ -96,21 +100,66 @@ def build_rate(src: Path, out: Path, n: int, *overrides: str, label: str = "") -
     return n / wall
 
 
+_FRESH = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from benchmarks.bench_real_builder import build_rate
+print(build_rate(*sys.argv[1:4], *sys.argv[4:], n_is_int=True))
+"""
+
+
+def fresh_processes(srcs: list[Path], outs: list[Path], n_each: int, *overrides: str) -> float:
+    """Source images/s of ``len(srcs)`` fresh interpreters building at once, one folder each.
+
+    Each child times its own build (imports and interpreter start-up excluded); the combined rate
+    is all images over the slowest child's build time.
+    """
+    import subprocess
+
+    code = _FRESH.format(repo=str(Path(__file__).resolve().parents[1]))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(src), str(out), str(n_each), *overrides],
+                              stdout=subprocess.PIPE, text=True) for src, out in zip(srcs, outs)]
+    rates = []
+    for proc in procs:
+        stdout, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"fresh build process failed with exit code {proc.returncode}")
+        rates.append(float(stdout.strip().splitlines()[-1]))
+    slowest_s = max(n_each / r for r in rates)
+    return n_each * len(procs) / slowest_s
+
+
+def split_sources(src: Path, halves: int) -> list[Path]:
+    """``halves`` folders of links to every ``halves``-th image of ``src`` (same class tree)."""
+    files = sorted(p for p in src.rglob("*.jpg"))
+    dirs = []
+    for h in range(halves):
+        d = src.with_name(f"{src.name}_part{h}of{halves}")
+        for p in files[h::halves]:
+            link = d / p.relative_to(src)
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(p.resolve())
+        dirs.append(d)
+    return dirs
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["bare", "originals_1w", "full_1w", "full_2w"]
+    names = ["bare", "originals_1w", "full_1w", "full_2w", "fresh_1proc", "fresh_2proc"]
     vals = [results[k] for k in names]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar(names, vals, color=["grey", "tab:blue", "tab:orange", "tab:green"])
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    ax.bar(names, vals, color=["grey", "tab:blue", "tab:orange", "tab:green", "tab:orange", "tab:green"])
     for i, v in enumerate(vals):
         ax.text(i, v, f"{v:.1f}", ha="center", va="bottom")
     ax.set_ylabel("source images / s")
     ax.set_title(f"real builder: a/bare = {results['ratio_originals_vs_bare']:.2f}, "
-                 f"2w/1w = {results['scaling_2w_vs_1w']:.2f}x")
+                 f"2w/1w = {results['scaling_2w_vs_1w']:.2f}x, "
+                 f"2 fresh processes / 1 = {results['scaling_fresh_2proc_vs_1proc']:.2f}x")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -161,6 +210,13 @@ def main(argv: list[str] | None = None) -> dict:
         lambda: build_rate(src_full, out / "b", nf, *common, "workers=1", label="1w"),
         lambda: build_rate(src_full, out / "b2", nf, *common, "workers=2", label="2w"),
         lambda: build_rate(src_full, out / "b1", nf, *common, "workers=1", "augment.spread_shards=1"))
+    halves = split_sources(src_full, 2)
+    r["fresh_1proc"], r["fresh_2proc"] = best_of(
+        max(args.repeats - 1, 1),
+        lambda: fresh_processes([src_full], [out / "f1"], nf, *common, "workers=1"),
+        lambda: fresh_processes(halves, [out / "f2a", out / "f2b"], nf // 2, *common, "workers=1"))
+    r["scaling_fresh_2proc_vs_1proc"] = r["fresh_2proc"] / r["fresh_1proc"]
+    r["pool_vs_fresh_processes"] = r["full_2w"] / r["fresh_2proc"]
     r["load_avg_after"] = round(os.getloadavg()[0], 2)
     r["ratio_originals_vs_bare"] = r["originals_1w"] / r["bare"]
     r["scaling_2w_vs_1w"] = r["full_2w"] / r["full_1w"]

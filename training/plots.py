@@ -17,7 +17,7 @@ ACC_KEYS = ("acc_i2t", "acc_t2i", "synthetic_share")
 
 def plot_training_log(log: dict, path: str | Path) -> Path:
     """Two panels (losses; in-batch accuracies and synthetic share) from training_log entries."""
-    entries = log.get("entries", [])
+    entries = log.get("training_log", [])
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     steps = [e["step"] for e in entries]
     for key in LOSS_KEYS:

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from torch import nn
-from tqdm import tqdm
 
 from training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, save_final
 from training.config import Stage2Config
@@ -28,6 +27,7 @@ from clip_models.model import (build_tokenizer, create_clip, encode_image_tokens
 from training.plots import plot_training_log
 from clip_models.text_tower import encode_text, encode_text_tokens, trim_text
 from wds_tools.atomic import atomic_open
+from wds_tools.progress import progress
 from wds_tools.config import config_to_dict, save_config
 
 log = logging.getLogger(__name__)
@@ -155,12 +155,13 @@ class RunLog:
     def __init__(self, *, path: Path, config: dict, saved: dict | None = None) -> None:
         self.path, self.config = path, config
         saved = saved or {}
-        self.entries: list[dict] = list(saved.get("entries", []))
+        # "training_log" is the seed's key; "entries" is read from checkpoints written before the rename
+        self.entries: list[dict] = list(saved.get("training_log", saved.get("entries", [])))
         self.evaluation: dict = dict(saved.get("evaluation", {}))
         self.summary: dict = dict(saved.get("summary", {}))
 
     def to_dict(self) -> dict:
-        return {"config": self.config, "entries": self.entries, "evaluation": self.evaluation, "summary": self.summary}
+        return {"config": self.config, "training_log": self.entries, "evaluation": self.evaluation, "summary": self.summary}
 
     def write(self) -> None:
         with atomic_open(self.path, "w") as f:
@@ -181,6 +182,10 @@ def train(cfg: Stage2Config) -> dict:
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
                               gradient_accumulation_steps=cfg.train.grad_accum)
     rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
+        # A launch that meant N processes but started one is visible here, not only in the speed.
+        log.info("world size %d (%s), device %s, mixed precision %s", world,
+                 accelerator.distributed_type.value, accelerator.device, accelerator.mixed_precision)
     out_dir = Path(cfg.train.output)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +251,8 @@ def train(cfg: Stage2Config) -> dict:
     keys_file = open(out_dir / f"sample_keys.rank{rank}.jsonl", "a") if cfg.train.log_sample_keys else None
     window: Counter = Counter()
     t0, step_t0 = time.time(), step
-    bar = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="stage2")
+    bar = progress(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="stage2",
+                   unit="step")
     model.train()
     micro = 0
     clip_ref = model_of(accelerator, model)

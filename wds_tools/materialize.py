@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Sequence
 
 import msgpack
-from tqdm import tqdm
 
 from wds_tools.config import parse_cli, save_config
 from wds_tools.manifest import stats_path, write_index
+from wds_tools.progress import progress
 from wds_tools.reader import SkipLog, iter_shard
 from wds_tools.urls import expand_urls, is_shard_name
 from wds_tools.writer import RollingShardWriter
@@ -76,7 +76,9 @@ def materialize(cfg: MaterializeConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     skips, dropped, kept = SkipLog(), SkipLog(), 0
     with RollingShardWriter(output_dir=out, prefix=cfg.prefix, maxcount=cfg.maxcount) as writer:
-        for url in tqdm(urls, desc="materialize", unit="shard"):
+        bar = progress(total=len(urls), desc="materialize", unit="shard")
+        for url in urls:
+            bar.update()
             for sample in iter_shard(url, sidecars=cfg.sidecars, allow_pipe=cfg.allow_pipe, skips=skips):
                 reason = keep_verdict(sample, cfg.require_keep)
                 if reason is not None:
@@ -84,6 +86,7 @@ def materialize(cfg: MaterializeConfig) -> dict:
                     continue
                 writer.write({k: v for k, v in sample.items() if k != "__url__"})
                 kept += 1
+        bar.close()
     _remove_stale(out, cfg.prefix, keep={s.name for s in writer.stats})
     save_config(cfg, out / "config.yaml")
     extra = {"materialized_from": urls, "kept": kept, "dropped": dropped.as_dict(), "skipped": skips.as_dict()}

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from clip_models.scoring import load_clip, resolve_device
 from builders.quality.clip_score import ClipScorer
@@ -32,6 +31,7 @@ from wds_tools.atomic import write_json
 from wds_tools.config import config_to_dict, save_config
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_stats
+from wds_tools.progress import progress
 from wds_tools.sidecar import read_sidecar, write_sidecar
 from wds_tools.urls import expand_urls, is_remote, sidecar_url, url_exists
 
@@ -107,7 +107,7 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
         pin_memory=device.type == "cuda",
     )
     collector = ShardCollector(plan=plan, on_complete=lambda url, recs, keys: _write_pending(url, recs, cfg, keys))
-    bar = tqdm(total=_expected_samples(urls), unit="img", desc="scoring", dynamic_ncols=True)
+    bar = progress(total=_expected_samples(urls), unit="img", desc="scoring")
     threads = torch.get_num_threads()
     if device.type == "cpu" and (nw or cfg.loader.main_threads) and not stream.scorer:
         # the workers decode on the same cores: more model threads would spin-wait against them

@@ -25,10 +25,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tqdm import tqdm
 from wds_tools.atomic import write_json
 from wds_tools.config import ConfigError, config_to_dict, save_config
 from wds_tools.manifest import write_index
+from wds_tools.progress import progress as progress_bar
 
 from builders.common.executors import run_units
 from builders.common.inputs import SPLITS, read_items
@@ -156,8 +156,7 @@ def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
                                  "shards": {u.name: len(u.items) for u in units}})
     results: list[UnitResult] = []
     start = time.perf_counter()
-    bar = tqdm(total=sum(len(u.items) for u in units), unit="img", desc="real build",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=sum(len(u.items) for u in units), unit="img", desc="real build", disable=not progress)
 
     def done(r: UnitResult) -> None:
         results.append(r)

@@ -49,8 +49,8 @@ def test_outputs_and_log_format(reference_run):
     out, cfg, log = reference_run
     saved = json.loads((out / "training_log.json").read_text())
     assert list(saved)[0] == "config" and saved["config"]["train"]["max_steps"] == 7
-    assert [e["step"] for e in saved["entries"]] == list(range(1, 8))
-    for entry in saved["entries"]:
+    assert [e["step"] for e in saved["training_log"]] == list(range(1, 8))
+    for entry in saved["training_log"]:
         for key in ("epoch", "total_loss", "clip_loss", "fine_grained_loss", "acc_i2t", "acc_t2i", "synthetic_share"):
             assert key in entry, key
         # batch mix of 4-sample batches over 4 classes (a resampled sample may repeat: a same-source pair)
@@ -145,8 +145,8 @@ def test_kill9_then_resume_sees_the_same_samples(reference_run, shard_dirs, tmp_
     assert resumed == reference
     log = json.loads((tmp_path / "training_log.json").read_text())
     ref_log = json.loads((ref_out / "training_log.json").read_text())
-    assert [e["step"] for e in log["entries"]] == list(range(1, 8))
-    for a, b in zip(log["entries"], ref_log["entries"]):
+    assert [e["step"] for e in log["training_log"]] == list(range(1, 8))
+    for a, b in zip(log["training_log"], ref_log["training_log"]):
         assert a["total_loss"] == pytest.approx(b["total_loss"], rel=1e-4)
     ours = torch.load(tmp_path / "lora_final.pt", weights_only=True)
     ref = torch.load(ref_out / "lora_final.pt", weights_only=True)
