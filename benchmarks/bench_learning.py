@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 
 from benchmarks.learning import datasets, filtering, runs
-from benchmarks.learning.base import pretrain_base
 from benchmarks.learning.heldout import load_split
 from benchmarks.learning.plot import plot_results
 
@@ -59,13 +58,14 @@ STUDY_ARMS = {
 }
 
 
-def prepare(name: str, work: Path, quick: bool) -> dict | None:
+def prepare(name: str, work: Path, args) -> dict | None:
     """Shards of one data set, or None (with a message) when it is absent."""
+    quick = args.quick
     if name == "ucm":
-        if not (datasets.UCM_DIR / "captions.json").exists():
-            print(f"ucm: skipped, {datasets.UCM_DIR} is absent")
+        if not (Path(args.ucm) / "captions.json").exists():
+            print(f"ucm: skipped, {args.ucm} is absent")
             return None
-        records = datasets.ucm_records(datasets.UCM_DIR)
+        records = datasets.ucm_records(Path(args.ucm))
     else:
         n = 6 if quick else 24
         records = datasets.demo_records(work / "tiles", per_class=n, test=n // 3)
@@ -83,14 +83,12 @@ def summarise(values: list[float]) -> dict:
 
 def run_dataset(name: str, args, out: Path) -> dict | None:
     work = out / name
-    splits = prepare(name, work, args.quick)
+    splits = prepare(name, work, args)
     if splits is None:
         return {"skipped": "data set absent"}
-    base_set = load_split(splits["train"], size=64, sources=None)
     heldout = load_split(splits["test"], size=64)
-    base_path = work / "base.pt"
-    base_info = pretrain_base(base_set, model=runs.base_model_config(""), out=base_path,
-                              steps=args.base_steps, batch_size=args.batch_size, lr=1e-3)
+    base_info = runs.stand_in_base(splits["train"], work / "base", steps=args.base_steps, batch_size=args.batch_size)
+    base_path = Path(base_info["path"])
     filt = filtering.run_filter(splits["train"], base=str(base_path), report_dir=work / "filter_report")
     result = {"splits": {k: str(v) for k, v in splits.items()}, "base": {**base_info, **runs.score_checkpoint(str(base_path), heldout)},
               "filter": filt, "heldout_images": len(heldout.images), "runs": {}}
@@ -147,7 +145,7 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
         from training.config import LoraConfig
 
         result["peft_reference"] = compare_with_peft(
-            base_set, model_cfg=runs.base_model_config(str(base_path)), lora=LoraConfig(),
+            load_split(splits["train"], size=64, sources=None), model_cfg=runs.base_model_config(str(base_path)), lora=LoraConfig(),
             steps=args.peft_steps, batch_size=args.batch_size, lr=3e-3)
         log.info("%s peft reference: max |loss difference| %.2e over %d steps", name,
                  result["peft_reference"]["max_abs_diff"], args.peft_steps)
@@ -174,6 +172,7 @@ def verdict(result: dict) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_learning", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench_out/learning")
+    p.add_argument("--ucm", default=str(datasets.UCM_DIR), help="the UCM sample folder (captions.json, images/)")
     p.add_argument("--datasets", nargs="+", default=["ucm", "demo"], choices=["ucm", "demo"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--samples", type=int, default=3072, help="training budget in samples, every run")

@@ -18,8 +18,9 @@ from wds_tools.config import parse_cli
 
 log = logging.getLogger(__name__)
 
-UCM_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "ucm_sample"
 REPO = Path(__file__).resolve().parents[2]
+# The development sample beside the checkout (../shared/data/ucm_sample); --ucm points elsewhere.
+UCM_DIR = REPO.parent / "shared" / "data" / "ucm_sample"
 
 
 def ucm_records(root: Path, *, test: int = 4) -> list[dict]:

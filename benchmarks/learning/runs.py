@@ -19,7 +19,7 @@ from clip_models.model import build_tokenizer, create_clip, tokenizer_spec
 from clip_models.config import ModelConfig
 from training.config import Stage2Config
 from training.evaluate import EvalSet, evaluate_model
-from wds_tools.config import parse_cli
+from wds_tools.config import config_to_dict, parse_cli
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,28 @@ def score(model: torch.nn.Module, heldout: EvalSet) -> dict:
 def score_checkpoint(path: str, heldout: EvalSet) -> dict:
     """Score an open_clip state dict (base or open_clip_train checkpoint)."""
     return score(create_clip(base_model_config(path)), heldout)
+
+
+def stand_in_base(train_dir: str, out: Path, *, steps: int, batch_size: int) -> dict:
+    """The project's stand-in base (training.base, configs/train/base-tiny.yaml) trained on the train
+    split; a finished one with the same data and steps is reused."""
+    from training.base import BaseConfig, train_base
+
+    argv = ["--config", str(REPO / "configs/train/base-tiny.yaml"), f"data.real={json.dumps([train_dir])}",
+            f"train.output={out}", f"train.steps={steps}", f"train.batch_size={batch_size}",
+            "data.num_workers=0", "train.device=cpu", f"train.log_every={max(1, steps // 10)}"]
+    cfg = parse_cli(BaseConfig, argv, prog="bench_learning", description="", default_config=None)
+    log_file = out / "base_log.json"
+    saved = json.loads(log_file.read_text()) if log_file.exists() and (out / "base.pt").exists() else None
+    if saved and saved["config"]["train"] == json.loads(json.dumps(config_to_dict(cfg)["train"])) \
+            and saved["config"]["data"]["real"] == [train_dir]:
+        log.info("reusing the stand-in base in %s", out)
+    else:
+        saved = train_base(cfg)
+    entries = saved["training_log"]
+    return {"path": str(out / "base.pt"), "steps": steps, "batch_size": batch_size,
+            "seconds": saved["summary"]["seconds"], "loss_first": entries[0]["total_loss"],
+            "loss_last": entries[-1]["total_loss"]}
 
 
 def stage2_config(*, base: str, real: list[str], synthetic: list[str], out: Path, seed: int,

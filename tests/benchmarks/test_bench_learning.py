@@ -12,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # about 1 minute of CPU; several minutes of wall time on a busy 2-core machine
 def test_bench_learning_quick_study(tmp_path):
     pytest.importorskip("matplotlib")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
