@@ -9,7 +9,7 @@ Figures (source images/s):
 - (b) the full default recipe (5 augmentations, M2B/B2C, zoom crops), 1 worker;
 - (b) with 2 workers against 1: target >= 1.7x on a 2-core machine;
 - (b) with ``augment.spread_shards=1`` (a source's samples in one shard), 1 worker: the cost of
-  spreading a source over shards (each extra shard decodes it again), as full_1w / this.
+  spreading a source over shards (each extra shard decodes it again), as full_1w / this;
 - (b) as two fresh processes, each a 1-worker build of half the images, run at once, against one
   fresh 1-worker process building all of them: the scaling two independent builds get, with
   no pool at all. A pool that scales worse than this pays an extra cost per image.

@@ -23,6 +23,9 @@ import numpy as np
 from PIL import Image
 
 CLASSES = ("water", "forest", "urban", "farmland", "beach")
+# farmland needs room for three parcel edges 4 px from the sides; above the maximum one tile
+# alone would take gigabytes while it is drawn
+MIN_SIZE, MAX_SIZE = 16, 4096
 WATER_SIDES = ("bottom", "right", "top", "left")
 
 
@@ -113,6 +116,8 @@ def draw_tile(cls: str, index: int, *, size: int = 64, seed: int = 0) -> Image.I
     """One tile of class ``cls``; ``index`` picks the variant (and the beach's water side)."""
     if cls not in CLASSES:
         raise ValueError(f"unknown demo class {cls!r}; choose from {CLASSES}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"tile size must be in {MIN_SIZE}..{MAX_SIZE} px, got {size}")
     rng = _rng(seed, cls, index)
     if cls == "beach":
         arr = draw_beach(rng, size, WATER_SIDES[index % len(WATER_SIDES)])
@@ -129,7 +134,11 @@ def make_demo_tree(out_dir: str | Path, *, per_class: int = 4, size: int = 64, s
     """Write ``out_dir/<class>/<class>_<i>.png`` tiles and return ``out_dir``."""
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"tile size must be in {MIN_SIZE}..{MAX_SIZE} px, got {size}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} is a file; give a folder path")
     for cls in classes:
         (out / cls).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
@@ -148,7 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    out = make_demo_tree(args.output, per_class=args.per_class, size=args.size, seed=args.seed)
+    try:
+        out = make_demo_tree(args.output, per_class=args.per_class, size=args.size, seed=args.seed)
+    except (ValueError, FileExistsError, NotADirectoryError) as e:
+        ap.error(str(e))  # one line and exit status 2, as for a bad flag
     print(f"wrote {args.per_class * len(CLASSES)} tiles under {out}")
 
 

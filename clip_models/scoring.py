@@ -16,15 +16,18 @@ from pathlib import Path
 import open_clip
 import torch
 
+from clip_models.devices import check_device
+
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else the CPU."""
+    """``auto`` -> the first CUDA device when there is one, else the CPU; ValueError for a device
+    that does not exist here."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return torch.device(check_device(device))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -13,13 +13,14 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import IO
 
 import torch
 from torch import nn
 
 from training.config import LoraConfig
 from training.lora import head_parameter_names, lora_state_dict, save_peft_adapter, trained_full_parameter_names
-from wds_tools.atomic import write_json
+from wds_tools.atomic import atomic_open, write_json
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +78,53 @@ def save_checkpoint(accelerator, output: str | Path, *, step: int, trainer_state
     return final
 
 
+def check_random_states(path: Path, rank: int) -> bool:
+    """True if this rank's RNG file loads with the safe loader Accelerate uses.
+
+    Accelerate refuses a file that needs an unpickle (a planted ``random_states_0.pkl``) but says
+    so only at INFO level and resumes with fresh random states: that is worth a warning.
+    """
+    from accelerate.utils import load
+
+    rng_file = path / f"random_states_{rank}.pkl"
+    try:
+        load(rng_file, map_location="cpu")
+        return True
+    except Exception as e:  # noqa: BLE001 - any refusal or damage means the states are not restored
+        log.warning("checkpoint %s: %s was refused by the safe loader (%s: %s); the random states are "
+                    "not restored (the data position and weights are)", path, rng_file.name,
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return False
+
+
 def load_checkpoint(accelerator, path: Path) -> tuple[dict, dict]:
     """Restore the accelerate state; returns (trainer_state, this rank's data_state)."""
     trainer_state = json.loads((path / "trainer_state.json").read_text())
     if trainer_state["world_size"] != accelerator.num_processes:
         raise ValueError(f"{path} was written with {trainer_state['world_size']} processes, now "
                          f"{accelerator.num_processes}: the data position only resumes at the same world size")
+    check_random_states(path, accelerator.process_index)
     accelerator.load_state(str(path))
     data_state = json.loads((path / f"data_state.rank{accelerator.process_index}.json").read_text())
     return trainer_state, data_state
+
+
+def open_sample_keys(path: Path, *, resume_step: int) -> IO[str]:
+    """The per-rank sample-key log, opened for appending after cutting it back to the steps before
+    ``resume_step``: a resumed run writes the later steps again (a fresh run starts it empty), and a
+    line cut by a kill is dropped."""
+    kept = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] < resume_step:
+                kept.append(line + "\n")
+    with atomic_open(path, "w") as f:
+        f.writelines(kept)
+    return open(path, "a")
 
 
 def head_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -4,6 +4,14 @@ from dataclasses import dataclass, field
 
 from clip_models.config import ModelConfig
 
+MIXED_PRECISIONS = ("no", "fp16", "bf16", "fp8")
+
+
+def _at_least(cfg, name: str, low: int) -> None:
+    value = getattr(cfg, name)
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
 
 @dataclass
 class LoraConfig:
@@ -48,8 +56,26 @@ class DataConfig:
     # Draw one of meta["captions"] at random per sample; False = always the primary caption.
     random_caption: bool = True
     quality_sidecar: str = "quality"
+    # Join the quality filter's sidecars and train only on what it selected (training/selection.py).
     use_quality: bool = True
+    # selection.json files of the filter; empty = the selection.json beside the shards.
+    selection: list[str] = field(default_factory=list)
+    # A shard whose sidecar is missing, pending or not in the selection stops the run (false: a warning).
+    require_selection: bool = True
     allow_pipe: bool = False
+    # Images above this many pixels (read from the header) are counted skips, in training and
+    # evaluation; 0 = PIL's Image.MAX_IMAGE_PIXELS (about 89 million).
+    max_image_pixels: int = 0
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad value, before any work starts."""
+        _at_least(self, "num_workers", 0)
+        _at_least(self, "shards_per_chunk", 1)
+        _at_least(self, "max_image_pixels", 0)
+        if not 0.0 <= self.synthetic_ratio <= 1.0:
+            raise ValueError(f"synthetic_ratio must be in [0, 1], got {self.synthetic_ratio}")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise ValueError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
 
 
 @dataclass
@@ -87,7 +113,7 @@ class TrainConfig:
     # After warm-up: "cosine" (decay to 0 at the last step) or "constant".
     schedule: str = "cosine"
     num_epochs: int = 10
-    # > 0 overrides num_epochs.
+    # Optimizer steps; > 0 overrides num_epochs, 0 = unset (num_epochs x the epoch size).
     max_steps: int = 0
     # Used when a source has no dataset.json to size an epoch.
     samples_per_epoch: int = 0
@@ -103,6 +129,27 @@ class TrainConfig:
     # Append each step's sample keys to output/sample_keys.rank<R>.jsonl.
     log_sample_keys: bool = False
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad value, before any work starts."""
+        for name in ("batch_size", "grad_accum", "log_every"):
+            _at_least(self, name, 1)
+        for name in ("warmup_steps", "num_epochs", "samples_per_epoch", "checkpoint_every",
+                     "keep_checkpoints", "max_nonfinite_steps"):
+            _at_least(self, name, 0)
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0 (0 = unset: num_epochs x the epoch size from "
+                             f"dataset.json or samples_per_epoch), got {self.max_steps}")
+        if self.max_steps == 0 and self.num_epochs == 0:
+            raise ValueError("max_steps and num_epochs are both 0: nothing to train; set one of them")
+        if not self.learning_rate >= 0:  # also refuses NaN
+            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
+        if not self.full_param_lr_scale >= 0:
+            raise ValueError(f"full_param_lr_scale must be >= 0, got {self.full_param_lr_scale}")
+
 
 @dataclass
 class EvalConfig:
@@ -115,6 +162,9 @@ class EvalConfig:
     after: bool = True
     batch_size: int = 64
     max_samples: int = 0
+    # Caption sources used as retrieval queries/targets (e.g. [original] for benchmark numbers on
+    # human captions only); empty = every caption of an image.
+    caption_sources: list[str] = field(default_factory=list)
     templates: list[str] = field(
         default_factory=lambda: [
             "a satellite photo of {}.",
@@ -122,6 +172,11 @@ class EvalConfig:
             "a remote sensing image of {}.",
         ]
     )
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad value, before any work starts."""
+        _at_least(self, "batch_size", 1)
+        _at_least(self, "max_samples", 0)
 
 
 @dataclass

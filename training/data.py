@@ -33,16 +33,14 @@ drops and corrupt samples are counted per batch and summed by the trainer.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import logging
 import math
 import re
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import msgpack
 import numpy as np
 import torch
 import webdataset as wds
@@ -50,6 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_index
+from wds_tools.quality_record import PENDING, QualityRecordError, decode, keep, kept_caption_indices, sample_captions
 from wds_tools.reader import SkipLog, decode_sample, iter_shard
 from wds_tools.sample import IMAGE_EXTS
 from wds_tools.stages import stage
@@ -57,12 +56,10 @@ from wds_tools.urls import expand_urls, sidecar_url, url_exists
 
 from clip_models.model import build_tokenizer
 from clip_models.text_tower import CachedTokenizer
+from training.streams import _TAG_BATCH, _TAG_SAMPLE, _rng, resampled_samples, worker_shards  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-_TAG_CHUNK, _TAG_SAMPLE, _TAG_BATCH, _TAG_DELAY = 1, 2, 3, 4
-_DELAY_BLOCK = 1024
-_MAX_EMPTY_CHUNKS = 50
 
 
 @dataclass(kw_only=True)
@@ -95,10 +92,8 @@ class LoaderSpec:
     quality_sidecar: str | None = "quality"
     allow_pipe: bool = False
     class_weights: dict[str, float] = field(default_factory=dict)
-
-
-def _rng(*parts: int) -> np.random.Generator:
-    return np.random.default_rng([int(p) for p in parts])
+    # images above this many pixels are counted skips (0 = PIL's Image.MAX_IMAGE_PIXELS)
+    max_image_pixels: int = 0
 
 
 def mix_plan(rng: np.random.Generator, weights: list[float], batch_size: int, stratified: bool) -> np.ndarray:
@@ -141,112 +136,15 @@ def random_resized_crop(img: torch.Tensor, *, size: int, scale_min: float, hflip
     return (out.flip(-1) if flipped else out).contiguous(), flipped
 
 
-def worker_shards(spec: LoaderSpec, src_idx: int, worker: int) -> list[str]:
-    """Shards of one source for this (rank, worker): a node and worker split when there are enough."""
-    urls = spec.sources[src_idx].urls
-    total = spec.world_size * max(spec.num_workers, 1)
-    g = spec.rank * max(spec.num_workers, 1) + worker
-    return urls[g::total] if len(urls) >= total else list(urls)
-
-
-def chunk_urls(spec: LoaderSpec, src_idx: int, worker: int, chunk: int) -> list[str]:
-    """The ``shards_per_chunk`` shards of chunk ``chunk``, drawn from this worker's pool."""
-    pool = worker_shards(spec, src_idx, worker)
-    rng = _rng(spec.seed, spec.rank, worker, src_idx, chunk, _TAG_CHUNK)
-    return [pool[i] for i in rng.choice(len(pool), size=min(spec.shards_per_chunk, len(pool)), replace=False)]
-
-
-def interleave(iterators: list[Iterator[dict]]) -> Iterator[dict]:
-    """Round-robin over open iterators, dropping each as it ends: K shards read side by side."""
-    live = list(iterators)
-    while live:
-        nxt = []
-        for it in live:
-            item = next(it, None)
-            if item is not None:
-                nxt.append(it)
-                yield item
-        live = nxt
-
-
-def raw_stream(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int, offset: int,
-               skips: SkipLog) -> Iterator[tuple[int, int, dict]]:
-    """Endless (chunk, offset, raw sample) of one source from (chunk, offset) on: each chunk's
-    shards are opened together and read interleaved, holding one sample of each at a time."""
-    name = spec.quality_sidecar
-    has_sidecar: dict[str, bool] = {}
-    empty = 0
-    while True:
-        streams = []
-        for url in chunk_urls(spec, src_idx, worker, chunk):
-            if name and url not in has_sidecar:
-                has_sidecar[url] = url_exists(sidecar_url(url, name))
-            sidecars = (name,) if name and has_sidecar[url] else ()
-            streams.append(iter_shard(url, sidecars=sidecars, allow_pipe=spec.allow_pipe, skips=skips))
-        n = -1
-        for n, sample in enumerate(interleave(streams)):
-            if n >= offset:
-                yield chunk, n, sample
-        empty = 0 if n >= 0 else empty + 1
-        if empty > _MAX_EMPTY_CHUNKS:
-            raise ValueError(f"source {spec.sources[src_idx].name!r}: its shards yield no samples")
-        chunk, offset = chunk + 1, 0
-
-
-def _delays(spec: LoaderSpec, src_idx: int, worker: int):
-    """delay(chunk, offset) in [0, shuffle_buffer): counter-based, so a replay draws the same."""
-    cache: dict[tuple[int, int], np.ndarray] = {}
-
-    def delay(chunk: int, offset: int) -> int:
-        block = (chunk, offset // _DELAY_BLOCK)
-        if block not in cache:
-            cache.clear()
-            cache[block] = _rng(spec.seed, spec.rank, worker, src_idx, *block, _TAG_DELAY).integers(
-                0, spec.shuffle_buffer, size=_DELAY_BLOCK)
-        return int(cache[block][offset % _DELAY_BLOCK])
-    return delay
-
-
-def resampled_samples(*, spec: LoaderSpec, src_idx: int, worker: int, resume: list[int] | None = None,
-                      skips: SkipLog) -> Iterator[dict]:
-    """Source stage: endless shuffled raw samples of one source.
-
-    Shuffle buffer spanning chunks: raw sample number ``t`` (counted over all chunks) gets a seeded
-    delay ``d < shuffle_buffer`` and samples come out in ``(t + d, t)`` order. A sample can leave as
-    soon as sample ``t + d`` has been read, so at most ``shuffle_buffer`` samples are held, and the
-    output order is a fixed function of the seed: the resume state ``[chunk, offset, t, last_key,
-    last_t]`` (where the oldest held sample was read, and the order key of the last sample out)
-    rebuilds the buffer by re-reading at most ``shuffle_buffer`` raw samples. Each sample carries
-    ``__pos__ = (source, chunk, offset)`` (its raw position, which seeds its crop and caption) and
-    ``__resume__``, the state right after it.
-    """
-    if spec.shuffle_buffer < 1:
-        raise ValueError(f"shuffle_buffer must be >= 1, got {spec.shuffle_buffer}")
-    chunk, offset, t, last_key, last_t = resume or (0, 0, 0, -1, -1)
-    delay = _delays(spec, src_idx, worker)
-    heap: list = []
-    held: deque = deque()   # (t, chunk, offset) of held samples in read order
-    out: set[int] = set()   # t of samples out while an older one is still held
-    for c, o, sample in raw_stream(spec=spec, src_idx=src_idx, worker=worker, chunk=chunk, offset=offset,
-                                   skips=skips):
-        key = t + delay(c, o)
-        if (key, t) > (last_key, last_t):  # not out before the resume point
-            heapq.heappush(heap, (key, t, c, o, sample))
-            held.append((t, c, o))
-        while heap and heap[0][0] <= t:
-            k, tt, sc, so, raw = heapq.heappop(heap)
-            out.add(tt)
-            while held and held[0][0] in out:
-                out.discard(held.popleft()[0])
-            start = list(held[0]) if held else [t + 1, c, o + 1]
-            yield {**raw, "__pos__": (src_idx, sc, so), "__resume__": [start[1], start[2], start[0], k, tt]}
-        t += 1
+CAPTION_KEEP = "__caption_keep__"
 
 
 def quality_select(src: Iterable[dict], *, member: str | None, skips: SkipLog, drops: Counter,
                    max_consecutive: int = 100_000) -> Iterator[dict]:
-    """Stage: drop samples whose quality sidecar member says ``keep: false``.
+    """Stage: drop samples the quality selection did not keep; pass on which captions it kept.
 
+    ``wds_tools.quality_record.keep`` decides (a pending record is never kept: counted as
+    ``quality_pending``). A kept sample carries the kept caption indices as ``__caption_keep__``.
     Drops are expected, so they are counted in ``drops`` (summed into the training log), not logged
     one by one; a corrupt quality member is a logged skip.
     """
@@ -254,19 +152,21 @@ def quality_select(src: Iterable[dict], *, member: str | None, skips: SkipLog, d
     for raw in src:
         if member and member in raw:
             try:
-                keep = bool(msgpack.unpackb(raw[member], raw=False).get("keep"))
-            except (ValueError, AttributeError, msgpack.ExtraData):
+                record = decode(raw[member])
+                kept = keep(record)
+            except QualityRecordError:
                 skips.add(f"corrupt_{member}", raw["__key__"], raw.get("__url__"))
-                keep = None
-            if not keep:
-                if keep is False:
-                    drops["quality_dropped"] += 1
+                record, kept = None, None
+            if not kept:
+                if kept is False:
+                    drops["quality_pending" if PENDING in record.reasons else "quality_dropped"] += 1
                 dropped_in_a_row += 1
                 if dropped_in_a_row > max_consecutive:
                     raise ValueError(f"{max_consecutive} samples in a row failed the quality selection "
                                      f"(last {raw.get('__url__')})")
                 continue
             raw = {k: v for k, v in raw.items() if k != member}
+            raw[CAPTION_KEEP] = record
         dropped_in_a_row = 0
         yield raw
 
@@ -301,10 +201,13 @@ def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, resume: list
 
 
 def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, skips: SkipLog) -> dict | None:
-    """Decode to uint8, crop, caption choice and class weight; None = counted skip."""
+    """Decode to uint8, crop, caption choice and class weight; None = counted skip.
+
+    The caption is drawn among the captions the quality record kept (all without a record).
+    """
     key, url = raw["__key__"], raw.get("__url__")
-    sample = decode_sample({k: v for k, v in raw.items() if k not in ("__pos__", "__resume__")},
-                           image="uint8", skips=skips)
+    sample = decode_sample({k: v for k, v in raw.items() if k not in ("__pos__", "__resume__", CAPTION_KEEP)},
+                           image="uint8", skips=skips, max_pixels=spec.max_image_pixels)
     if sample is None:
         return None
     ext = next((e for e in IMAGE_EXTS + ("jpeg",) if e in sample), None)
@@ -312,13 +215,19 @@ def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, ski
         skips.add("no_image", key, url)
         return None
     meta = sample.get("json") if isinstance(sample.get("json"), dict) else {}
-    captions = [c for c in (meta.get("captions") or []) if isinstance(c, str) and c.strip()]
     primary = sample.get("txt") if isinstance(sample.get("txt"), str) else None
-    if not captions and primary:
-        captions = [primary]
+    captions = [c for c, _ in sample_captions(meta, primary)]
     if not captions:
         skips.add("no_caption", key, url)
         return None
+    record = raw.get(CAPTION_KEEP)
+    if record is not None:
+        kept = kept_caption_indices(record, len(captions))
+        if not kept:  # None: the record's captions do not line up with the sample's
+            skips.add("no_kept_caption" if kept == [] else "quality_captions_mismatch", key, url)
+            return None
+        primary = primary if primary in (captions[i] for i in kept) else None
+        captions = [captions[i] for i in kept]
     caption = captions[int(rng.integers(len(captions)))] if spec.random_caption else (primary or captions[0])
     image, flipped = random_resized_crop(sample[ext], size=spec.image_size, scale_min=spec.crop_scale_min,
                                          hflip=spec.hflip, rng=rng)
@@ -499,3 +408,4 @@ def build_sources(real: list[str], synthetic: list[str], synthetic_ratio: float,
         log.warning("only the %s source is given: training on 100%% %s (requested synthetic_ratio %.2f)",
                     sources[0].name, sources[0].name, synthetic_ratio)
     return sources
+

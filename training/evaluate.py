@@ -1,7 +1,7 @@
 """Held-out evaluation: image<->text retrieval R@1/5/10 + mean recall, and zero-shot accuracy.
 
 Retrieval follows RemoteCLIP's protocol: every caption of an image (meta["captions"]) is a query
-and a target. Image->text counts a hit when any of the image's captions is in the top k;
+and a target (``eval.caption_sources=[original]``: only the human captions, for benchmark numbers). Image->text counts a hit when any of the image's captions is in the top k;
 text->image when the caption's image is in the top k. Zero-shot classifies each image among the
 class names found in the held-out shards, averaging text embeddings over prompt templates.
 
@@ -22,6 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from clip_models.model import build_tokenizer, image_norm, image_size, tokenizer_spec
 from clip_models.text_tower import encode_text, trim_text
+from wds_tools.quality_record import sample_captions
 from wds_tools.reader import SkipLog, decode_sample, iter_shard
 from wds_tools.sample import IMAGE_EXTS
 from wds_tools.urls import expand_urls
@@ -45,20 +46,28 @@ def center_resize(img: torch.Tensor, size: int) -> torch.Tensor:
     return TF.center_crop(img, [size, size])
 
 
-def load_eval_set(urls: Sequence[str], *, size: int, max_samples: int = 0, allow_pipe: bool = False) -> EvalSet:
-    """Read held-out shards (no sidecars: evaluation sees the whole held-out set)."""
+def load_eval_set(urls: Sequence[str], *, size: int, max_samples: int = 0, allow_pipe: bool = False,
+                  caption_sources: Sequence[str] = (), max_pixels: int = 0) -> EvalSet:
+    """Read held-out shards (no sidecars: evaluation sees the whole held-out set).
+
+    ``caption_sources`` (e.g. ``["original"]``) keeps only captions from those sources
+    (``meta["caption_sources"]``), so benchmark numbers are on human captions; an image with none
+    left is a counted skip. Empty = every caption. Images above ``max_pixels`` (0 = PIL's
+    ``Image.MAX_IMAGE_PIXELS``) are counted skips.
+    """
     skips = SkipLog()
     images, captions, classes = [], [], []
     for url in expand_urls(list(urls), allow_pipe=allow_pipe):
         for raw in iter_shard(url, allow_pipe=allow_pipe, skips=skips):
-            s = decode_sample(raw, image="uint8", skips=skips)
+            s = decode_sample(raw, image="uint8", skips=skips, max_pixels=max_pixels)
             ext = next((e for e in IMAGE_EXTS + ("jpeg",) if s and e in s), None)
             if s is None or ext is None:
                 continue
             meta = s.get("json") if isinstance(s.get("json"), dict) else {}
-            caps = [c for c in meta.get("captions") or [s.get("txt")] if isinstance(c, str) and c.strip()]
+            pairs = sample_captions(meta, s.get("txt"))
+            caps = [c for c, src in pairs if not caption_sources or src in caption_sources]
             if not caps:
-                skips.add("no_caption", raw["__key__"], url)
+                skips.add("no_caption_of_sources" if pairs else "no_caption", raw["__key__"], url)
                 continue
             images.append(center_resize(s[ext], size))
             captions.append(caps)
@@ -150,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("training.evaluate: give held-out shards with --shards (eval.shards)")
     model = load_trained(cfg, cfg.eval.adapter or None)
     data = load_eval_set(cfg.eval.shards, size=image_size(model), max_samples=cfg.eval.max_samples,
-                         allow_pipe=cfg.data.allow_pipe)
+                         allow_pipe=cfg.data.allow_pipe, caption_sources=cfg.eval.caption_sources,
+                         max_pixels=cfg.data.max_image_pixels)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = build_tokenizer(tokenizer_spec(cfg.model.name))
     result = evaluate_model(model.to(device), data, tokenizer=tokenizer, templates=cfg.eval.templates,

@@ -1,5 +1,8 @@
 """Stage 2 entry point: streaming weighted mix -> LoRA fine-tune of an open_clip model.
 
+--max-steps N > 0 sets the number of optimizer steps; 0 (the default) means unset: train.num_epochs
+epochs, sized from the dataset.json beside the shards (or train.samples_per_epoch).
+
 ``accelerate launch --config_file accelerate_config.yaml -m training.train --config configs/train/lora.yaml
 [--real URLS] [--synthetic URLS] [--output DIR] [--max-steps N] [key=value ...]``
 """
@@ -16,8 +19,9 @@ from wds_tools.config import parse_cli
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the config (file, flags, dotted overrides) and train."""
-    cfg = parse_cli(Stage2Config, argv, prog="training.train", description=__doc__.splitlines()[0],
-                    flags=CLI_FLAGS)
+    # the first two paragraphs: what it does and what --max-steps 0 means
+    description = " ".join(__doc__.split("\n\n")[:2])
+    cfg = parse_cli(Stage2Config, argv, prog="training.train", description=description, flags=CLI_FLAGS)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from training.trainer import train  # heavy imports after the config is known to be valid
 

@@ -16,12 +16,13 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from torch import nn
 
-from training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, save_final
+from training.checkpoint import load_checkpoint, open_sample_keys, resolve_resume, save_checkpoint, save_final
 from training.config import Stage2Config
 from training.data import LoaderSpec, LoaderState, build_sources, make_loader, read_manifests
 from training.evaluate import evaluate_model, load_eval_set
 from training.lora import apply_lora, lora_state_dict, mark_trainable
 from training.losses import rare_class_weights, sparc_loss, weighted_clip_loss, weighted_mean, word_token_mask
+from training.selection import selected_counts
 from clip_models.model import (build_tokenizer, create_clip, encode_image_tokens,
                             has_patch_tokens, image_norm, image_size, swap_attention, tokenizer_spec)
 from training.plots import plot_training_log
@@ -135,7 +136,9 @@ def plan_steps(cfg: Stage2Config, total_samples: int, world: int) -> tuple[int, 
     per_epoch = max(1, samples // global_batch) if samples else 0
     total = cfg.train.max_steps or per_epoch * cfg.train.num_epochs
     if total <= 0:
-        raise ValueError("cannot size the run: no dataset.json beside the shards; set train.max_steps "
+        raise ValueError(f"cannot size the run: train.max_steps is 0 (unset) and no epoch size is known "
+                         f"(the dataset.json beside the shards counts {total_samples} samples, "
+                         f"train.samples_per_epoch={cfg.train.samples_per_epoch}); set train.max_steps "
                          "or train.samples_per_epoch")
     return per_epoch or total, total
 
@@ -195,10 +198,12 @@ def train(cfg: Stage2Config) -> dict:
     sources = build_sources(cfg.data.real, cfg.data.synthetic, cfg.data.synthetic_ratio,
                             allow_pipe=cfg.data.allow_pipe)
     manifests = read_manifests([u for s in (cfg.data.real, cfg.data.synthetic) for u in s])
-    class_weights = rare_class_weights(manifests["by_class"], rare_weight=cfg.loss.rare_class_weight,
+    # rare classes and the epoch size from what the quality filter kept, not from the manifests
+    counts = selected_counts(cfg.data, sources, manifests)
+    class_weights = rare_class_weights(counts["by_class"], rare_weight=cfg.loss.rare_class_weight,
                                        threshold=cfg.loss.rare_class_threshold)
     rare = sorted(c for c, w in class_weights.items() if w != 1.0)
-    steps_per_epoch, total_steps = plan_steps(cfg, manifests["total_samples"], world)
+    steps_per_epoch, total_steps = plan_steps(cfg, counts["total_samples"], world)
     optimizer = make_optimizer(model, cfg)
     scheduler = cosine_with_warmup(optimizer, warmup=cfg.train.warmup_steps, total=total_steps,
                                    schedule=cfg.train.schedule)
@@ -228,17 +233,20 @@ def train(cfg: Stage2Config) -> dict:
                       shuffle_buffer=cfg.data.shuffle_buffer, crop_scale_min=cfg.data.crop_scale_min,
                       hflip=cfg.data.hflip, random_caption=cfg.data.random_caption,
                       quality_sidecar=cfg.data.quality_sidecar if cfg.data.use_quality else None,
-                      allow_pipe=cfg.data.allow_pipe, class_weights=class_weights)
+                      allow_pipe=cfg.data.allow_pipe, class_weights=class_weights,
+                      max_image_pixels=cfg.data.max_image_pixels)
     loader_state = LoaderState(num_workers=cfg.data.num_workers, saved=loader_saved)
     tokenizer = build_tokenizer(spec.tokenizer)
     eval_data = (load_eval_set(cfg.eval.shards, size=spec.image_size, max_samples=cfg.eval.max_samples,
-                               allow_pipe=cfg.data.allow_pipe)
+                               allow_pipe=cfg.data.allow_pipe, caption_sources=cfg.eval.caption_sources,
+                               max_pixels=cfg.data.max_image_pixels)
                  if cfg.eval.shards and accelerator.is_main_process else None)
     if accelerator.is_main_process:
-        log.info("mix: %s; rare classes (weight %.1f): %s; %d steps (%d per epoch)",
+        log.info("mix: %s; rare classes (weight %.1f, counts from %s): %s; %d steps (%d per epoch)",
                  ", ".join(f"{s.name} {s.weight:.2f} ({len(s.urls)} shards)" for s in sources),
-                 cfg.loss.rare_class_weight, rare or "none", total_steps, steps_per_epoch)
+                 cfg.loss.rare_class_weight, counts["from"], rare or "none", total_steps, steps_per_epoch)
         run_log.summary.update({"model": model_info, "rare_classes": rare, "class_weights": class_weights,
+                                "class_counts": counts["by_class"], "class_counts_from": counts["from"],
                                 "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                                 "world_size": world, "requested_mix": {s.name: s.weight for s in sources}})
     if step == 0 and cfg.eval.before:
@@ -248,7 +256,8 @@ def train(cfg: Stage2Config) -> dict:
             log.info("eval before: %s", json.dumps(result))
     accelerator.wait_for_everyone()
 
-    keys_file = open(out_dir / f"sample_keys.rank{rank}.jsonl", "a") if cfg.train.log_sample_keys else None
+    keys_file = (open_sample_keys(out_dir / f"sample_keys.rank{rank}.jsonl", resume_step=step)
+                 if cfg.train.log_sample_keys else None)
     window: Counter = Counter()
     t0, step_t0 = time.time(), step
     bar = progress(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="stage2",
@@ -280,6 +289,7 @@ def train(cfg: Stage2Config) -> dict:
                 accelerator.backward(terms["total_loss"])
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                clamp_logit_scale(clip_ref)
         micro += 1
         if not accelerator.sync_gradients:
             continue
@@ -302,6 +312,13 @@ def train(cfg: Stage2Config) -> dict:
     if keys_file:
         keys_file.close()
     return _finish(accelerator, model, cfg, run_log, counters, tokenizer, eval_data, step)
+
+
+def clamp_logit_scale(clip: nn.Module, *, max_scale: float = 100.0) -> None:
+    """Keep the learned temperature in [0, ln 100] after each update, as open_clip's trainer does
+    (an unbounded scale lets the loss collapse onto a few logits)."""
+    with torch.no_grad():
+        clip.logit_scale.clamp_(0, math.log(max_scale))
 
 
 def model_of(accelerator, model: nn.Module) -> nn.Module:

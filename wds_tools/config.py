@@ -1,7 +1,8 @@
 """Typed configs: one dataclass tree per stage, loaded from YAML with dotted command-line overrides.
 
 Every value is checked against the dataclass field types before any work starts: an unknown key
-or a wrong type raises :class:`ConfigError`, naming the key and the valid choices. A dataclass may
+or a wrong type raises :class:`ConfigError`, naming the key and the valid choices; a float field
+must be finite (NaN and inf are refused, naming the key). A dataclass may
 define ``validate(self)`` for range checks; it runs after loading.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -46,6 +48,8 @@ def _coerce(value: Any, tp, where: str):
                 return _coerce(value, arg, where)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # ``X | None``: X's own message says more (e.g. "must be finite")
+            raise ConfigError(errors[0])
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in args:
@@ -69,15 +73,7 @@ def _coerce(value: Any, tp, where: str):
             return value
         raise ConfigError(f"{where}: expected bool (true/false), got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e-4" (no dot) as a string; accept any numeral Python accepts.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected float, got {value!r}")
+        return _finite_float(value, where)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -89,6 +85,25 @@ def _coerce(value: Any, tp, where: str):
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _finite_float(value: Any, where: str) -> float:
+    """A float field's value; NaN and infinities are refused: every comparison against NaN is
+    False, so a NaN bound would pass any range check and silently change every decision."""
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; accept any numeral Python accepts.
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None:
+        raise ConfigError(f"{where}: expected float, got {value!r}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+    return number
 
 
 def _build(cls, data: Any, where: str = ""):

@@ -63,6 +63,19 @@ def _flatten(prefix: str, obj, out: dict) -> None:
         out.setdefault("numbers", {}).setdefault(prefix, _Range()).add(obj)
 
 
+def _read_json(sample: dict, url: str, skips: SkipLog) -> dict:
+    """The sample's metadata; an invalid or non-object ``json`` member is a counted skip ({})."""
+    try:
+        meta = json.loads(sample["json"])
+    except ValueError:  # also UnicodeDecodeError
+        skips.add("corrupt_json", sample["__key__"], url)
+        return {}
+    if not isinstance(meta, dict):
+        skips.add(f"json_not_object_{type(meta).__name__}", sample["__key__"], url)
+        return {}
+    return meta
+
+
 def inspect_shard(url: str, *, allow_pipe: bool = False) -> dict:
     """Summarise one shard and its sidecars."""
     sidecars = find_sidecars(url)
@@ -74,17 +87,18 @@ def inspect_shard(url: str, *, allow_pipe: bool = False) -> dict:
         n += 1
         exts.update(k for k in sample if not k.startswith("__"))
         if "json" in sample:
-            try:
-                meta = json.loads(sample["json"])
-            except ValueError:
-                skips.add("corrupt_json", sample["__key__"], url)
-                meta = {}
+            meta = _read_json(sample, url, skips)
             sources[str(meta.get("source"))] += 1
             if meta.get("class") is not None:
                 classes[str(meta["class"])] += 1
         for ext, value in sample.items():
             if ext.endswith(".msgpack"):
-                _flatten(ext[: -len(".msgpack")], msgpack.unpackb(value, raw=False, strict_map_key=False), fields)
+                try:
+                    record = msgpack.unpackb(value, raw=False, strict_map_key=False)
+                except ValueError:  # msgpack's format, extra-data and stack errors are ValueErrors
+                    skips.add(f"corrupt_{ext}", sample["__key__"], url)
+                    continue
+                _flatten(ext[: -len(".msgpack")], record, fields)
     return {
         "url": url,
         "samples": n,

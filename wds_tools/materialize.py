@@ -2,25 +2,30 @@
 
     python -m wds_tools.materialize --input shards/real --output shards/real_filtered [key=value ...]
 
-By default the ``quality`` sidecar is joined and a sample is kept iff its ``quality.msgpack`` says
-``keep: true``. The output has its own ``dataset.json`` (with kept/dropped counts), ``sizes.json``
+By default the ``quality`` sidecar is joined and a sample is kept iff its quality record is selected
+(``wds_tools.quality_record.keep``: never while pending); captions the record dropped are removed
+from its ``json`` (and ``txt``), so the reshard trains the same without the sidecar. The output has its own ``dataset.json`` (with kept/dropped counts), ``sizes.json``
 and the resolved ``config.yaml``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import json
+
 import msgpack
 
+from wds_tools import quality_record
 from wds_tools.config import parse_cli, save_config
 from wds_tools.manifest import stats_path, write_index
 from wds_tools.progress import progress
 from wds_tools.reader import SkipLog, iter_shard
-from wds_tools.urls import expand_urls, is_shard_name
+from wds_tools.urls import expand_urls, is_remote, is_shard_name
 from wds_tools.writer import RollingShardWriter
 
 log = logging.getLogger("wds_tools.materialize")
@@ -32,9 +37,9 @@ class MaterializeConfig:
 
     input: list[str] = field(default_factory=list)
     output: str = ""
-    sidecars: list[str] = field(default_factory=lambda: ["quality"])
+    sidecars: list[str] = field(default_factory=lambda: [quality_record.SIDECAR])
     # Sidecar members (e.g. "quality.msgpack") whose "keep" field must be true; empty keeps all.
-    require_keep: list[str] = field(default_factory=lambda: ["quality.msgpack"])
+    require_keep: list[str] = field(default_factory=lambda: [quality_record.MEMBER])
     prefix: str = "filtered"
     maxcount: int = 1000
     name: str = "materialized"
@@ -48,14 +53,59 @@ class MaterializeConfig:
                 raise ValueError(f"require_keep member {member!r} is not from a joined sidecar {self.sidecars}")
 
 
+def check_output_apart(output: str | Path, inputs: Sequence[str], urls: Sequence[str]) -> None:
+    """Refuse an output folder that is, contains or lies inside an input (it would rewrite its
+    index and add its own shards to it); ``urls`` are the expanded input shards."""
+    out = Path(output).resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {str(output)!r} is a file, not a folder")
+    places = {Path(u).resolve().parent for u in urls if not is_remote(u) and not u.startswith("pipe:")}
+    places |= {Path(i).resolve() for i in inputs if not is_remote(i) and Path(i).is_dir()}
+    for place in sorted(places):
+        if out == place or out in place.parents or place in out.parents:
+            relation = "is" if out == place else "lies inside" if place in out.parents else "contains"
+            raise ValueError(f"output {str(output)!r} {relation} the input folder {str(place)!r}: "
+                             "materialize into a separate folder")
+
+
+def member_problem(sample: dict) -> str | None:
+    """``None`` if the sample's ``json`` member (when present) is a JSON object, else the reason."""
+    if "json" not in sample:
+        return None
+    try:
+        meta = json.loads(sample["json"])
+    except ValueError:  # also UnicodeDecodeError
+        return "corrupt_json"
+    return None if isinstance(meta, dict) else f"json_not_object_{type(meta).__name__}"
+
+
 def keep_verdict(sample: dict, require_keep: Sequence[str]) -> str | None:
     """``None`` if the sample passes, else the drop reason."""
     for member in require_keep:
-        record = msgpack.unpackb(sample[member], raw=False, strict_map_key=False)
-        if not record.get("keep", False):
-            reasons = record.get("reasons") or ["not_kept"]
-            return f"{member.split('.', 1)[0]}:{reasons[0]}"
+        if member == quality_record.MEMBER:
+            record = quality_record.decode(sample[member])
+            kept, reasons = quality_record.keep(record), record.reasons
+        else:
+            value = msgpack.unpackb(sample[member], raw=False, strict_map_key=False)
+            kept, reasons = bool(value.get("keep", False)), value.get("reasons")
+        if not kept:
+            return f"{member.split('.', 1)[0]}:{(reasons or ['not_kept'])[0]}"
     return None
+
+
+def _kept_captions(sample: dict) -> dict:
+    """The sample with the captions its quality record dropped removed from ``json`` and ``txt``."""
+    if quality_record.MEMBER not in sample or "json" not in sample:
+        return sample
+    meta = json.loads(sample["json"])
+    txt = sample["txt"].decode("utf-8") if "txt" in sample else None
+    new_meta, new_txt = quality_record.drop_unkept_captions(meta, txt, quality_record.decode(sample[quality_record.MEMBER]))
+    if new_meta is meta:
+        return sample
+    out = {**sample, "json": json.dumps(new_meta, ensure_ascii=False).encode("utf-8")}
+    if new_txt is not None:
+        out["txt"] = new_txt.encode("utf-8")
+    return out
 
 
 def _remove_stale(out: Path, prefix: str, keep: set[str]) -> None:
@@ -72,6 +122,7 @@ def materialize(cfg: MaterializeConfig) -> dict:
     if not cfg.input or not cfg.output:
         raise ValueError(f"materialize needs input and output, got input={cfg.input!r} output={cfg.output!r}")
     urls = expand_urls(cfg.input, allow_pipe=cfg.allow_pipe)
+    check_output_apart(cfg.output, cfg.input, urls)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     skips, dropped, kept = SkipLog(), SkipLog(), 0
@@ -80,11 +131,19 @@ def materialize(cfg: MaterializeConfig) -> dict:
         for url in urls:
             bar.update()
             for sample in iter_shard(url, sidecars=cfg.sidecars, allow_pipe=cfg.allow_pipe, skips=skips):
-                reason = keep_verdict(sample, cfg.require_keep)
+                problem = member_problem(sample)
+                if problem is not None:
+                    skips.add(problem, sample["__key__"], url)
+                    continue
+                try:
+                    reason = keep_verdict(sample, cfg.require_keep)
+                except (ValueError, TypeError, AttributeError, KeyError):
+                    skips.add("corrupt_sidecar_record", sample["__key__"], url)
+                    continue
                 if reason is not None:
                     dropped.counts[reason] += 1
                     continue
-                writer.write({k: v for k, v in sample.items() if k != "__url__"})
+                writer.write({k: v for k, v in _kept_captions(sample).items() if k != "__url__"})
                 kept += 1
         bar.close()
     _remove_stale(out, cfg.prefix, keep={s.name for s in writer.stats})

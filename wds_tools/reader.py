@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Sequence
 import msgpack
 from PIL import Image
 
+from wds_tools.images import check_image_pixels
 from wds_tools.sample import IMAGE_EXTS
 from wds_tools.skips import SkipLog
 from wds_tools.stages import stage
@@ -139,7 +140,10 @@ def shards_to_samples(
 samples_from_shards = stage(shards_to_samples)
 
 
-def _decode_image(data: bytes, mode: str):
+def _decode_image(data: bytes, mode: str, max_pixels: int | None = None):
+    if mode not in ("pil", "uint8"):
+        raise ValueError(f"image decode mode must be 'pil', 'uint8' or None, got {mode!r}")
+    check_image_pixels(data, max_pixels=max_pixels)  # header only: refuse bombs before decoding
     if mode == "pil":
         with Image.open(io.BytesIO(data)) as img:
             return img.convert("RGB")
@@ -148,13 +152,12 @@ def _decode_image(data: bytes, mode: str):
         from torchvision.io import ImageReadMode, decode_image
 
         return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    raise ValueError(f"image decode mode must be 'pil', 'uint8' or None, got {mode!r}")
 
 
-def _decode_member(ext: str, data: bytes, image: str | None):
+def _decode_member(ext: str, data: bytes, image: str | None, max_pixels: int | None = None):
     last = ext.rsplit(".", 1)[-1].lower()
     if last in IMAGE_EXTS or last in ("jpeg", "tif", "tiff"):
-        return _decode_image(data, image) if image else data
+        return _decode_image(data, image, max_pixels) if image else data
     if last in ("txt", "text"):
         return data.decode("utf-8")
     if last == "json":
@@ -167,17 +170,23 @@ def _decode_member(ext: str, data: bytes, image: str | None):
     return data
 
 
-def decode_sample(sample: dict, *, image: str | None = "pil", skips: SkipLog | None = None) -> dict | None:
-    """Decode members by extension; a corrupt member makes the sample a counted skip (``None``)."""
+def decode_sample(sample: dict, *, image: str | None = "pil", skips: SkipLog | None = None,
+                  max_pixels: int | None = None) -> dict | None:
+    """Decode members by extension; a corrupt member makes the sample a counted skip (``None``).
+
+    An image above ``max_pixels`` (0/None: PIL's ``Image.MAX_IMAGE_PIXELS``) is a counted
+    ``decompression_bomb`` skip, found from its header before any pixel is decoded.
+    """
     out = {}
     for ext, data in sample.items():
         if ext.startswith("__"):
             out[ext] = data
             continue
         try:
-            out[ext] = _decode_member(ext, data, image)
-        except Image.DecompressionBombError:
+            out[ext] = _decode_member(ext, data, image, max_pixels)
+        except Image.DecompressionBombError as e:
             (skips or SkipLog()).add("decompression_bomb", sample.get("__key__"), sample.get("__url__"))
+            log.debug("decompression bomb %s: %s", sample.get("__key__"), e)
             return None
         except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt member
             reason = f"corrupt_{ext}"
@@ -187,10 +196,11 @@ def decode_sample(sample: dict, *, image: str | None = "pil", skips: SkipLog | N
     return out
 
 
-def decode(src: Iterable[dict], *, image: str | None = "pil", skips: SkipLog | None = None) -> Iterator[dict]:
+def decode(src: Iterable[dict], *, image: str | None = "pil", skips: SkipLog | None = None,
+           max_pixels: int | None = None) -> Iterator[dict]:
     """Pipeline stage: decode each sample, dropping (and counting) corrupt ones."""
     for sample in src:
-        out = decode_sample(sample, image=image, skips=skips)
+        out = decode_sample(sample, image=image, skips=skips, max_pixels=max_pixels)
         if out is not None:
             yield out
 

@@ -4,8 +4,9 @@
 decoding a small JPEG costs on some machines), and shards hold millions of small members. Shards
 need only a member's name, type and size, so this reads those and nothing else.
 
-Formats: ustar and v7 headers, GNU long names (``L``) and pax extended headers (``x``, for
-``path`` and ``size``), which covers what ``tarfile``, GNU tar and this package's writer emit.
+Formats: ustar and v7 headers, GNU long names (``L``) and long link targets (``K``, read and
+dropped: links carry no data) and pax extended headers (``x``, for ``path`` and ``size``), which
+covers what ``tarfile``, GNU tar and this package's writer emit.
 Other member types (directories, links, devices) are yielded with ``is_file`` False and no data.
 
 Damage raises ``tarfile.ReadError`` (a subclass of it, so callers handle both readers alike):
@@ -141,7 +142,7 @@ def iter_members(f: BinaryIO, *, with_data: bool = True) -> Iterator[TarMember]:
             raise TarCorruptError("bad header checksum")
         kind = header[156:157]
         size = _octal(header[124:136])
-        if kind in (b"L", b"x", b"g"):
+        if kind in (b"L", b"K", b"x", b"g"):
             data = _payload(f, size, "<extended header>")
             if kind == b"L":
                 long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")

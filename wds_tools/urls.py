@@ -94,12 +94,23 @@ def _is_dir(url: str) -> bool:
     return os.path.isdir(url)
 
 
+def _list_identity(url: str) -> str:
+    """One spelling per list file, so ``a/./x.txt`` and ``a/x.txt`` count as the same list."""
+    return url if is_remote(url) else os.path.realpath(url)
+
+
 def expand_urls(
-    source: str | Path | Sequence, *, allow_pipe: bool = False, check_exists: bool = True
+    source: str | Path | Sequence, *, allow_pipe: bool = False, check_exists: bool = True,
+    _lists: tuple[str, ...] = (),
 ) -> list[str]:
-    """Expand ``source`` into a flat list of shard URLs, checking each exists."""
+    """Expand ``source`` into a flat list of shard URLs, checking each exists.
+
+    A URL list that names itself, directly or through other lists, is a ``ValueError`` naming
+    the chain of list files.
+    """
     if isinstance(source, (list, tuple)):
-        urls = [u for s in source for u in expand_urls(s, allow_pipe=allow_pipe, check_exists=check_exists)]
+        urls = [u for s in source
+                for u in expand_urls(s, allow_pipe=allow_pipe, check_exists=check_exists, _lists=_lists)]
         if not urls:
             raise ValueError(f"source list {source!r} is empty")
         return urls
@@ -115,8 +126,13 @@ def expand_urls(
     for url in expanded:
         _check_pipe(url, allow_pipe)
         if url.endswith(".txt"):
+            ident = _list_identity(url)
+            if ident in _lists:
+                chain = " -> ".join(repr(u) for u in (*_lists[_lists.index(ident):], ident))
+                raise ValueError(f"URL list {url!r} includes itself: {chain}")
             for u in _read_list_file(url):
-                urls.extend(expand_urls(u, allow_pipe=allow_pipe, check_exists=check_exists))
+                urls.extend(expand_urls(u, allow_pipe=allow_pipe, check_exists=check_exists,
+                                        _lists=(*_lists, ident)))
         elif _is_dir(url):
             urls.extend(_list_dir(url))
         elif check_exists and not url_exists(url):

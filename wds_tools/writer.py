@@ -35,6 +35,30 @@ def is_shard_complete(path: str | Path) -> bool:
     return Path(path).exists() and stats_path(path).exists()
 
 
+def shard_problem(path: str | Path, *, verify: bool = False) -> str | None:
+    """Why a finished-looking shard does not match its stats file, or None when it does.
+
+    Compares the size (one stat call); with ``verify`` also the sha256 (reads the whole shard).
+    """
+    path = Path(path)
+    try:
+        stats = json.loads(stats_path(path).read_text())
+        expected, digest = int(stats["bytes"]), str(stats["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unreadable stats file {stats_path(path).name} ({type(e).__name__}: {e})"
+    size = path.stat().st_size
+    if size != expected:
+        return f"size {size} bytes, its stats file records {expected}"
+    if verify:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != digest:
+            return f"sha256 {h.hexdigest()[:12]}..., its stats file records {digest[:12]}..."
+    return None
+
+
 class _HashingFile(io.RawIOBase):
     """Write-through file wrapper that hashes and counts what passes."""
 

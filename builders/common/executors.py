@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Sequence
+
+from wds_tools.lock import pid_alive, process_start_time
 
 EXECUTORS = ("local", "ray")
 
@@ -28,6 +32,20 @@ def resolve_workers(workers: int) -> int:
         return max(os.cpu_count() or 1, 1)
 
 
+def exit_with_parent(pid: int, start_time: int | None, interval: float = 0.5) -> None:
+    """Pool-worker initializer: end this worker soon after the process ``pid`` is gone.
+
+    A worker's parent is the fork server, which lives as long as its workers do, so after a
+    kill -9 of the builder nothing would end them: each would wait for work forever.
+    """
+    def watch() -> None:
+        while pid_alive(pid, start_time):
+            time.sleep(interval)
+        os._exit(1)  # the builder is gone: nobody will read this worker's result
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def run_local(fn: Callable, units: Sequence, args: tuple, *, workers: int,
               on_done: Callable) -> None:
     """One worker runs in-process; more use a spawn-context process pool."""
@@ -40,7 +58,9 @@ def run_local(fn: Callable, units: Sequence, args: tuple, *, workers: int,
     # worker starts warm instead of importing everything again as spawn would.
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([fn.__module__])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    me = os.getpid()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with_parent,
+                             initargs=(me, process_start_time(me))) as pool:
         pending = {pool.submit(fn, u, *args) for u in units}
         try:
             while pending:

@@ -196,6 +196,24 @@ def read_items(source: str | Path, *, image_root: str | Path | None = None) -> l
     if src.is_dir():
         return read_folder(src)
     root = Path(image_root) if image_root else src.parent
+    try:
+        return _read_caption_file(src, root)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{src} is not UTF-8 text ({_first_bad_byte(src)}); save it as UTF-8") from e
+
+
+def _first_bad_byte(path: Path) -> str:
+    """Where a file stops being UTF-8 (the reader's own offset is relative to its buffer)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        return f"byte {data[e.start:e.start + 1]!r} at offset {e.start}, line {line}"
+    return "undecodable bytes"
+
+
+def _read_caption_file(src: Path, root: Path) -> list[SourceItem]:
     suffix = src.suffix.lower()
     if suffix == ".json":
         return read_json(src, root)

@@ -13,6 +13,8 @@ from typing import Literal
 
 from PIL import Image
 
+from clip_models.devices import check_device
+
 log = logging.getLogger(__name__)
 
 
@@ -32,6 +34,7 @@ class VLMConfig:
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_device(self.device)
 
 
 _CACHE: dict[tuple, "VLMCaptioner"] = {}

@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     "select globally, and write a report.",
                         flags={"--input": "input", "--output": "output"}, default_config=None)
         report = run(cfg)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # FileExistsError: a held lock
         print(f"python -m builders.quality: error: {e}", file=sys.stderr)
         return 2
     thr = report["threshold"]

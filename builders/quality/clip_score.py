@@ -13,7 +13,7 @@ from clip_models.text_tower import encode_text  # the text tower up to the longe
 
 
 class ClipScorer:
-    """Cosine similarity between each image and its own caption (each distinct caption encoded once).
+    """Cosine similarity between images and their captions (each distinct caption encoded once).
 
     Images arrive as uint8 ``(B, 3, S, S)`` (resized in the workers); scaling to [0, 1] and the
     model's mean/std normalisation happen on the device, so the workers move 4x fewer bytes.
@@ -32,12 +32,22 @@ class ClipScorer:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` float32 cosine similarities on the CPU."""
-        if images.shape[0] != tokens.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {tokens.shape[0]} captions")
-        if images.shape[0] == 0:
+    def __call__(self, images: torch.Tensor, tokens: torch.Tensor, owner: torch.Tensor | None = None) -> torch.Tensor:
+        """``(T,)`` float32 cosines on the CPU: caption ``t`` against image ``owner[t]``.
+
+        Without ``owner`` there is one caption per image, in order. Each image is encoded once
+        however many captions it has.
+        """
+        if owner is None:
+            if images.shape[0] != tokens.shape[0]:
+                raise ValueError(f"{images.shape[0]} images but {tokens.shape[0]} captions")
+            owner = torch.arange(images.shape[0])
+        if owner.shape[0] != tokens.shape[0]:
+            raise ValueError(f"{tokens.shape[0]} captions but {owner.shape[0]} owners")
+        if tokens.shape[0] == 0:
             return torch.empty(0)
+        if int(owner.max()) >= images.shape[0] or int(owner.min()) < 0:
+            raise ValueError(f"caption owners must index the {images.shape[0]} images, got {owner.tolist()[:8]}")
         non_blocking = self.device.type == "cuda"
         x = (images.to(self.device, non_blocking=non_blocking).float() - self.mean) / self.std
         # a real set repeats each caption over an original and its augmentations, which sit
@@ -47,4 +57,5 @@ class ClipScorer:
         with self._autocast():
             img = self.model.encode_image(x)
             txt = encode_text(self.model, t)[inverse.to(self.device)]
-        return (F.normalize(img.float(), dim=-1) * F.normalize(txt.float(), dim=-1)).sum(-1).cpu()
+        img = F.normalize(img.float(), dim=-1)[owner.to(self.device)]
+        return (img * F.normalize(txt.float(), dim=-1)).sum(-1).cpu()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from builders.quality.image_quality import ImageQualityConfig, image_quality_scores
 from builders.quality.sanity import has_claims, sanity_scores
+from wds_tools.images import check_image_pixels
 from wds_tools.malloc import keep_freed_memory
+from wds_tools.quality_record import sample_captions
 from wds_tools.reader import SkipLog, iter_tar_samples
 from wds_tools.sample import IMAGE_EXTS, SOURCES
 from wds_tools.stages import stage
@@ -65,7 +68,8 @@ def read_parts(parts: Iterable[ShardPart], *, allow_pipe: bool = False) -> Itera
 
     The marker lists every key of the shard in order (a part reads them all, decoding only its
     share), so the sidecar can be checked against the shard without reading it again.
-    A shard that cannot be read at all ends its part with ``error`` set instead of crashing.
+    A shard that cannot be read, or is cut or corrupt part-way, ends its part with ``error`` set
+    instead of crashing.
     """
     for p in parts:
         skips = SkipLog()
@@ -83,11 +87,17 @@ def read_parts(parts: Iterable[ShardPart], *, allow_pipe: bool = False) -> Itera
             yield {"__done__": p, "count": count, "skips": skips.as_dict(), "keys": keys,
                    "error": f"{type(e).__name__}: {e}"}
             continue
-        yield {"__done__": p, "count": count, "skips": skips.as_dict(), "keys": keys, "error": None}
+        # the reader ends a cut tar with a counted skip; its sidecar would be short, so the shard
+        # fails (no sidecar, retried on the next run) instead
+        cut = "cut or corrupt tar: samples after the damage are unreadable" if skips.counts.get("corrupt_tar") else None
+        if cut:
+            log.error("cannot read all of %s: %s", p.url, cut)
+        yield {"__done__": p, "count": count, "skips": skips.as_dict(), "keys": keys, "error": cut}
 
 
 def decode_rgb(data: bytes) -> torch.Tensor:
     """Image bytes -> uint8 ``(3, H, W)``; torchvision's decoders first, PIL for anything else."""
+    check_image_pixels(data)  # header only: a decompression bomb raises before any decode
     try:
         return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except Exception:  # noqa: BLE001 - fall back to PIL, which raises on truly broken bytes
@@ -133,10 +143,30 @@ def _captions(caption: str, meta: dict) -> list[str]:
     return list(dict.fromkeys([caption] + [c for c in extra if isinstance(c, str) and c.strip()]))
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def valid_box(b) -> bool:
+    """A recorded box the sanity checks can use: four finite numbers, a numeric area if any."""
+    return (isinstance(b, dict) and isinstance(b.get("box"), list) and len(b["box"]) == 4
+            and all(_number(v) for v in b["box"]) and _number(b.get("area", 1.0)))
+
+
+def bad_boxes(meta: dict) -> list:
+    """The recorded boxes that are not valid (``boxes`` itself when it is not a list)."""
+    boxes = meta.get("boxes")
+    if boxes is None:
+        return []
+    if not isinstance(boxes, list):
+        return [boxes]
+    return [b for b in boxes if not valid_box(b)]
+
+
 def _boxes(meta: dict, captions: list[str], img: torch.Tensor, compute: bool, detect: Callable | None) -> list[dict]:
     boxes = meta.get("boxes")
     if isinstance(boxes, list):
-        return [b for b in boxes if isinstance(b, dict) and isinstance(b.get("box"), list) and len(b["box"]) == 4]
+        return [b for b in boxes if valid_box(b)]
     if not compute or detect is None or not has_claims(captions):
         return []  # nothing in the captions to check: skip the detector
     h, w = img.shape[-2:]
@@ -149,7 +179,12 @@ def prepare_samples(
     src: Iterable[dict], *, clip_size: int, iq_size: int, compute_boxes: bool = True,
     min_box_area: float = 0.0, sanity: bool = True, quality: bool = True,
 ) -> Iterator[dict]:
-    """Raw sample -> ``{key, url, index, source, caption, reasons, scores, clip_image, iq_image}``.
+    """Raw sample -> ``{key, url, index, source, class, caption, captions, texts, reasons, scores,
+    clip_image, iq_image}``.
+
+    ``captions`` are the ``{"source"}`` entries of the captions Stage 2 draws from
+    (``wds_tools.quality_record.sample_captions``); ``texts`` the distinct captions to score, the
+    primary caption first.
 
     A missing or undecodable image, a missing caption or bad metadata becomes a reason; the sample
     still flows on (its sidecar record must exist) but gets no CLIP score. ``sanity=False`` or
@@ -164,6 +199,12 @@ def prepare_samples(
             continue
         reasons: list[str] = []
         meta = _read_meta(sample, reasons)
+        bad = bad_boxes(meta)
+        if bad:
+            # e.g. a non-numeric coordinate: the metadata cannot be trusted, so the sample is a
+            # hard fail with its reason instead of an exception that ends the run
+            log.warning("skipped bad_boxes (key=%s, url=%s): %r", sample["__key__"], sample["__url__"], bad[0])
+            reasons.append("bad_boxes")
         caption = _read_caption(sample, reasons)
         ext = next((e for e in _IMAGE_EXTS if e in sample), None)
         img = None
@@ -183,12 +224,21 @@ def prepare_samples(
             scores.update(sanity_scores(captions, boxes))
         else:
             scores.update({"sanity": None, "sanity_count": None, "sanity_spatial": None})
+        drawn = sample_captions(meta, caption)
         yield {
             "key": sample["__key__"], "url": sample["__url__"], "index": sample["__index__"],
-            "source": meta.get("source"), "caption": caption, "reasons": reasons, "scores": scores,
+            "source": meta.get("source"), "class": _class(meta), "caption": caption,
+            "captions": [{"source": src, "text": text} for text, src in drawn],
+            "texts": list(dict.fromkeys([caption] + [text for text, _ in drawn])) if caption else [],
+            "reasons": reasons, "scores": scores,
             "clip_image": None if img is None else clip_input(img, clip_size),
             "iq_image": None if img is None or not quality else TF.resize(img, [iq_size, iq_size], antialias=True),
         }
+
+
+def _class(meta: dict) -> str | None:
+    cls = meta.get("class")
+    return None if cls is None else str(cls)
 
 
 def batch_samples(
@@ -197,8 +247,9 @@ def batch_samples(
 ) -> Iterator[dict]:
     """Group prepared samples; image quality runs vectorised per batch, captions tokenised per batch.
 
-    Batch: ``records`` (plain dicts), ``clip_images`` uint8 ``(n, 3, S, S)`` and ``tokens`` for the
-    ``n`` records listed in ``clip_index`` (those with an image and a caption), ``done`` markers.
+    Batch: ``records`` (plain dicts), ``clip_images`` uint8 ``(n, 3, S, S)`` for the ``n`` records
+    listed in ``clip_index`` (those with an image and a caption), ``tokens`` for every caption of
+    those records with ``text_owner`` (the row of its image), ``done`` markers.
     With ``iq_in_worker=False`` the batch carries ``iq_images``/``iq_index`` instead of the scores
     (on a GPU the measures are nearly free there, and the CPU workers only decode).
     """
@@ -243,9 +294,13 @@ def _collate(items: list[dict], done: list[dict], iq_cfg: ImageQualityConfig, to
     clip_index = [i for i, it in enumerate(items) if it["clip_image"] is not None and it["caption"]]
     images = (torch.stack([items[i]["clip_image"] for i in clip_index]) if clip_index
               else torch.empty(0, 3, 1, 1, dtype=torch.uint8))
-    tokens = tokenizer([items[i]["caption"] for i in clip_index]) if clip_index else torch.empty(0, 1, dtype=torch.long)
-    records = [{k: it[k] for k in ("key", "url", "index", "source", "caption", "reasons", "scores")} for it in items]
-    batch = {"records": records, "clip_images": images, "tokens": tokens, "clip_index": clip_index, "done": done}
+    texts = [t for i in clip_index for t in items[i]["texts"]]
+    owner = [j for j, i in enumerate(clip_index) for _ in items[i]["texts"]]
+    tokens = tokenizer(texts) if texts else torch.empty(0, 1, dtype=torch.long)
+    records = [{k: it[k] for k in ("key", "url", "index", "source", "class", "caption", "captions", "texts",
+                                   "reasons", "scores")} for it in items]
+    batch = {"records": records, "clip_images": images, "tokens": tokens, "clip_index": clip_index,
+             "text_owner": torch.tensor(owner, dtype=torch.long), "done": done}
     if not iq_in_worker:  # the scoring process measures them on its device
         batch.update(iq_images=iq_images, iq_index=with_image)
     return batch
@@ -254,18 +309,26 @@ def _collate(items: list[dict], done: list[dict], iq_cfg: ImageQualityConfig, to
 def score_batches(src: Iterable[dict], *, scorer: Callable) -> Iterator[dict]:
     """Fill each batch's CLIP scores where it is made and drop its images and tokens.
 
-    ``scorer(images, tokens)`` returns one cosine per image; a batch marked ``scored`` tells the
-    scoring process to take the scores as they are.
+    ``scorer(images, tokens, owner)`` returns one cosine per caption (against the image in row
+    ``owner``); ``scores.clip`` is the primary caption's, each ``captions[k].clip`` its own. A batch
+    marked ``scored`` tells the scoring process to take the scores as they are.
     """
     for batch in src:
-        sims = scorer(batch["clip_images"], batch["tokens"])
-        for r in batch["records"]:
-            r["scores"]["clip"] = None
-        for j, i in enumerate(batch["clip_index"]):
-            batch["records"][i]["scores"]["clip"] = float(sims[j])
+        sims = scorer(batch["clip_images"], batch["tokens"], batch["text_owner"]).tolist()
+        cosine: dict[int, dict[str, float]] = {}
+        pos = 0
+        for i in batch["clip_index"]:
+            texts = batch["records"][i]["texts"]
+            cosine[i] = dict(zip(texts, sims[pos:pos + len(texts)]))
+            pos += len(texts)
+        for i, r in enumerate(batch["records"]):
+            cos = cosine.get(i, {})
+            r["scores"]["clip"] = cos.get(r["caption"])
+            r["captions"] = [{"source": c["source"], "clip": cos.get(c["text"])} for c in r["captions"]]
+            del r["texts"]
         # fresh empty tensors: a [:0] view would still ship the whole storage to the main process
         batch.update(clip_images=torch.empty(0, dtype=torch.uint8), tokens=torch.empty(0, dtype=torch.long),
-                     clip_index=[], scored=True)
+                     text_owner=torch.empty(0, dtype=torch.long), clip_index=[], scored=True)
         yield batch
 
 

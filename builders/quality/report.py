@@ -1,4 +1,5 @@
-"""``quality_report.json`` plus pictures: score histograms by source, a best/worst grid, an HTML page."""
+"""``quality_report.json`` plus pictures: kept shares by class and caption source, score histograms
+by source, a best/worst grid, an HTML page."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from builders.quality.selection import class_key  # noqa: E402
+from builders.quality.selection_file import caption_counts  # noqa: E402
 from wds_tools.atomic import atomic_open  # noqa: E402
+from wds_tools.images import check_image_pixels  # noqa: E402
 from wds_tools.reader import iter_tar_samples  # noqa: E402
 
 SCORES = ("clip", "sanity", "sanity_count", "sanity_spatial", "brightness", "contrast", "blur",
@@ -40,8 +44,29 @@ def distribution(values: list[float | None]) -> dict:
     return out
 
 
-def summarise(records: list[dict], threshold: float | None) -> dict:
-    """Counts kept/dropped overall, by source and by reason; distributions overall and by source."""
+def by_class(records: list[dict]) -> dict[str, dict]:
+    """Per class: total, kept, dropped and kept share, most-cut class first."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        c = counts[class_key(r)]
+        c["total"] += 1
+        c["kept" if r["keep"] else "dropped"] += 1
+    rows = {k: {"total": c["total"], "kept": c["kept"], "dropped": c["dropped"],
+                "kept_share": c["kept"] / c["total"]} for k, c in counts.items()}
+    return dict(sorted(rows.items(), key=lambda kv: (kv[1]["kept_share"], kv[0])))
+
+
+def class_warnings(classes: dict[str, dict], warn_below: float) -> list[str]:
+    """One line per class that keeps less than ``warn_below`` of its samples."""
+    return [f"class {name!r} keeps {row['kept']} of {row['total']} samples ({row['kept_share']:.1%}), "
+            f"below {warn_below:.0%}: the cut reshapes the class mix (see selection.per_class / "
+            f"selection.min_class_share)"
+            for name, row in classes.items() if row["kept_share"] < warn_below]
+
+
+def summarise(records: list[dict], threshold: float | None, *, warn_below: float = 0.5) -> dict:
+    """Counts kept/dropped overall, by source, class, caption source and reason; distributions
+    overall and by source; a warning per class that keeps less than ``warn_below``."""
     by_source: dict[str, Counter] = defaultdict(Counter)
     by_reason: Counter = Counter()
     first_reason: Counter = Counter()
@@ -53,7 +78,11 @@ def summarise(records: list[dict], threshold: float | None) -> dict:
         if r["reasons"]:
             first_reason[r["reasons"][0]] += 1
     sources = sorted(by_source)
+    classes = by_class(records)
     return {
+        "by_class": classes,
+        "by_caption_source": caption_counts(records),
+        "warnings": class_warnings(classes, warn_below),
         "threshold": threshold,
         "total": len(records),
         "kept": sum(r["keep"] for r in records),
@@ -96,6 +125,35 @@ def plot_histograms(records: list[dict], path: Path, *, threshold: float | None,
     return _save(fig, path)
 
 
+def plot_kept_shares(report: dict, path: Path) -> Path:
+    """Bars: kept share per class (left, warnings in red) and per caption source (right)."""
+    classes, caps = report["by_class"], report["by_caption_source"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, max(3.0, 0.3 * max(len(classes), len(caps), 1) + 1.5)),
+                             squeeze=False)
+    warn = report.get("warn_class_kept_below", 0.5)
+    names = list(classes)
+    shares = [classes[n]["kept_share"] for n in names]
+    ax = axes[0][0]
+    ax.barh(names, shares, color=["tab:red" if v < warn else "tab:blue" for v in shares])
+    for y, n in enumerate(names):
+        ax.text(0.01, y, f"{classes[n]['kept']}/{classes[n]['total']}", va="center", fontsize=7, color="white")
+    ax.axvline(warn, color="red", linestyle=":", label=f"warning below {warn:.0%}")
+    kept_all = report["kept"] / report["total"] if report["total"] else 0.0
+    ax.axvline(kept_all, color="black", linestyle="--", label=f"all samples {kept_all:.0%}")
+    ax.set_xlim(0, 1), ax.set_title("kept share by class"), ax.legend(fontsize=7)
+    ax = axes[0][1]
+    cap_names = list(caps)
+    ax.barh(cap_names, [caps[n]["kept"] / caps[n]["total"] if caps[n]["total"] else 0 for n in cap_names],
+            color="tab:green")
+    for y, n in enumerate(cap_names):
+        ax.text(0.01, y, f"{caps[n]['kept']}/{caps[n]['total']}", va="center", fontsize=7)
+    ax.set_xlim(0, 1), ax.set_title("kept share of captions by caption source")
+    if not cap_names:
+        ax.text(0.5, 0.5, "no per-caption scores", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=80)
@@ -116,6 +174,8 @@ def load_thumbnails(records: list[dict], size: int) -> dict[tuple[str, str], tup
                 continue
             ext = next((e for e in _IMAGE_EXTS if e in sample), None)
             try:
+                if ext:
+                    check_image_pixels(sample[ext])  # header only: a bomb shows as a blank tile
                 img = Image.open(io.BytesIO(sample[ext])).convert("RGB") if ext else None
                 if img is not None:
                     img.thumbnail((size, size))
@@ -155,13 +215,26 @@ def plot_grid(best: list[dict], worst: list[dict], path: Path, *, thumb_size: in
     return _save(fig, path)
 
 
+def _table(header: list[str], rows: list[list]) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table border='1'><tr>{cells}</tr>{body}</table>"
+
+
 def write_html(report: dict, path: Path, pictures: dict[str, str]) -> Path:
-    """A small page showing the counts, the threshold and the pictures together."""
-    rows = "".join(
-        f"<tr><td>{html.escape(src)}</td><td>{c.get('total', 0)}</td><td>{c.get('kept', 0)}</td>"
-        f"<td>{c.get('dropped', 0)}</td></tr>"
-        for src, c in report["by_source"].items()
-    )
+    """A small page showing the counts (by source, class and caption source), the warnings, the
+    threshold and the pictures together."""
+    sources = _table(["source", "total", "kept", "dropped"],
+                     [[s, c.get("total", 0), c.get("kept", 0), c.get("dropped", 0)] for s, c in report["by_source"].items()])
+    classes = _table(["class", "total", "kept", "dropped", "kept share"],
+                     [[k, c["total"], c["kept"], c["dropped"], f"{c['kept_share']:.1%}"]
+                      for k, c in report["by_class"].items()])
+    captions = _table(["caption source", "captions", "passed floor", "kept (in kept samples)", "kept share"],
+                      [[k, c["total"], c.get("passed_floor", 0), c.get("kept", 0),
+                        f"{c.get('kept', 0) / c['total']:.1%}" if c["total"] else "-"]
+                       for k, c in report["by_caption_source"].items()])
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in report.get("warnings", []))
+    warnings = f"<h2 style='color:#b00'>Warnings</h2><ul>{warnings}</ul>" if warnings else ""
     reasons = "".join(f"<li>{html.escape(r)}: {n}</li>" for r, n in report["by_reason"].items())
     pics = "".join(f"<h2>{html.escape(t)}</h2><img src='{html.escape(f)}' style='max-width:100%'>"
                    for t, f in pictures.items())
@@ -170,9 +243,10 @@ def write_html(report: dict, path: Path, pictures: dict[str, str]) -> Path:
         "<!doctype html><html><head><meta charset='utf-8'><title>Quality filter report</title></head><body>"
         f"<h1>Quality filter report</h1><p>{report['total']} samples, {report['kept']} kept, "
         f"{report['dropped']} dropped; global composite threshold "
-        f"{'none' if thr is None else f'{thr:.4f}'} (keep top {report['keep_top_percent']:.0%}), "
-        f"synthetic CLIP floor {report['min_clip_score_synthetic']}.</p>"
-        f"<table border='1'><tr><th>source</th><th>total</th><th>kept</th><th>dropped</th></tr>{rows}</table>"
+        f"{'none' if thr is None else f'{thr:.4f}'} (keep top {report['keep_top_percent']:.0%}, "
+        f"selection {html.escape(str(report.get('selection_mode', 'global')))}), "
+        f"synthetic CLIP floor {report['min_clip_score_synthetic']}.</p>{warnings}"
+        f"<h2>By source</h2>{sources}<h2>By class</h2>{classes}<h2>By caption source</h2>{captions}"
         f"<h2>Reasons</h2><ul>{reasons}</ul>{pics}</body></html>"
     )
     with atomic_open(path, "w") as f:

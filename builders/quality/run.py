@@ -6,8 +6,15 @@ scored, with ``keep: false`` and reason ``pending_global_selection``, so nothing
 before the global threshold exists. A killed run leaves whole sidecars only and resumes from them.
 
 Phase 2 (cheap, idempotent): reads all sidecars, recomputes composites from the raw scores,
-computes ONE threshold over the whole dataset, and rewrites each sidecar whose keep/reasons
-changed. The image shards are only ever read.
+computes ONE threshold over the whole dataset (or one per class, see ``selection.py``), rewrites
+each sidecar whose keep/reasons changed, and writes ``selection.json`` beside the report and
+beside the shards: what Stage 2 checks before it trains. The image shards are only ever read.
+
+A sidecar is read whole or not at all (``wds_tools.quality_record.read_quality_sidecar``): on a
+rerun every existing sidecar is checked against its shard's keys, and a cut, unreadable or
+mismatched one is scored again in phase 1; a shard that still has no whole sidecar after phase 1
+(a cut or unreadable image shard) is a failed shard, left out of the threshold and of
+``selection.json`` and retried on the next run.
 """
 
 from __future__ import annotations
@@ -23,22 +30,25 @@ import torch
 from clip_models.scoring import load_clip, resolve_device
 from builders.quality.clip_score import ClipScorer
 from builders.quality.config import QualityConfig
+from builders.quality.guard import guard_outputs
 from builders.quality.loader import QualityStream, ShardPart, fill_image_quality, plan_parts, score_batches
-from builders.quality.report import plot_grid, plot_histograms, summarise, write_html
-from builders.quality.selection import PENDING, decide, global_threshold, rescore
+from builders.quality.report import plot_grid, plot_histograms, plot_kept_shares, summarise, write_html
+from builders.quality.selection import PENDING, class_key, class_thresholds, decide, rescore
+from builders.quality.selection_file import finalised_entries, selection_doc
 from clip_models.text_tower import CachedTokenizer
 from wds_tools.atomic import write_json
 from wds_tools.config import config_to_dict, save_config
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_stats
 from wds_tools.progress import progress
-from wds_tools.sidecar import read_sidecar, write_sidecar
+from wds_tools.quality_record import (MEMBER, SIDECAR, QualityRecord, QualityRecordError, read_quality_sidecar,
+                                      selection_folders, write_selection)
+from wds_tools.sidecar import shard_keys, write_sidecar
 from wds_tools.urls import expand_urls, is_remote, sidecar_url, url_exists
 
 log = logging.getLogger(__name__)
-SIDECAR = "quality"
-MEMBER = "quality.msgpack"
 REPORT_NAME = "quality_report.json"
+__all__ = ["MEMBER", "SIDECAR", "run", "score_shards", "select_global", "write_report"]
 
 
 def has_sidecar(url: str) -> bool:
@@ -54,17 +64,17 @@ def _expected_samples(urls: list[str]) -> int | None:
 
 
 def _sidecar_record(r: dict) -> dict:
-    return {"scores": r["scores"], "composite": r.get("composite"), "keep": r.get("keep", False),
-            "reasons": r["reasons"], "source": r.get("source")}
+    """The on-disk form of a record (through the typed record, so every writer agrees)."""
+    return QualityRecord.from_dict(r).to_dict()
 
 
-def _write_pending(url: str, records: list[dict], cfg: QualityConfig, shard_keys: list[str]) -> None:
+def _write_pending(url: str, records: list[dict], cfg: QualityConfig, keys: list[str]) -> None:
     records = sorted(records, key=lambda r: r["index"])
     out = []
     for r in records:
         r = rescore({**r, "reasons": r["reasons"] + [PENDING]}, cfg.composite)
         out.append((r["key"], {MEMBER: _sidecar_record({**r, "keep": False})}))
-    write_sidecar(url, SIDECAR, out, known_keys=shard_keys)
+    write_sidecar(url, SIDECAR, out, known_keys=keys)
 
 
 def iq_in_worker(cfg: QualityConfig, device: torch.device) -> bool:
@@ -120,7 +130,8 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
     finally:
         torch.set_num_threads(threads)
         bar.close()
-    return {"scored": collector.scored, "failed": collector.failed, "skips": dict(collector.skips)}
+    return {"scored": collector.scored, "failed": collector.failed, "skips": dict(collector.skips),
+            "keys": collector.done_keys}
 
 
 def _score_batch(batch: dict, scorer: ClipScorer, cfg: QualityConfig) -> None:
@@ -148,6 +159,7 @@ class ShardCollector:
         self.failed: dict[str, str] = {}
         self.skips: dict[str, int] = defaultdict(int)
         self.scored: list[str] = []
+        self.done_keys: dict[str, list[str]] = {}  # keys of the shards whose sidecars were written
         self.on_complete = on_complete
 
     def add(self, batch: dict) -> None:
@@ -168,49 +180,74 @@ class ShardCollector:
                 if url not in self.failed:
                     self.on_complete(url, records, keys)
                     self.scored.append(url)
+                    self.done_keys[url] = keys
 
 
-def select_global(cfg: QualityConfig, urls: list[str]) -> tuple[float | None, list[dict], int]:
-    """Phase 2: one threshold from all sidecars; rewrite those whose verdicts changed.
+def load_sidecars(urls: list[str], known_keys: dict[str, list[str]] | None = None
+                  ) -> tuple[dict[str, dict[str, dict]], dict[str, str]]:
+    """Whole, key-checked sidecars of ``urls`` that have one, and why each other one is unusable.
 
-    Returns the threshold, every final record (with ``url``/``key``) and how many sidecars were
-    rewritten.
+    Keys come from ``known_keys`` (what phase 1 just read) or the shard itself (headers only when
+    local). Returns ``({url: {key: record dict}}, {url: problem})``.
     """
-    sidecars = {u: read_sidecar(u, SIDECAR) for u in urls if has_sidecar(u)}
-    rescored = {u: {k: rescore(v[MEMBER], cfg.composite) for k, v in side.items()} for u, side in sidecars.items()}
-    eligible = (r["composite"] for recs in rescored.values() for r in recs.values())
-    threshold = global_threshold(eligible, cfg.selection.keep_top_percent)
+    good, bad = {}, {}
+    for url in urls:
+        if not has_sidecar(url):
+            continue
+        try:
+            keys = (known_keys or {}).get(url)
+            keys = keys if keys is not None else shard_keys(url)
+            good[url] = {k: r.to_dict() for k, r in read_quality_sidecar(url, keys).items()}
+        except (QualityRecordError, OSError) as e:
+            bad[url] = str(e)
+    return good, bad
+
+
+def select_global(cfg: QualityConfig, sidecars: dict[str, dict[str, dict]]) -> dict:
+    """Phase 2 over whole sidecars: thresholds, then rewrite the sidecars whose verdicts changed.
+
+    Returns ``threshold``, ``class_thresholds``, every final record (with ``url``/``key``) as
+    ``records`` and how many sidecars were ``rewritten``.
+    """
+    rescored = {u: {k: {**rescore(v, cfg.composite), "url": u} for k, v in side.items()} for u, side in sidecars.items()}
+    threshold, per_class = class_thresholds((r for recs in rescored.values() for r in recs.values()), cfg.selection)
     final, rewritten = [], 0
     for url, recs in rescored.items():
-        decided = {k: _sidecar_record(decide(r, threshold=threshold, cfg=cfg.selection)) for k, r in recs.items()}
-        if any(decided[k] != sidecars[url][k][MEMBER] for k in decided):
-            # the keys of a sidecar that was checked against its shard when it was written
-            write_sidecar(url, SIDECAR, [(k, {MEMBER: v}) for k, v in decided.items()],
-                          known_keys=list(sidecars[url]))
+        decided = {k: _sidecar_record(decide(r, threshold=per_class.get(class_key(r), threshold), cfg=cfg.selection))
+                   for k, r in recs.items()}
+        if any(decided[k] != sidecars[url][k] for k in decided):
+            # the keys of a sidecar that was just checked against its shard
+            write_sidecar(url, SIDECAR, [(k, {MEMBER: v}) for k, v in decided.items()], known_keys=list(sidecars[url]))
             rewritten += 1
         final.extend({**v, "url": url, "key": k} for k, v in decided.items())
-    return threshold, final, rewritten
+    return {"threshold": threshold, "class_thresholds": per_class, "records": final, "rewritten": rewritten}
 
 
-def write_report(cfg: QualityConfig, report_dir: Path, threshold: float | None, records: list[dict],
-                 phase1: dict, urls: list[str], rewritten: int) -> dict:
-    """quality_report.json, the histogram and grid PNGs and index.html in ``report_dir``."""
-    report = summarise(records, threshold)
+def write_report(cfg: QualityConfig, report_dir: Path, selected: dict, phase1: dict, urls: list[str],
+                 unusable: dict[str, str]) -> dict:
+    """quality_report.json, the histogram, class and grid PNGs and quality_report.html in ``report_dir``."""
+    records, threshold = selected["records"], selected["threshold"]
+    report = summarise(records, threshold, warn_below=cfg.selection.warn_class_kept_below)
     report.update(
         keep_top_percent=cfg.selection.keep_top_percent,
         min_clip_score_synthetic=cfg.selection.min_clip_score_synthetic,
+        selection_mode=_mode(cfg), class_thresholds=selected["class_thresholds"],
+        warn_class_kept_below=cfg.selection.warn_class_kept_below,
         shards={"total": len(urls), "with_sidecar": len({r["url"] for r in records}),
-                "scored_this_run": len(phase1["scored"]), "sidecars_rewritten": rewritten,
-                "failed": phase1["failed"]},
+                "scored_this_run": len(phase1["scored"]), "sidecars_rewritten": selected["rewritten"],
+                "failed": {**unusable, **phase1["failed"]}},
         read_skips=phase1["skips"],
         report_dir=str(report_dir),
         model={"name": cfg.model.name, "pretrained": cfg.model.pretrained},
         config=config_to_dict(cfg),
     )
+    for w in report["warnings"]:
+        log.warning("%s", w)
     ranked = sorted((r for r in records if r["composite"] is not None), key=lambda r: r["composite"], reverse=True)
     n = cfg.report.grid_samples
     best, worst = ranked[:n], ranked[::-1][:n] if len(ranked) > n else []
     pictures = {
+        "Kept share by class and by caption source": plot_kept_shares(report, report_dir / "quality_classes.png").name,
         "Score histograms by source": plot_histograms(records, report_dir / "quality_histograms.png",
                                                       threshold=threshold, bins=cfg.report.bins).name,
         "Best (top) and worst (bottom) samples": plot_grid(best, worst, report_dir / "quality_grid.png",
@@ -221,6 +258,21 @@ def write_report(cfg: QualityConfig, report_dir: Path, threshold: float | None, 
     write_json(report_dir / REPORT_NAME, report)
     save_config(cfg, report_dir / "quality_config.yaml")
     return report
+
+
+def _mode(cfg: QualityConfig) -> str:
+    mode = "per_class" if cfg.selection.per_class else "global"
+    return f"{mode}, min_class_share {cfg.selection.min_class_share}" if cfg.selection.min_class_share else mode
+
+
+def write_selections(cfg: QualityConfig, report_dir: Path, selected: dict, urls: list[str]) -> list[str]:
+    """``selection.json`` in the report folder and in every shard folder (where Stage 2 looks)."""
+    doc = selection_doc(selected=selected, entries=finalised_entries(selected["records"]), cfg=cfg, urls=urls)
+    folders = list(dict.fromkeys([str(report_dir.resolve())] + selection_folders(urls)))
+    written = [write_selection(doc, f) for f in folders]
+    log.info("selection: %d of %d samples kept in %d finalised sidecars; written to %s",
+             doc["kept"], doc["total"], len(doc["sidecars"]), ", ".join(written))
+    return written
 
 
 def run(cfg: QualityConfig) -> dict:
@@ -237,9 +289,25 @@ def run(cfg: QualityConfig) -> dict:
                          f"got {piped[0]!r}")
     if not cfg.output and is_remote(urls[0]):
         raise ValueError(f"the shards are remote ({urls[0]!r}): set output= to a local report directory")
-    todo = urls if cfg.rescore else [u for u in urls if not has_sidecar(u)]
-    log.info("%d shards, %d to score (%d already have sidecars)", len(urls), len(todo), len(urls) - len(todo))
-    phase1 = score_shards(cfg, todo) if todo else {"scored": [], "failed": {}, "skips": {}}
-    threshold, records, rewritten = select_global(cfg, urls)
     report_dir = Path(cfg.output) if cfg.output else Path(urls[0]).parent
-    return write_report(cfg, report_dir, threshold, records, phase1, urls, rewritten)
+    with guard_outputs(urls, report_dir=report_dir, break_lock=cfg.break_lock):
+        sidecars, damaged = ({}, {}) if cfg.rescore else load_sidecars(urls)
+        for url, problem in damaged.items():
+            log.warning("sidecar unusable, scoring the shard again: %s", problem)
+        todo = [u for u in urls if u not in sidecars]
+        log.info("%d shards, %d to score (%d with whole sidecars, %d unusable)", len(urls), len(todo),
+                 len(sidecars), len(damaged))
+        phase1 = score_shards(cfg, todo) if todo else {"scored": [], "failed": {}, "skips": {}, "keys": {}}
+        fresh, unusable = load_sidecars(phase1["scored"], phase1["keys"])
+        sidecars.update(fresh)
+        missing = [u for u in urls if u not in sidecars]
+        for url in missing:
+            unusable.setdefault(url, phase1["failed"].get(url) or damaged.get(url) or "no sidecar")
+        if missing:
+            log.error("%d shards have no whole sidecar and are left out of the selection (rerun to retry): %s",
+                      len(missing), "; ".join(f"{u}: {unusable[u]}" for u in missing[:5]))
+        selected = select_global(cfg, sidecars)
+        report = write_report(cfg, report_dir, selected, phase1, urls, unusable)
+        report["selection_files"] = write_selections(cfg, report_dir, selected, urls)
+        write_json(report_dir / REPORT_NAME, report)
+        return report

@@ -17,7 +17,7 @@ from builders.real.config import RealBuildConfig
 
 FLAGS = {"--input": "input", "--output": "output", "--image-root": "image_root",
          "--executor": "executor", "--workers": "workers", "--vlm-model": "vlm.model",
-         "--overwrite": "overwrite"}
+         "--overwrite": "overwrite", "--verify": "verify", "--break-lock": "break_lock"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
                                 "Finished shards are kept on rerun; --overwrite rebuilds them.",
                     flags=FLAGS, default_config=None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = build_real(cfg)
+    try:
+        summary = build_real(cfg)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input or a held lock
+        print(f"python -m builders.real: error: {e}", file=sys.stderr)
+        return 2
     print(format_summary(summary, cfg.output))
     return 0
 

@@ -13,8 +13,9 @@ images)::
 
 Each split's ``dataset.json`` carries ``real_original``, ``real_augmented`` and ``zoom_crops``
 counts besides the by-source/caption-source/class/kind stats. A finished shard (tar + stats)
-is skipped on rerun; ``overwrite=true`` rebuilds everything. One build per output folder at a
-time: leftover temp files from a killed build are removed at start.
+is skipped on rerun (when its size, and with ``verify=true`` its sha256, matches its stats);
+``overwrite=true`` rebuilds everything. One build per output folder at a time (``OUT/build.lock``,
+see builders.common.output), so leftover temp files from a killed build are removed at start.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from wds_tools.progress import progress as progress_bar
 
 from builders.common.executors import run_units
 from builders.common.inputs import SPLITS, read_items
+from builders.common.output import check_output_dir, lock_output, refuse_empty_build, remove_killed_temps
 from builders.common.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
 from builders.common.preview import write_preview
 from builders.real.config import RealBuildConfig
@@ -44,7 +46,7 @@ PLAN_NAME = "build_plan.json"
 PREVIEW_NAME = "preview.png"
 SUMMARY_NAME = "build_summary.json"
 # Settings that may change between a partial build and its resumption.
-_RUN_ONLY = ("overwrite", "executor", "workers", "ray_address", "output")
+_RUN_ONLY = ("overwrite", "executor", "workers", "ray_address", "output", "verify", "break_lock")
 _OWN_FILE = re.compile(rf"^{SHARD_PREFIX}-(train|val|test)-\d{{6}}\.(tar|stats\.json|skips\.json)$")
 _KIND_COUNTS = {"real_original": "original", "real_augmented": "augmented",
                 "zoom_crops": "zoom_crop"}
@@ -141,7 +143,13 @@ def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
     """Run the whole build for ``cfg``; returns the summary also written to build_summary.json."""
     if not cfg.input or not cfg.output:
         raise ConfigError("both input and output must be set (--input DIR_OR_FILE --output DIR)")
-    out = Path(cfg.output)
+    out = check_output_dir(cfg.output)
+    with lock_output(out, tool="builders.real", break_lock=cfg.break_lock):
+        return _build_locked(cfg, out, progress=progress)
+
+
+def _build_locked(cfg: RealBuildConfig, out: Path, *, progress: bool) -> dict:
+    remove_killed_temps(out, SPLITS)  # e.g. a dataset.json cut by a kill: no one else writes here
     items = read_items(cfg.input, image_root=cfg.image_root or None)
     units = plan_units(items, images_per_shard=cfg.images_per_shard, seed=cfg.seed,
                        val_fraction=cfg.splits.val_fraction, test_fraction=cfg.splits.test_fraction,
@@ -168,12 +176,15 @@ def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
                   address=cfg.ray_address, on_done=done)
     finally:
         bar.close()
+    refuse_empty_build(results, units, out, image_root=cfg.image_root, source=cfg.input,
+                       build_files=(CONFIG_NAME, PLAN_NAME))
     summary = write_indexes(out, sorted(results, key=lambda r: r.name), cfg)
     first = next((u.path(out) for u in units if u.split == "train"), None)
     if cfg.preview and first is not None and first.exists():
         summary["preview"] = str(write_preview(first, out / PREVIEW_NAME))
     summary["seconds"] = round(time.perf_counter() - start, 3)
     summary["resumed_shards"] = sum(r.resumed for r in results)
+    summary["rebuilt_shards"] = sum(r.rebuilt for r in results)
     return summary
 
 

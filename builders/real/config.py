@@ -91,6 +91,8 @@ class RealBuildConfig:
     output: str = ""
     image_root: str = ""            # for caption files; default: the caption file's folder
     overwrite: bool = False
+    verify: bool = False            # on resume, check each finished shard's sha256 (size always)
+    break_lock: bool = False        # take over another host's lock that has gone stale
     seed: int = 0
     size: int = 256                 # training size: short side resized, centre-cropped square
     image_ext: Literal["jpg", "png", "webp"] = "jpg"

@@ -21,6 +21,7 @@ from builders.real.augment import center_square, resize_square
 from builders.common.inputs import UnreadableImage, load_rgb
 from wds_tools.skips import SkipLog
 
+from builders.common.output import finished_shard
 from builders.common.plan import Unit
 from builders.real.config import RealBuildConfig
 from builders.real.recipe import build_item
@@ -39,6 +40,7 @@ class UnitResult:
     by_kind: dict = field(default_factory=dict)
     skips: dict = field(default_factory=dict)
     resumed: bool = False
+    rebuilt: bool = False         # an earlier run's shard did not match its stats file
 
 
 def skips_path(shard: Path) -> Path:
@@ -67,6 +69,11 @@ def _load_squares(unit: Unit, cfg: RealBuildConfig, skips: SkipLog) -> Iterator[
     """(key, item, owned, aug indices, centre square) per readable source of ``unit``, each
     decoded once; unreadable ones are counted by their owner unit only."""
     for key, item, owned, augs in unit.work():
+        bad = text_problem(item)
+        if bad:
+            if owned:
+                skips.add(bad, key=key, url=item.path)
+            continue
         try:
             img = load_rgb(item.path, draft_size=cfg.size)
         except UnreadableImage as e:
@@ -76,6 +83,18 @@ def _load_squares(unit: Unit, cfg: RealBuildConfig, skips: SkipLog) -> Iterator[
                 log.debug("%s: %s unreadable (counted by its owner shard)", unit.name, key)
             continue
         yield key, item, owned, augs, center_square(img)
+
+
+def text_problem(item) -> str | None:
+    """A skip reason when a caption or the class is not encodable text (a lone surrogate from a
+    JSON ``\\udXXX`` escape), which no shard member or metadata file could hold."""
+    for reason, texts in (("invalid_caption", item.captions), ("invalid_class", [item.cls or ""])):
+        for t in texts:
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                return reason
+    return None
 
 
 def _groups(items: Iterable, n: int) -> Iterator[list]:
@@ -92,8 +111,11 @@ def _groups(items: Iterable, n: int) -> Iterator[list]:
 def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
     """Write ``unit``'s shard unless it is already complete (and overwrite is off)."""
     shard = unit.path(output)
-    if is_shard_complete(shard) and not cfg.overwrite:
-        return result_from_disk(unit, output)
+    rebuilt = False
+    if not cfg.overwrite and is_shard_complete(shard):
+        if finished_shard(shard, verify=cfg.verify):
+            return result_from_disk(unit, output)
+        rebuilt = True
     skips_path(shard).unlink(missing_ok=True)  # counts of a killed earlier attempt
     keep_freed_memory()  # a worker of any executor allocates per image: keep freed pages
     skips = SkipLog()
@@ -114,4 +136,4 @@ def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
         if skips.counts:  # no file means no skips: saves an fsync per clean shard
             write_json(skips_path(shard), skips.as_dict())
     return UnitResult(unit.name, unit.split, len(unit.items), w.stats.samples, by_kind,
-                      skips.as_dict())
+                      skips.as_dict(), rebuilt=rebuilt)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from wds_tools.manifest import write_index
+from wds_tools.quality_record import SELECTION_FORMAT, sha256_url, write_selection
 from wds_tools.sample import encode_image, make_key, make_sample
 from wds_tools.sidecar import write_sidecar
 from wds_tools.writer import shard_name, write_shard
@@ -28,11 +29,31 @@ def tile(cls: str, seed: int, size: int = 48) -> Image.Image:
     return Image.fromarray(arr)
 
 
+def write_test_selection(out: Path, shards: list[Path]) -> Path:
+    """A finished quality selection over ``shards`` (their sidecars as they are now), as the filter
+    writes it: ``selection.json`` in ``out``."""
+    from collections import Counter
+
+    from wds_tools.quality_record import MEMBER, decode, keep
+    from wds_tools.sidecar import read_sidecar
+    entries = []
+    for shard in shards:
+        recs = [decode(v[MEMBER]) for v in read_sidecar(str(shard), "quality").values()]
+        side = shard.with_name(shard.name[:-4] + ".quality.tar")
+        entries.append({"shard": str(shard), "sidecar": str(side), "sha256": sha256_url(str(side)),
+                        "samples": len(recs), "kept": sum(keep(r) for r in recs),
+                        "kept_by_class": dict(Counter(r.cls for r in recs if keep(r)))})
+    doc = {"format": SELECTION_FORMAT, "threshold": 0.3, "sidecars": entries}
+    return Path(write_selection(doc, str(out)))
+
+
 def make_source(out: Path, *, source: str, n_shards: int, per_shard: int, classes: list[str],
-                drop_every: int = 0, ext: str = "jpg") -> Path:
-    """Write ``n_shards`` shards (+ optional quality sidecars dropping every ``drop_every``-th sample)."""
+                drop_every: int = 0, ext: str = "jpg", selection: bool = True) -> Path:
+    """Write ``n_shards`` shards with quality sidecars (dropping every ``drop_every``-th sample) and
+    a finished ``selection.json``; ``selection=False`` writes neither sidecars nor selection."""
     out.mkdir(parents=True, exist_ok=True)
     i = 0
+    paths = []
     for s in range(n_shards):
         samples, quality = [], []
         for _ in range(per_shard):
@@ -44,13 +65,16 @@ def make_source(out: Path, *, source: str, n_shards: int, per_shard: int, classe
             samples.append(make_sample(key=key, image=encode_image(tile(cls, i), ext=ext), caption=caps[0],
                                        meta=meta, image_ext=ext))
             keep = not (drop_every and i % drop_every == drop_every - 1)
-            quality.append((key, {"msgpack": {"scores": {"clip": 0.3}, "composite": 0.3,
-                                                      "keep": keep, "reasons": [] if keep else ["low"]}}))
+            quality.append((key, {"msgpack": {"scores": {"clip": 0.3}, "composite": 0.3, "class": cls,
+                                              "keep": keep, "reasons": [] if keep else ["low"]}}))
             i += 1
         path = out / shard_name(source, s)
         write_shard(path, samples)
-        if drop_every:
+        paths.append(path)
+        if selection:
             write_sidecar(path, "quality", quality)
+    if selection:
+        write_test_selection(out, paths)
     write_index(out, name=source)
     return out
 

@@ -86,3 +86,26 @@ def test_float_written_without_a_dot():
     assert load_config(Cfg, None, ["optim.lr=1e-4"]).optim.lr == 1e-4
     with pytest.raises(ConfigError, match="expected float, got 'fast'"):
         load_config(Cfg, None, ["optim.lr=fast"])
+
+
+@dataclass
+class Bounds:
+    low: float = 0.0
+    high: float | None = 1.0
+    floors: dict[str, float] = field(default_factory=dict)
+
+
+@pytest.mark.parametrize("override", ["low=nan", "low=.nan", "low=inf", "low=-.inf", "high=nan",
+                                      "floors.vlm=nan", "low=1e999"])
+def test_non_finite_float_is_refused_naming_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key}: must be a finite number"):
+        load_config(Bounds, None, [override])
+
+
+def test_non_finite_float_in_a_file_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("low: .nan\n")
+    with pytest.raises(ConfigError, match="low: must be a finite number"):
+        load_config(Bounds, path)
+    assert load_config(Bounds, None, ["low=-2.5", "high=null"]) == Bounds(low=-2.5, high=None)

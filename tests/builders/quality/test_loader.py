@@ -51,9 +51,27 @@ def test_score_batches_fills_scores_and_drops_images_on_plain_lists():
 
     from builders.quality.loader import score_batches, scored
 
-    batch = {"records": [{"scores": {}} for _ in range(3)], "clip_index": [0, 2],
-             "clip_images": torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "tokens": torch.zeros(2, 77, dtype=torch.long)}
-    out = list(score_batches([batch], scorer=lambda images, tokens: torch.tensor([0.5, -0.25])))
-    assert [r["scores"]["clip"] for r in out[0]["records"]] == [0.5, None, -0.25]
+    def rec(caption, captions, texts):
+        return {"scores": {}, "caption": caption, "texts": texts,
+                "captions": [{"source": src, "text": t} for t, src in captions]}
+
+    records = [rec("a", [("a", "original"), ("b", "vlm")], ["a", "b"]),
+               rec("", [], []),  # no caption: not scored
+               rec("c", [("d", "original"), ("c", "m2b_b2c")], ["c", "d"])]  # primary drawn second
+    batch = {"records": records, "clip_index": [0, 2], "text_owner": torch.tensor([0, 0, 1, 1]),
+             "clip_images": torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "tokens": torch.zeros(4, 77, dtype=torch.long)}
+    seen = {}
+
+    def scorer(images, tokens, owner):
+        seen["owner"] = owner.tolist()
+        return torch.tensor([0.5, 0.125, -0.25, 0.375])
+
+    out = list(score_batches([batch], scorer=scorer))
+    assert seen["owner"] == [0, 0, 1, 1]
+    recs = out[0]["records"]
+    assert [r["scores"]["clip"] for r in recs] == [0.5, None, -0.25]
+    assert recs[0]["captions"] == [{"source": "original", "clip": 0.5}, {"source": "vlm", "clip": 0.125}]
+    assert recs[2]["captions"] == [{"source": "original", "clip": 0.375}, {"source": "m2b_b2c", "clip": -0.25}]
+    assert all("texts" not in r for r in recs)
     assert out[0]["scored"] and out[0]["clip_images"].numel() == 0 and out[0]["clip_index"] == []
     pickle.dumps(scored(scorer=max))  # the curried stage pickles (DataLoader workers under spawn)

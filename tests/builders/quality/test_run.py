@@ -172,7 +172,7 @@ def test_image_quality_on_the_scoring_device_gives_the_same_scores(scored_once, 
         assert device[k]["keep"] == worker[k]["keep"]
 
 
-def test_truncated_shard_is_scored_up_to_the_damage(tmp_path):
+def test_cut_image_shard_is_a_failed_shard_retried_on_rerun(tmp_path):
     from wds_tools.writer import shard_name, write_shard
     from tests.builders.quality.conftest import good_sample
     shards = tmp_path / "t"
@@ -180,12 +180,19 @@ def test_truncated_shard_is_scored_up_to_the_damage(tmp_path):
     write_shard(shards / shard_name("t", 0), [good_sample(i) for i in range(4)])
     write_shard(shards / shard_name("t", 1), [good_sample(10 + i) for i in range(4)])
     bad = shards / shard_name("t", 1)
-    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    whole = bad.read_bytes()
+    bad.write_bytes(whole[: len(whole) // 2])
     report = run(tiny_config(tmp_path, f"input={shards}", "loader.num_workers=0"))
-    # the whole first shard and the intact samples of the second; the sample the cut went through
-    # is a counted read skip, never scored half-read
-    assert report["total"] == 6 and not report["shards"]["failed"]
-    assert report["read_skips"] == {"corrupt_tar": 1}
+    # no short sidecar: the cut shard is reported failed and left out of the selection
+    assert report["total"] == 4 and str(bad) in report["shards"]["failed"]
+    assert "cut or corrupt" in report["shards"]["failed"][str(bad)]
+    assert not Path(sidecar_url(str(bad), SIDECAR)).exists()
+    selection = json.loads((shards / "selection.json").read_text())
+    assert [e["shard"] for e in selection["sidecars"]] == ["t-000000.tar"]
+    assert selection["not_selected"] == [str(bad)]
+    bad.write_bytes(whole)  # the shard is repaired (re-copied): the rerun scores it
+    report = run(tiny_config(tmp_path, f"input={shards}", "loader.num_workers=0"))
+    assert report["total"] == 8 and not report["shards"]["failed"] and report["shards"]["scored_this_run"] == 1
 
 
 def test_zero_weight_terms_are_not_computed(shard_dir, tmp_path):
@@ -256,3 +263,73 @@ def test_a_striped_shard_counts_its_read_skips_once(tmp_path):
     report = run(tiny_config(tmp_path, f"input={d}", "loader.num_workers=2"))
     assert report["read_skips"] == {"unsafe_member_pyd": 1}
     assert report["shards"]["scored_this_run"] == 1 and report["total"] == 6
+
+
+def test_report_counts_by_class_and_caption_source(scored_once):
+    shard_dir, tmp_path, cfg, report, shards, _ = scored_once
+    recs = records(shard_dir)
+    assert set(report["by_class"]) == {"field"}  # every fixture sample is a "field"
+    row = report["by_class"]["field"]
+    assert row["total"] == len(recs) and row["kept"] == sum(r["keep"] for r in recs.values())
+    assert row["kept_share"] == pytest.approx(row["kept"] / row["total"])
+    # per-caption scores: one per caption, the primary caption's equal to scores.clip
+    for r in recs.values():
+        if r["scores"]["clip"] is not None:
+            assert [c["clip"] for c in r["captions"]] == [r["scores"]["clip"]]
+    assert set(report["by_caption_source"]) == {"original"}  # make_sample records the caption as original
+    assert report["by_caption_source"]["original"]["total"] == len(recs)
+    page = (tmp_path / "report" / "quality_report.html").read_text()
+    assert "<h2>By class</h2>" in page and "<td>field</td>" in page and "quality_classes.png" in page
+    assert (tmp_path / "report" / "quality_classes.png").stat().st_size > 1000
+    # selection.json beside the report and beside the shards, listing every sidecar with its hash
+    for folder in (tmp_path / "report", shard_dir):
+        sel = json.loads((folder / "selection.json").read_text())
+        assert sel["threshold"] == report["threshold"] and sel["kept"] == report["kept"]
+        assert sel["kept_by_class"] == {"field": report["kept"]}
+        assert len(sel["sidecars"]) == 3
+        for e in sel["sidecars"]:
+            assert sha(folder / e["sidecar"]) == e["sha256"]
+
+
+def test_class_losing_more_than_half_is_a_warning(tmp_path, caplog):
+    from wds_tools.writer import shard_name, write_shard
+    shards = tmp_path / "w"
+    shards.mkdir()
+    # "dark" tiles are nearly black: low brightness and contrast, so the global cut takes them
+    samples = [good_sample(i) for i in range(6)] + [good_sample(10 + i, border=0.95) for i in range(4)]
+    for s in samples[6:]:
+        meta = json.loads(s["json"])
+        s["json"] = json.dumps({**meta, "class": "dark"}).encode()
+    write_shard(shards / shard_name("w", 0), samples)
+    opts = ("loader.num_workers=0", "selection.keep_top_percent=0.6", "selection.min_clip_score_caption=-1")
+    report = run(tiny_config(tmp_path, f"input={shards}", *opts))
+    assert report["by_class"]["dark"]["kept"] < 2
+    assert any("'dark'" in w for w in report["warnings"]) and not any("'field'" in w for w in report["warnings"])
+    assert any("class 'dark' keeps" in r.message for r in caplog.records)
+    assert "Warnings" in (tmp_path / "report" / "quality_report.html").read_text()
+    report = run(tiny_config(tmp_path, f"input={shards}", *opts, "selection.per_class=true"))
+    assert report["by_class"]["dark"]["kept"] == 3 and report["by_class"]["field"]["kept"] == 4  # ceil(0.6 n)
+    assert not report["warnings"] and report["selection_mode"] == "per_class"
+
+
+@pytest.mark.parametrize("damage", ["cut", "keys"])
+def test_damaged_sidecar_is_rescored_never_shortened(tmp_path, damage):
+    from wds_tools.sidecar import write_sidecar
+    from wds_tools.writer import shard_name, write_shard
+    shards = tmp_path / "d"
+    shards.mkdir()
+    for s in range(2):
+        write_shard(shards / shard_name("d", s), [good_sample(s * 10 + i) for i in range(4)])
+    run(tiny_config(tmp_path, f"input={shards}", "loader.num_workers=0"))
+    target = shards / shard_name("d", 1)
+    side = Path(sidecar_url(str(target), SIDECAR))
+    whole = read_sidecar(str(target), SIDECAR)
+    if damage == "cut":  # through the second record (a tar is zero-padded to 10 KiB at its end)
+        side.write_bytes(side.read_bytes()[:1536])
+    else:  # a sidecar of another version of the shard: one key fewer
+        write_sidecar(target, SIDECAR, list(whole.items())[:3], check_against_shard=False)
+    report = run(tiny_config(tmp_path, f"input={shards}", "loader.num_workers=0"))
+    assert report["shards"]["scored_this_run"] == 1 and not report["shards"]["failed"]
+    assert report["total"] == 8
+    again = read_sidecar(str(target), SIDECAR)
+    assert list(again) == list(whole) and again == whole  # same scores, every key, final verdicts

@@ -1,0 +1,81 @@
+"""Stage 2's side of the quality filter: train on exactly what the filter selected, or say why not.
+
+Before any step the trainer checks each shard of the mix against the filter's ``selection.json``
+(format and sidecar contract in ``wds_tools.quality_record``):
+
+- where: ``data.selection`` (paths or URLs of ``selection.json`` files) when given, else the
+  ``selection.json`` beside the shards (the filter writes one into every shard folder as well as
+  into its report folder, so the default works whatever ``--output`` the filter had);
+- every shard must have a quality sidecar that the selection lists with the same sha256: a missing
+  sidecar (never scored), one not listed (pending, or scored by a run that did not finish) or one
+  changed since the selection is an error unless ``data.require_selection=false`` (then a warning);
+- rare-class weights and the epoch size come from the kept counts of the listed shards.
+
+``data.use_quality=false`` skips all of this and trains on every sample, on purpose.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from wds_tools.quality_record import Selection, find_selection, read_selection
+
+log = logging.getLogger(__name__)
+
+
+class SelectionError(ValueError):
+    """The mix's shards are not (all) covered by a finished quality selection."""
+
+
+@dataclass(kw_only=True)
+class MixSelection:
+    """What the selection says about the shards of the mix."""
+
+    selection: Selection | None
+    kept_by_class: dict[str, int]
+    kept: int
+    problems: list[str]
+
+
+def _advice(problems: list[str], urls: list[str], where: str) -> str:
+    shown = "\n  ".join(problems[:5])
+    more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+    return (f"{len(problems)} of {len(urls)} shards are not covered by a finished quality selection "
+            f"({where}):\n  {shown}{more}\nRun the quality filter over these shards and let it finish "
+            f"(python -m builders.quality --input DIR; a killed run resumes), or point data.selection at "
+            f"its selection.json, or set data.use_quality=false to train unfiltered on purpose "
+            f"(data.require_selection=false trains anyway with what the sidecars say)")
+
+
+def check_mix_selection(urls: list[str], *, files: list[str], require: bool,
+                        check_hashes: bool = True) -> MixSelection:
+    """Check ``urls`` (every shard of the mix) against the selection; see the module docstring."""
+    found = list(files) or find_selection(urls)
+    selection = read_selection(found) if found else None
+    where = (", ".join(found) if found else "no selection.json beside the shards and none given in data.selection")
+    problems = (selection or Selection(files=[], entries={}, docs=[])).problems(urls, check_hashes=check_hashes)
+    if problems and require:
+        raise SelectionError(_advice(problems, urls, where))
+    if problems:
+        log.warning("data.require_selection=false: %s", _advice(problems, urls, where))
+    kept_by_class = selection.kept_by_class(urls) if selection else {}
+    kept = selection.kept(urls) if selection else 0
+    if selection:
+        log.info("quality selection %s: %d kept samples in the mix's %d shards", ", ".join(selection.files),
+                 kept, len(urls))
+    return MixSelection(selection=selection, kept_by_class=kept_by_class, kept=kept, problems=problems)
+
+
+def selected_counts(data_cfg, sources: list, manifests: dict) -> dict:
+    """Samples by class and in total, for rare-class weights and the epoch size: with
+    ``data_cfg.use_quality`` the selection's kept counts over the shards of ``sources`` (checked
+    first, see the module docstring), else (or without a selection) the manifests'."""
+    if data_cfg.use_quality:
+        sel = check_mix_selection([u for s in sources for u in s.urls], files=list(data_cfg.selection),
+                                  require=data_cfg.require_selection)
+        if sel.selection is not None and sel.kept:
+            return {"by_class": sel.kept_by_class, "total_samples": sel.kept,
+                    "from": "quality selection (kept samples)"}
+    return {"by_class": manifests["by_class"], "total_samples": manifests["total_samples"],
+            "from": "dataset.json manifests (before any filtering)"}
