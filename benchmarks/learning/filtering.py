@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_filter(train_dir: str, *, base: str, report_dir: Path) -> dict:
-    """Score the train shards with the base (production filter defaults otherwise); sidecars beside them."""
+    """Score the train shards with the base (production filter defaults, caption floor off); sidecars beside them."""
     from builders.quality.config import QualityConfig
     from builders.quality.run import run
 
@@ -23,7 +23,10 @@ def run_filter(train_dir: str, *, base: str, report_dir: Path) -> dict:
                                     f"input=[{train_dir}]", f"output={report_dir}", "rescore=true",
                                     f"model.name={REPO / 'configs/models/tiny-clip.json'}",
                                     f"model.pretrained={base}", "model.device=cpu", "model.precision=fp32",
-                                    "model.batch_size=64", "loader.num_workers=1"],
+                                    "model.batch_size=64", "loader.num_workers=1",
+                                    # the per-caption floor is in RemoteCLIP's cosine range; a tiny
+                                    # stand-in's cosines sit elsewhere, so only the top-share cut acts
+                                    "selection.min_clip_score_caption=-1.0"],
                     prog="bench_learning", description="", default_config=None)
     report = run(cfg)
     return {k: report.get(k) for k in ("total", "kept", "dropped", "threshold")}
