@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum setup.cfg | cut -d' ' -f1)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test venv clean-demo
+.PHONY: demo test lint venv clean-demo
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Style (ruff, configured in pyproject.toml) and layering (import-linter contracts in setup.cfg).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean-demo:
 	rm -rf demo_out

@@ -42,12 +42,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clip_models.scoring import load_clip, resolve_device  # noqa: E402
 from builders.quality.clip_score import ClipScorer  # noqa: E402
 from builders.quality.config import QualityConfig  # noqa: E402
 from builders.quality.image_quality import ImageQualityConfig, image_quality_scores  # noqa: E402
 from builders.quality.loader import clip_input, decode_rgb  # noqa: E402
 from builders.quality.run import score_shards  # noqa: E402
+from clip_models.device import resolve_device  # noqa: E402
+from clip_models.loading import load_clip  # noqa: E402
 from clip_models.text_tower import CachedTokenizer  # noqa: E402
 from wds_tools.malloc import keep_freed_memory  # noqa: E402
 from wds_tools.reader import iter_tar_samples  # noqa: E402
@@ -199,16 +200,16 @@ def main() -> None:
     tuned = keep_freed_memory()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     device = resolve_device(args.device)
-    model, size, tokenizer = load_clip(model_name=args.model, pretrained=args.pretrained, device=device,
-                                       precision=args.precision)
-    scorer = ClipScorer(model=model, device=device, precision=args.precision)
     cfg = QualityConfig(input=["unused"])
     cfg.model.name, cfg.model.pretrained, cfg.model.device = args.model, args.pretrained, str(device)
     cfg.model.precision, cfg.model.batch_size, cfg.loader.num_workers = args.precision, args.batch, args.workers
+    model, size, tokenizer = load_clip(cfg.model)
+    scorer = ClipScorer(model=model, device=device, precision=args.precision)
     cfg.loader.main_threads = args.main_threads
     load = tuple(round(x, 2) for x in os.getloadavg())
     print(f"cpu cores {os.cpu_count()}, load average {load}, device {device}, model {args.model} "
-          f"({size} px input), malloc tuned {tuned}, captions repeated x{args.caption_repeats}, {args.images} JPEGs of {args.image_px} px in {args.shards} shards, batch {args.batch}")
+          f"({size} px input), malloc tuned {tuned}, captions repeated x{args.caption_repeats}, "
+          f"{args.images} JPEGs of {args.image_px} px in {args.shards} shards, batch {args.batch}")
     with tempfile.TemporaryDirectory() as tmp:
         urls = make_shards(Path(tmp), images=args.images, shards=args.shards, size=args.image_px,
                            captions=CLAIM_CAPTIONS if args.claims else CAPTIONS,

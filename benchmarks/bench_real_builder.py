@@ -31,15 +31,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from builders.common.inputs import load_rgb  # noqa: E402
+from builders.demo_images import CLASSES, draw_tile  # noqa: E402
+from builders.real.augment import center_square, resize_square  # noqa: E402
+from builders.real.build import build_real  # noqa: E402
+from builders.real.config import RealBuildConfig  # noqa: E402
 from wds_tools.config import load_config  # noqa: E402
 from wds_tools.malloc import keep_freed_memory  # noqa: E402
 from wds_tools.sample import encode_image  # noqa: E402
-
-from builders.real.augment import center_square, resize_square  # noqa: E402
-from builders.demo_images import CLASSES, draw_tile  # noqa: E402
-from builders.common.inputs import load_rgb  # noqa: E402
-from builders.real.build import build_real  # noqa: E402
-from builders.real.config import RealBuildConfig  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "build" / "real.yaml"
 

@@ -23,10 +23,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from training.config import LoraConfig, ModelConfig
+from clip_models.attention import swap_attention
+from clip_models.config import ModelConfig
+from clip_models.loading import create_model
+from clip_models.preprocess import image_size
+from training.config import LoraConfig
 from training.lora import apply_lora, mark_trainable
 from training.losses import weighted_clip_loss
-from clip_models.model import create_clip, swap_attention
 
 TINY_JSON = Path(__file__).resolve().parents[1] / "configs" / "models" / "tiny-clip.json"
 
@@ -97,8 +100,8 @@ def main(argv=None) -> int:
         cfg = ModelConfig(name=args.model)
         torch.backends.cuda.matmul.allow_tf32 = True
     amp = torch.bfloat16 if device.type == "cuda" else None
-    base = create_clip(cfg)
-    size = base.visual.image_size[0] if isinstance(base.visual.image_size, tuple) else base.visual.image_size
+    base = create_model(cfg)
+    size = image_size(base)
     results = {}
     for name in args.variants.split(","):
         model = variant(base, name)

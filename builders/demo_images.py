@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,20 +150,28 @@ def make_demo_tree(out_dir: str | Path, *, per_class: int = 4, size: int = 64, s
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m builders.demo_images",
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (``remoteclip-demo-images``): a user error is one line and exit status 2."""
+    from wds_tools.config import prog_name, run_main
+
+    return run_main(_main, argv, prog=prog_name("builders.demo_images"))
+
+
+def _main(argv: list[str] | None) -> int:
+    from wds_tools.config import prog_name
+
+    ap = argparse.ArgumentParser(prog=prog_name("builders.demo_images"),
                                  description="Write a class-folder tree of synthetic aerial tiles.")
     ap.add_argument("--output", required=True)
     ap.add_argument("--per-class", type=int, default=4)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    try:
-        out = make_demo_tree(args.output, per_class=args.per_class, size=args.size, seed=args.seed)
-    except (ValueError, FileExistsError, NotADirectoryError) as e:
-        ap.error(str(e))  # one line and exit status 2, as for a bad flag
+    # a bad value or an output path that is a file: one line and exit status 2 (run_main)
+    out = make_demo_tree(args.output, per_class=args.per_class, size=args.size, seed=args.seed)
     print(f"wrote {args.per_class * len(CLASSES)} tiles under {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

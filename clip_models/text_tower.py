@@ -7,8 +7,9 @@ end-of-text token gives the same features (up to float rounding) and the same gr
 fraction of the work, since captions are short and the context is 77 tokens. Towers that pool
 otherwise (or attend both ways, as ``CustomTextCLIP``'s Hugging Face towers do) are left alone.
 
-Shared by Stage 2 (trainer and evaluation) and the quality filter's scorer, as is
-:class:`CachedTokenizer`.
+Shared by Stage 2 (trainer and evaluation) and the quality filter's scorer, as are the tokenizer
+(:func:`tokenizer_spec` / :func:`build_tokenizer`, a picklable description rebuilt inside loader
+workers) and :class:`CachedTokenizer`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import open_clip
 import torch
 from open_clip.transformer import text_global_pool
 from torch import nn
-
 
 ROUND_TO = 8  # few distinct lengths: torch.compile and cuDNN/cuBLAS plans see a handful of shapes
 
@@ -89,6 +89,20 @@ def encode_text_tokens(model: nn.Module, text: torch.Tensor) -> tuple[torch.Tens
     x = _tower(model, text)
     pooled = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     return _project(model, pooled), _project(model, x)
+
+
+def tokenizer_spec(model_name: str) -> dict:
+    """Picklable description of the tokenizer of open_clip model ``model_name`` (a registered name)."""
+    text_cfg = (open_clip.get_model_config(model_name) or {}).get("text_cfg", {})
+    return {"hf_name": text_cfg.get("hf_tokenizer_name") or None,
+            "context_length": int(text_cfg.get("context_length", 77))}
+
+
+def build_tokenizer(spec: dict) -> Callable[[list[str]], torch.Tensor]:
+    """Tokenizer from :func:`tokenizer_spec` output."""
+    if spec["hf_name"]:
+        return open_clip.tokenizer.HFTokenizer(spec["hf_name"], context_length=spec["context_length"])
+    return open_clip.tokenizer.SimpleTokenizer(context_length=spec["context_length"])
 
 
 class CachedTokenizer:

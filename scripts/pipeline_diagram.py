@@ -23,8 +23,8 @@ BOXES = {
                                                         "-> synthetic/train/*.tar", "#fde2c8"),
     "quality": (7.3, 4.9, 3.1, 1.7, "builders.quality", "CLIP / sanity / image quality\n-> X.quality.tar sidecars\n"
                                                         "+ selection.json, report", "#e3f4d7"),
-    "train": (11.1, 4.9, 3.2, 1.7, "training.train", "shards + sidecars, weighted mix\n(80% synthetic), LoRA, accelerate\n"
-                                                     "-> adapter, heads, log", "#f3d9f0"),
+    "train": (11.1, 4.9, 3.2, 1.7, "training.train",
+              "shards + sidecars, weighted mix\n(80% synthetic), LoRA, accelerate\n-> adapter, heads, log", "#f3d9f0"),
     "eval": (11.1, 2.4, 3.2, 1.4, "training.evaluate / export", "retrieval, zero-shot\nmerged open_clip checkpoint",
              "#f3d9f0"),
     "base": (7.3, 1.9, 3.1, 1.4, "clip_models", "one loader for RemoteCLIP,\nopen_clip_train, safetensors", "#fff6bf"),

@@ -15,6 +15,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 UCM_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucm_sample"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``gpu`` where no CUDA device is present (checked once, only if any is marked)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
 def tiny_image(seed: int, size: int = 32) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))

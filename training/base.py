@@ -20,12 +20,12 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from clip_models.config import ModelConfig
-from wds_tools.config import parse_cli
+from wds_tools.config import parse_cli, prog_name, run_main
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,10 @@ def train_base(cfg: BaseConfig) -> dict:
     """Train the stand-in base and write its outputs; returns the log dict."""
     import torch
 
-    from clip_models.model import create_clip, image_size, tokenizer_spec
-    from clip_models.text_tower import trim_text
+    from clip_models.device import resolve_device
+    from clip_models.loading import create_model, model_name
+    from clip_models.preprocess import image_size
+    from clip_models.text_tower import tokenizer_spec, trim_text
     from training.data import LoaderSpec, MixSource, make_loader
     from training.losses import weighted_clip_loss
     from training.plots import plot_training_log
@@ -98,14 +100,13 @@ def train_base(cfg: BaseConfig) -> dict:
     out = Path(cfg.train.output)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    device = torch.device("cuda" if cfg.train.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if cfg.train.device == "auto" else cfg.train.device))
+    device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    clip = create_clip(cfg.model).to(device).train().requires_grad_(True)
+    clip = create_model(cfg.model).to(device).train().requires_grad_(True)
     model = Stage2Model(clip=clip, fine_grained=False).to(device)
     spec = LoaderSpec(sources=[MixSource(name="real", urls=expand_urls(cfg.data.real), weight=1.0)],
                       batch_size=cfg.train.batch_size, image_size=image_size(clip),
-                      tokenizer=tokenizer_spec(cfg.model.name), seed=cfg.train.seed,
+                      tokenizer=tokenizer_spec(model_name(cfg.model)), seed=cfg.train.seed,
                       num_workers=cfg.data.num_workers, shards_per_chunk=cfg.data.shards_per_chunk,
                       crop_scale_min=cfg.data.crop_scale_min, random_caption=True, quality_sidecar=None)
     decay = [p for n, p in clip.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -147,8 +148,13 @@ def train_base(cfg: BaseConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``remoteclip-train-base``): a user error is one line and exit status 2."""
+    return run_main(_main, argv, prog=prog_name("training.base"))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     """Parse the config (file, flags, dotted overrides) and train the stand-in base."""
-    cfg = parse_cli(BaseConfig, argv, prog="python -m training.base", description=__doc__.splitlines()[0],
+    cfg = parse_cli(BaseConfig, argv, prog=prog_name("training.base"), description=__doc__.splitlines()[0],
                     flags=FLAGS)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = train_base(cfg)

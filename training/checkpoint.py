@@ -36,7 +36,8 @@ def list_checkpoints(output: str | Path) -> list[Path]:
     root = checkpoint_root(output)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / "trainer_state.json").exists()]
+    found = [p for p in root.iterdir()
+             if p.is_dir() and _STEP_DIR.match(p.name) and (p / "trainer_state.json").exists()]
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 

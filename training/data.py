@@ -37,26 +37,25 @@ import logging
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchvision.transforms.v2 import functional as TF
+
+from clip_models.preprocess import decode_uint8, resized_crop
+from clip_models.text_tower import CachedTokenizer, build_tokenizer
+from training.streams import _TAG_BATCH, _TAG_SAMPLE, _rng, resampled_samples, worker_shards  # noqa: F401
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_index
 from wds_tools.quality_record import PENDING, QualityRecordError, decode, keep, kept_caption_indices, sample_captions
-from wds_tools.reader import SkipLog, decode_sample, iter_shard
+from wds_tools.reader import SkipLog, decode_sample
 from wds_tools.sample import IMAGE_EXTS
 from wds_tools.stages import stage
-from wds_tools.urls import expand_urls, sidecar_url, url_exists
-
-from clip_models.model import build_tokenizer
-from clip_models.text_tower import CachedTokenizer
-from training.streams import _TAG_BATCH, _TAG_SAMPLE, _rng, resampled_samples, worker_shards  # noqa: F401
+from wds_tools.urls import expand_urls
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ def random_resized_crop(img: torch.Tensor, *, size: int, scale_min: float, hflip
         if 0 < cw_ <= w and 0 < ch_ <= h:
             top, left, ch, cw = int(rng.integers(0, h - ch_ + 1)), int(rng.integers(0, w - cw_ + 1)), ch_, cw_
             break
-    out = TF.resized_crop(img, top, left, ch, cw, [size, size], antialias=True)
+    out = resized_crop(img, top=top, left=left, height=ch, width=cw, size=size)
     flipped = bool(hflip and rng.random() < 0.5)
     return (out.flip(-1) if flipped else out).contiguous(), flipped
 
@@ -207,7 +206,7 @@ def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, ski
     """
     key, url = raw["__key__"], raw.get("__url__")
     sample = decode_sample({k: v for k, v in raw.items() if k not in ("__pos__", "__resume__", CAPTION_KEEP)},
-                           image="uint8", skips=skips, max_pixels=spec.max_image_pixels)
+                           image=decode_uint8, skips=skips, max_pixels=spec.max_image_pixels)
     if sample is None:
         return None
     ext = next((e for e in IMAGE_EXTS + ("jpeg",) if e in sample), None)

@@ -1,8 +1,9 @@
 """Held-out evaluation: image<->text retrieval R@1/5/10 + mean recall, and zero-shot accuracy.
 
 Retrieval follows RemoteCLIP's protocol: every caption of an image (meta["captions"]) is a query
-and a target (``eval.caption_sources=[original]``: only the human captions, for benchmark numbers). Image->text counts a hit when any of the image's captions is in the top k;
-text->image when the caption's image is in the top k. Zero-shot classifies each image among the
+and a target (``eval.caption_sources=[original]``: only the human captions, for benchmark
+numbers). Image->text counts a hit when any of the image's captions is in the top k; text->image
+when the caption's image is in the top k. Zero-shot classifies each image among the
 class names found in the held-out shards, averaging text embeddings over prompt templates.
 
 ``python -m training.evaluate --config configs/train/lora.yaml --shards DIR [--adapter DIR]``
@@ -13,15 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
-from clip_models.model import build_tokenizer, image_norm, image_size, tokenizer_spec
-from clip_models.text_tower import encode_text, trim_text
+from clip_models.device import resolve_device
+from clip_models.preprocess import decode_uint8, image_norm, image_size, resize_center_crop
+from clip_models.text_tower import build_tokenizer, encode_text, tokenizer_spec, trim_text
 from wds_tools.quality_record import sample_captions
 from wds_tools.reader import SkipLog, decode_sample, iter_shard
 from wds_tools.sample import IMAGE_EXTS
@@ -40,12 +41,6 @@ class EvalSet:
     skipped: dict = field(default_factory=dict)
 
 
-def center_resize(img: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize the short side to ``size`` and centre-crop (the eval transform)."""
-    img = TF.resize(img, [size], antialias=True)
-    return TF.center_crop(img, [size, size])
-
-
 def load_eval_set(urls: Sequence[str], *, size: int, max_samples: int = 0, allow_pipe: bool = False,
                   caption_sources: Sequence[str] = (), max_pixels: int = 0) -> EvalSet:
     """Read held-out shards (no sidecars: evaluation sees the whole held-out set).
@@ -59,7 +54,7 @@ def load_eval_set(urls: Sequence[str], *, size: int, max_samples: int = 0, allow
     images, captions, classes = [], [], []
     for url in expand_urls(list(urls), allow_pipe=allow_pipe):
         for raw in iter_shard(url, allow_pipe=allow_pipe, skips=skips):
-            s = decode_sample(raw, image="uint8", skips=skips, max_pixels=max_pixels)
+            s = decode_sample(raw, image=decode_uint8, skips=skips, max_pixels=max_pixels)
             ext = next((e for e in IMAGE_EXTS + ("jpeg",) if s and e in s), None)
             if s is None or ext is None:
                 continue
@@ -69,7 +64,7 @@ def load_eval_set(urls: Sequence[str], *, size: int, max_samples: int = 0, allow
             if not caps:
                 skips.add("no_caption_of_sources" if pairs else "no_caption", raw["__key__"], url)
                 continue
-            images.append(center_resize(s[ext], size))
+            images.append(resize_center_crop(s[ext], size))
             captions.append(caps)
             classes.append(meta.get("class"))
             if max_samples and len(images) >= max_samples:
@@ -147,22 +142,30 @@ def evaluate_model(model, data: EvalSet, *, tokenizer, templates: Sequence[str],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``remoteclip-evaluate``): a user error is one line and exit status 2."""
+    from wds_tools.config import prog_name, run_main
+
+    return run_main(_main, argv, prog=prog_name("training.evaluate"))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     """Evaluate a base model, or base + LoRA adapter + heads, on held-out shards; prints JSON."""
+    from clip_models.loading import model_name
     from training.config import CLI_FLAGS, Stage2Config
     from training.export import load_trained
-    from wds_tools.config import parse_cli
+    from wds_tools.config import parse_cli, prog_name
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = parse_cli(Stage2Config, argv, prog="training.evaluate", description=__doc__.splitlines()[0],
+    cfg = parse_cli(Stage2Config, argv, prog=prog_name("training.evaluate"), description=__doc__.splitlines()[0],
                     flags={**CLI_FLAGS, "--shards": "eval.shards", "--adapter": "eval.adapter"})
     if not cfg.eval.shards:
-        raise SystemExit("training.evaluate: give held-out shards with --shards (eval.shards)")
+        raise ValueError("give held-out shards with --shards (eval.shards)")
     model = load_trained(cfg, cfg.eval.adapter or None)
     data = load_eval_set(cfg.eval.shards, size=image_size(model), max_samples=cfg.eval.max_samples,
                          allow_pipe=cfg.data.allow_pipe, caption_sources=cfg.eval.caption_sources,
                          max_pixels=cfg.data.max_image_pixels)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = build_tokenizer(tokenizer_spec(cfg.model.name))
+    device = resolve_device(cfg.model.device)
+    tokenizer = build_tokenizer(tokenizer_spec(model_name(cfg.model)))
     result = evaluate_model(model.to(device), data, tokenizer=tokenizer, templates=cfg.eval.templates,
                             batch_size=cfg.eval.batch_size, device=device)
     print(json.dumps(result, indent=2))

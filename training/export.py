@@ -11,17 +11,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import open_clip
 import torch
 from torch import nn
 
+from clip_models.attention import swap_attention, unswap_attention
+from clip_models.loading import create_model, model_name
 from training.checkpoint import load_heads
 from training.config import CLI_FLAGS, Stage2Config
 from training.lora import apply_lora, load_peft_adapter, merge_lora
-from clip_models.model import create_clip, swap_attention, unswap_attention
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def adapter_dir(cfg: Stage2Config, adapter: str | None = None) -> Path:
 
 def load_trained(cfg: Stage2Config, adapter: str | None = None) -> nn.Module:
     """Base model (+ adapter and heads when given), merged into a stock open_clip model."""
-    model = create_clip(cfg.model)
+    model = create_model(cfg.model)
     if adapter is None:
         return model
     folder = adapter_dir(cfg, adapter)
@@ -59,7 +60,7 @@ def export_merged(cfg: Stage2Config, *, adapter: str | None = None, merged: str 
     tmp = out.with_name(out.name + ".tmp-partial")
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     os.replace(tmp, out)
-    check = open_clip.create_model(cfg.model.name, pretrained=str(out))
+    check = open_clip.create_model(model_name(cfg.model), pretrained=str(out))
     ref, got = model.state_dict(), check.state_dict()
     bad = [k for k in ref if k in got and not torch.equal(ref[k].cpu(), got[k].cpu())]
     if bad:
@@ -69,8 +70,14 @@ def export_merged(cfg: Stage2Config, *, adapter: str | None = None, merged: str 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point."""
-    from wds_tools.config import parse_cli
+    """Console entry point (``remoteclip-export``): a user error is one line and exit status 2."""
+    from wds_tools.config import prog_name, run_main
+
+    return run_main(_main, argv, prog=prog_name("training.export"))
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from wds_tools.config import parse_cli, prog_name
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -79,9 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         i = argv.index("--merged")
         merged = argv[i + 1] if i + 1 < len(argv) else None
         if merged is None:
-            raise SystemExit("--merged needs a file path")
+            raise ValueError("--merged needs a file path")
         del argv[i:i + 2]
-    cfg = parse_cli(Stage2Config, argv, prog="training.export", description=__doc__.splitlines()[0],
+    cfg = parse_cli(Stage2Config, argv, prog=prog_name("training.export"), description=__doc__.splitlines()[0],
                     flags={**CLI_FLAGS, "--adapter": "eval.adapter"})
     print(export_merged(cfg, merged=merged))
     return 0

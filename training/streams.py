@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
+
 from wds_tools.reader import SkipLog, iter_shard
 from wds_tools.urls import sidecar_url, url_exists
 

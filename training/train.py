@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from training.config import CLI_FLAGS, Stage2Config
-from wds_tools.config import parse_cli
+from wds_tools.config import parse_cli, prog_name, run_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``remoteclip-train``): a user error is one line and exit status 2."""
+    return run_main(_main, argv, prog=prog_name("training.train"))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     """Parse the config (file, flags, dotted overrides) and train."""
     # the first two paragraphs: what it does and what --max-steps 0 means
     description = " ".join(__doc__.split("\n\n")[:2])
-    cfg = parse_cli(Stage2Config, argv, prog="training.train", description=description, flags=CLI_FLAGS)
+    cfg = parse_cli(Stage2Config, argv, prog=prog_name("training.train"), description=description, flags=CLI_FLAGS)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from training.trainer import train  # heavy imports after the config is known to be valid
 

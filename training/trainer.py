@@ -16,20 +16,22 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from torch import nn
 
+from clip_models.attention import swap_attention
+from clip_models.image_tower import encode_image_tokens, has_patch_tokens
+from clip_models.loading import create_model, model_name
+from clip_models.preprocess import image_norm, image_size
+from clip_models.text_tower import build_tokenizer, encode_text, encode_text_tokens, tokenizer_spec, trim_text
 from training.checkpoint import load_checkpoint, open_sample_keys, resolve_resume, save_checkpoint, save_final
 from training.config import Stage2Config
 from training.data import LoaderSpec, LoaderState, build_sources, make_loader, read_manifests
 from training.evaluate import evaluate_model, load_eval_set
 from training.lora import apply_lora, lora_state_dict, mark_trainable
 from training.losses import rare_class_weights, sparc_loss, weighted_clip_loss, weighted_mean, word_token_mask
-from training.selection import selected_counts
-from clip_models.model import (build_tokenizer, create_clip, encode_image_tokens,
-                            has_patch_tokens, image_norm, image_size, swap_attention, tokenizer_spec)
 from training.plots import plot_training_log
-from clip_models.text_tower import encode_text, encode_text_tokens, trim_text
+from training.selection import selected_counts
 from wds_tools.atomic import atomic_open
-from wds_tools.progress import progress
 from wds_tools.config import config_to_dict, save_config
+from wds_tools.progress import progress
 
 log = logging.getLogger(__name__)
 _DEVICE_KEYS = ("images", "text", "weights", "groups", "caption_ids")
@@ -59,7 +61,7 @@ class Stage2Model(nn.Module):
 
 def build_model(cfg: Stage2Config) -> tuple[Stage2Model, dict]:
     """open_clip model, attention swapped, LoRA applied, backbone frozen."""
-    clip = create_clip(cfg.model)
+    clip = create_model(cfg.model)
     if cfg.model.swap_attention:
         swap_attention(clip)
     wrapped = apply_lora(clip, cfg.lora)
@@ -164,7 +166,8 @@ class RunLog:
         self.summary: dict = dict(saved.get("summary", {}))
 
     def to_dict(self) -> dict:
-        return {"config": self.config, "training_log": self.entries, "evaluation": self.evaluation, "summary": self.summary}
+        return {"config": self.config, "training_log": self.entries, "evaluation": self.evaluation,
+                "summary": self.summary}
 
     def write(self) -> None:
         with atomic_open(self.path, "w") as f:
@@ -225,8 +228,9 @@ def train(cfg: Stage2Config) -> dict:
     counters = Counter((data_state or {}).get("counters", {}))
     run_log = RunLog(path=out_dir / "training_log.json", config=config_to_dict(cfg), saved=trainer_state.get("log"))
 
-    clip_name = cfg.model.name
-    spec = LoaderSpec(sources=sources, batch_size=cfg.train.batch_size, image_size=image_size(model_of(accelerator, model)),
+    clip_name = model_name(cfg.model)
+    spec = LoaderSpec(sources=sources, batch_size=cfg.train.batch_size,
+                      image_size=image_size(model_of(accelerator, model)),
                       tokenizer=tokenizer_spec(clip_name), seed=cfg.train.seed, rank=rank, world_size=world,
                       num_workers=cfg.data.num_workers, stratified=cfg.data.stratified,
                       shards_per_chunk=cfg.data.shards_per_chunk,

@@ -6,8 +6,9 @@ import contextlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 
 def temp_path_for(path: str | Path) -> Path:

@@ -2,26 +2,33 @@
 
 Every value is checked against the dataclass field types before any work starts: an unknown key
 or a wrong type raises :class:`ConfigError`, naming the key and the valid choices; a float field
-must be finite (NaN and inf are refused, naming the key). A dataclass may
-define ``validate(self)`` for range checks; it runs after loading.
+must be finite (NaN and inf are refused, naming the key). A dataclass may define
+``validate(self)`` for range checks (it runs after loading) and a classmethod
+``check_keys(data)`` that rejects keys of older configs, saying what to write instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
+import os
 import sys
 import types
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
 from wds_tools.atomic import atomic_open
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+# What a user can fix (a bad value, key or path); anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 
 class ConfigError(ValueError):
@@ -113,6 +120,11 @@ def _build(cls, data: Any, where: str = ""):
         raise ConfigError(f"{where or 'config'}: expected a mapping for {cls.__name__}, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    if hasattr(cls, "check_keys"):  # keys of older configs, rejected with what to write instead
+        try:
+            cls.check_keys(data)
+        except ValueError as e:
+            raise ConfigError(f"{where or cls.__name__}: {e}") from e
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
@@ -261,3 +273,25 @@ def _flag_value(cls, key: str, given: list[str]):
     if tp is str or tp == (str | None):
         return given[-1]
     return parse_override(f"{key}={given[-1]}")[1]
+
+
+def prog_name(module: str) -> str:
+    """How the user started the job: the console script's name, else ``python -m <module>``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name and not name.endswith(".py") and name != "-c" else f"python -m {module}"
+
+
+def run_main(fn: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None, *,
+             prog: str) -> int:
+    """Run an entry point's body: a user error (:data:`USER_ERRORS`, config errors included) prints
+    one line ``prog: error: ...`` and returns 2; any other exception propagates with its traceback.
+
+    The traceback of a user error is still logged at DEBUG level.
+    """
+    try:
+        return int(fn(argv) or 0)
+    except USER_ERRORS as e:
+        log.debug("%s failed", prog, exc_info=True)
+        message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message held
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2

@@ -12,11 +12,12 @@ import json
 import math
 import sys
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import fsspec
 import msgpack
 
+from wds_tools.config import prog_name, run_main
 from wds_tools.manifest import classes_per_shard
 from wds_tools.reader import SkipLog, iter_shard
 from wds_tools.urls import expand_urls
@@ -155,7 +156,8 @@ def format_report(report: dict) -> str:
         lines.append(f"classes per shard: min {c['min']}  median {c['median']}  max {c['max']}")
     for k, s in t["scores"].items():
         if s["n"]:
-            lines.append(f"score {k}: min {s['min']:.4g}  mean {s['mean']:.4g}  max {s['max']:.4g}  (n={s['n']}, missing {s['missing']})")
+            lines.append(f"score {k}: min {s['min']:.4g}  mean {s['mean']:.4g}  max {s['max']:.4g}  "
+                         f"(n={s['n']}, missing {s['missing']})")
         else:
             lines.append(f"score {k}: no values (missing {s['missing']})")
     for k, c in t["flags"].items():
@@ -166,15 +168,17 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wds-inspect", description=__doc__.split("\n")[0])
+    """Console entry point (``remoteclip-inspect``): a user error is one line and exit status 2."""
+    return run_main(_main, argv, prog=prog_name("wds_tools.inspect"))
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog=prog_name("wds_tools.inspect"), description=__doc__.split("\n")[0])
     parser.add_argument("urls", nargs="+", help="shards: brace pattern, directory, .txt list or URL")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("--allow-pipe", action="store_true", help="allow pipe: URLs (runs shell commands)")
     args = parser.parse_args(argv)
-    try:
-        urls = expand_urls(list(args.urls), allow_pipe=args.allow_pipe)
-    except (ValueError, FileNotFoundError) as e:
-        parser.exit(2, f"wds-inspect: {e}\n")
+    urls = expand_urls(list(args.urls), allow_pipe=args.allow_pipe)
     shards = [inspect_shard(u, allow_pipe=args.allow_pipe) for u in urls]
     report = {"total": _merge(shards), "shards": shards}
     if args.json:

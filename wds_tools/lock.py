@@ -202,7 +202,7 @@ class OutputLock:
         finally:
             guard.unlink(missing_ok=True)
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         """Take the lock or raise :class:`LockHeld`."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         holder: dict = {}
@@ -245,7 +245,7 @@ class OutputLock:
             self.path.unlink(missing_ok=True)
         self.held = False
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

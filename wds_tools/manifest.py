@@ -39,7 +39,7 @@ class ShardStats:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ShardStats":
+    def from_dict(cls, d: dict) -> ShardStats:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         return cls(**known)
 

@@ -4,24 +4,23 @@
 
 By default the ``quality`` sidecar is joined and a sample is kept iff its quality record is selected
 (``wds_tools.quality_record.keep``: never while pending); captions the record dropped are removed
-from its ``json`` (and ``txt``), so the reshard trains the same without the sidecar. The output has its own ``dataset.json`` (with kept/dropped counts), ``sizes.json``
-and the resolved ``config.yaml``.
+from its ``json`` (and ``txt``), so the reshard trains the same without the sidecar. The output
+has its own ``dataset.json`` (with kept/dropped counts), ``sizes.json`` and the resolved
+``config.yaml``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
-
-import json
 
 import msgpack
 
 from wds_tools import quality_record
-from wds_tools.config import parse_cli, save_config
+from wds_tools.config import parse_cli, prog_name, run_main, save_config
 from wds_tools.manifest import stats_path, write_index
 from wds_tools.progress import progress
 from wds_tools.reader import SkipLog, iter_shard
@@ -99,7 +98,8 @@ def _kept_captions(sample: dict) -> dict:
         return sample
     meta = json.loads(sample["json"])
     txt = sample["txt"].decode("utf-8") if "txt" in sample else None
-    new_meta, new_txt = quality_record.drop_unkept_captions(meta, txt, quality_record.decode(sample[quality_record.MEMBER]))
+    record = quality_record.decode(sample[quality_record.MEMBER])
+    new_meta, new_txt = quality_record.drop_unkept_captions(meta, txt, record)
     if new_meta is meta:
         return sample
     out = {**sample, "json": json.dumps(new_meta, ensure_ascii=False).encode("utf-8")}
@@ -155,9 +155,14 @@ def materialize(cfg: MaterializeConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``remoteclip-materialize``): a user error is one line and exit status 2."""
+    return run_main(_main, argv, prog=prog_name("wds_tools.materialize"))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = parse_cli(
-        MaterializeConfig, argv, prog="wds-materialize", description=__doc__.split("\n")[0],
+        MaterializeConfig, argv, prog=prog_name("wds_tools.materialize"), description=__doc__.split("\n")[0],
         flags={"--input": "input", "--output": "output"},
     )
     m = materialize(cfg)

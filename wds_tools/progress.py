@@ -52,7 +52,7 @@ class LineProgress:
         extra = f" {self._postfix}" if self._postfix else ""
         print(f"{self.desc}: {self.n}{total} ({rate:.1f} {self.unit}/s){extra}", file=self.file, flush=True)
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -25,9 +25,9 @@ import os
 import posixpath
 import tempfile
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import fsspec
 import msgpack

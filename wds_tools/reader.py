@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import tarfile
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import msgpack
 from PIL import Image
@@ -140,18 +140,14 @@ def shards_to_samples(
 samples_from_shards = stage(shards_to_samples)
 
 
-def _decode_image(data: bytes, mode: str, max_pixels: int | None = None):
-    if mode not in ("pil", "uint8"):
-        raise ValueError(f"image decode mode must be 'pil', 'uint8' or None, got {mode!r}")
+def _decode_image(data: bytes, mode, max_pixels: int | None = None):
+    if mode != "pil" and not callable(mode):
+        raise ValueError(f"image decode mode must be 'pil', a callable (bytes -> image) or None, got {mode!r}")
     check_image_pixels(data, max_pixels=max_pixels)  # header only: refuse bombs before decoding
     if mode == "pil":
         with Image.open(io.BytesIO(data)) as img:
             return img.convert("RGB")
-    if mode == "uint8":
-        import torch
-        from torchvision.io import ImageReadMode, decode_image
-
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    return mode(data)  # e.g. clip_models.preprocess.decode_uint8: tensors, without torch in wds_tools
 
 
 def _decode_member(ext: str, data: bytes, image: str | None, max_pixels: int | None = None):

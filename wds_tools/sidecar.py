@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import tarfile
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import fsspec
 import msgpack

@@ -9,7 +9,8 @@ without webdataset (and without importing torch, which webdataset pulls in).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 
 class BoundStage:

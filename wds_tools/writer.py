@@ -13,8 +13,8 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from wds_tools.atomic import temp_path_for, write_json
 from wds_tools.manifest import ShardStats, stats_path
@@ -139,7 +139,7 @@ class ShardWriter:
         self._file = None
         self._tar = None
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self._tmp, "wb")
         self._hash = _HashingFile(self._file)
@@ -224,7 +224,7 @@ class RollingShardWriter:
         self._index, self._current, self.stats = start, None, []
         shard_name(prefix, start)  # validates the prefix before any work
 
-    def __enter__(self) -> "RollingShardWriter":
+    def __enter__(self) -> RollingShardWriter:
         return self
 
     def write(self, sample: dict) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from training.evaluate import EvalSet, center_resize
+from clip_models.preprocess import resize_center_crop
+from training.evaluate import EvalSet
 from wds_tools.reader import SkipLog, decode_sample, iter_shard
 from wds_tools.urls import expand_urls
 
@@ -28,7 +29,7 @@ def load_split(folder: str | Path, *, size: int, sources: tuple[str, ...] | None
             if not keep:
                 skips.add("no_human_caption", raw["__key__"], url)
                 continue
-            images.append(center_resize(s["jpg"], size))
+            images.append(resize_center_crop(s["jpg"], size))
             captions.append(keep)
             classes.append(meta.get("class"))
     if not images:

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clip_models.model import build_tokenizer, create_clip, image_norm, image_size, swap_attention, tokenizer_spec
-from clip_models.text_tower import encode_text
+from clip_models.attention import swap_attention
+from clip_models.loading import create_model
+from clip_models.preprocess import image_norm, image_size
+from clip_models.text_tower import build_tokenizer, encode_text, tokenizer_spec
 from training.config import LoraConfig
 from training.data import random_resized_crop
 from training.evaluate import EvalSet
@@ -71,7 +73,7 @@ def _train(model, batches, *, lr: float) -> tuple[list[float], float]:
 def compare_with_peft(data: EvalSet, *, model_cfg, lora: LoraConfig, steps: int, batch_size: int,
                       lr: float, seed: int = 0) -> dict:
     """Loss curves of the lean LoRA and of peft's LoRA from the same start on the same batches."""
-    base = create_clip(model_cfg)
+    base = create_model(model_cfg)
     swap_attention(base)
     ours = copy.deepcopy(base)
     torch.manual_seed(seed)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from clip_models.model import build_tokenizer, create_clip, tokenizer_spec
+from clip_models.loading import create_model
+from clip_models.text_tower import build_tokenizer, tokenizer_spec
 from clip_models.config import ModelConfig
 from training.config import Stage2Config
 from training.evaluate import EvalSet, evaluate_model
@@ -46,7 +47,7 @@ def score(model: torch.nn.Module, heldout: EvalSet) -> dict:
 
 def score_checkpoint(path: str, heldout: EvalSet) -> dict:
     """Score an open_clip state dict (base or open_clip_train checkpoint)."""
-    return score(create_clip(base_model_config(path)), heldout)
+    return score(create_model(base_model_config(path)), heldout)
 
 
 def stand_in_base(train_dir: str, out: Path, *, steps: int, batch_size: int) -> dict:

@@ -13,9 +13,9 @@ import multiprocessing as mp
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Callable, Sequence
 
 from wds_tools.lock import pid_alive, process_start_time
 

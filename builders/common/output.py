@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from wds_tools.lock import OutputLock, remove_stale_temps
 from wds_tools.manifest import stats_path
@@ -76,7 +76,8 @@ def nothing_written_hint(items: Iterable, *, image_root: str = "", source: str =
             root = image_root or (str(Path(source).parent) if source and not Path(source).is_dir() else source)
             hint = f"the first missing image is {p}, resolved against {root or p.parent}"
             if not image_root and source and not Path(source).is_dir():
-                hint += " (the caption file's folder: set image_root=DIR or --image-root DIR if the images are elsewhere)"
+                hint += (" (the caption file's folder: set image_root=DIR or --image-root DIR if the images "
+                         "are elsewhere)")
             return hint
     return ""
 

@@ -25,10 +25,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from builders.common.inputs import SPLITS, SourceItem
 from wds_tools.sample import make_key
 from wds_tools.writer import shard_name
-
-from builders.common.inputs import SPLITS, SourceItem
 
 SHARD_PREFIX = "real"
 ORDERS = ("permuted", "sorted")
@@ -153,6 +152,6 @@ def plan_digest(units: list[Unit]) -> str:
         h.update(f"{u.split}/{u.name}\n".encode())
         for k, it in u.items:
             h.update(json.dumps([k, it.captions, it.cls, it.boxes], sort_keys=True).encode())
-        for k, it, owned, augs in u.work():
+        for k, _item, owned, augs in u.work():
             h.update(json.dumps([k, owned, list(augs)]).encode())
     return h.hexdigest()

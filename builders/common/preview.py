@@ -46,7 +46,7 @@ def write_preview(shard: str | Path, png: str | Path, *, limit: int = 18, cols: 
     rows = max((len(samples) + cols - 1) // cols, 1)
     sheet = Image.new("RGB", (cols * _TILE, rows * (_TILE + _TEXT_H)), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (key, img, meta, caption) in enumerate(samples):
+    for i, (_key, img, meta, caption) in enumerate(samples):
         x, y = (i % cols) * _TILE, (i // cols) * (_TILE + _TEXT_H)
         sheet.paste(img.resize((_TILE - 4, _TILE - 4)), (x + 2, y + 2))
         aug = meta.get("aug") or {}

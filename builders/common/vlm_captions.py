@@ -13,7 +13,7 @@ from typing import Literal
 
 from PIL import Image
 
-from clip_models.devices import check_device
+from clip_models.device import check_device
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class VLMConfig:
         check_device(self.device)
 
 
-_CACHE: dict[tuple, "VLMCaptioner"] = {}
+_CACHE: dict[tuple, VLMCaptioner] = {}
 # Qwen2-VL's chat layout, used when a processor ships no chat template.
 _QWEN_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>\n"
                 "<|im_start|>assistant\n")

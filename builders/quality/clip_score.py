@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-
-import open_clip
 import torch
 import torch.nn.functional as F
 
-from clip_models.scoring import autocast_dtype
+from clip_models.device import autocast
+from clip_models.preprocess import norm_tensors, normalize
 from clip_models.text_tower import encode_text  # the text tower up to the longest caption
 
 
@@ -20,16 +18,9 @@ class ClipScorer:
     """
 
     def __init__(self, *, model: torch.nn.Module, device: torch.device, precision: str = "auto"):
-        self.model, self.device = model, device
-        cfg = open_clip.get_model_preprocess_cfg(model)
-        self.mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1) * 255.0
-        self.dtype = autocast_dtype(precision, device)
-
-    def _autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        self.model, self.device, self.precision = model, device, precision
+        self.mean, self.std = norm_tensors(model, device)
+        autocast(precision, device)  # a bad precision fails here, not at the first batch
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, tokens: torch.Tensor, owner: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,12 +40,12 @@ class ClipScorer:
         if int(owner.max()) >= images.shape[0] or int(owner.min()) < 0:
             raise ValueError(f"caption owners must index the {images.shape[0]} images, got {owner.tolist()[:8]}")
         non_blocking = self.device.type == "cuda"
-        x = (images.to(self.device, non_blocking=non_blocking).float() - self.mean) / self.std
+        x = normalize(images.to(self.device, non_blocking=non_blocking), self.mean, self.std)
         # a real set repeats each caption over an original and its augmentations, which sit
         # together in a shard: encode each distinct caption of the batch once
         unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)
         t = unique.to(self.device, non_blocking=non_blocking)
-        with self._autocast():
+        with autocast(self.precision, self.device):
             img = self.model.encode_image(x)
             txt = encode_text(self.model, t)[inverse.to(self.device)]
         img = F.normalize(img.float(), dim=-1)[owner.to(self.device)]

@@ -5,17 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from builders.quality.image_quality import ImageQualityConfig
-from clip_models.devices import check_device
+from clip_models.config import ModelConfig
+from clip_models.device import check_device
 
 
 @dataclass
-class ModelConfig:
-    """The CLIP model that scores image-caption agreement (see ``clip_model.load_clip``)."""
+class ScoringModelConfig(ModelConfig):
+    """The CLIP model that scores image-caption agreement: the shared model section
+    (``clip_models.config.ModelConfig``: name, weights, device, precision) plus the scoring batch."""
 
-    name: str = "ViT-B-32-quickgelu"
-    pretrained: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
     batch_size: int = 256
 
 
@@ -108,7 +106,7 @@ class QualityConfig:
     rescore: bool = False
     # take over another host's quality.lock that has gone stale (see wds_tools.lock)
     break_lock: bool = False
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ScoringModelConfig = field(default_factory=ScoringModelConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     image_quality: ImageQualityConfig = field(default_factory=ImageQualityConfig)
     sanity: SanityConfig = field(default_factory=SanityConfig)

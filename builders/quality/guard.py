@@ -14,7 +14,8 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from builders.common.output import LOCK_NAME as BUILD_LOCK, check_output_dir
+from builders.common.output import LOCK_NAME as BUILD_LOCK
+from builders.common.output import check_output_dir
 from wds_tools.lock import LockHeld, OutputLock, describe_holder, live_holder, remove_stale_temps
 from wds_tools.urls import is_remote
 

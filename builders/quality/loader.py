@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from builders.quality.image_quality import ImageQualityConfig, image_quality_scores
 from builders.quality.sanity import has_claims, sanity_scores
+from clip_models.preprocess import resize_center_crop
 from wds_tools.images import check_image_pixels
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.quality_record import sample_captions
@@ -106,10 +106,7 @@ def decode_rgb(data: bytes) -> torch.Tensor:
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
-def clip_input(img: torch.Tensor, size: int) -> torch.Tensor:
-    """open_clip's eval transform on uint8: bicubic resize of the shorter side, centre crop."""
-    out = TF.resize(img, [size], interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return TF.center_crop(out, [size, size])
+clip_input = resize_center_crop  # open_clip's eval transform on uint8 (bicubic, centre crop)
 
 
 def _read_meta(sample: dict, reasons: list[str]) -> dict:

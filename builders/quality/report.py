@@ -225,7 +225,8 @@ def write_html(report: dict, path: Path, pictures: dict[str, str]) -> Path:
     """A small page showing the counts (by source, class and caption source), the warnings, the
     threshold and the pictures together."""
     sources = _table(["source", "total", "kept", "dropped"],
-                     [[s, c.get("total", 0), c.get("kept", 0), c.get("dropped", 0)] for s, c in report["by_source"].items()])
+                     [[s, c.get("total", 0), c.get("kept", 0), c.get("dropped", 0)]
+                      for s, c in report["by_source"].items()])
     classes = _table(["class", "total", "kept", "dropped", "kept share"],
                      [[k, c["total"], c["kept"], c["dropped"], f"{c['kept_share']:.1%}"]
                       for k, c in report["by_class"].items()])

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-from clip_models.scoring import load_clip, resolve_device
 from builders.quality.clip_score import ClipScorer
 from builders.quality.config import QualityConfig
 from builders.quality.guard import guard_outputs
@@ -35,14 +34,23 @@ from builders.quality.loader import QualityStream, ShardPart, fill_image_quality
 from builders.quality.report import plot_grid, plot_histograms, plot_kept_shares, summarise, write_html
 from builders.quality.selection import PENDING, class_key, class_thresholds, decide, rescore
 from builders.quality.selection_file import finalised_entries, selection_doc
+from clip_models.device import resolve_device
+from clip_models.loading import load_clip
 from clip_models.text_tower import CachedTokenizer
 from wds_tools.atomic import write_json
 from wds_tools.config import config_to_dict, save_config
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_stats
 from wds_tools.progress import progress
-from wds_tools.quality_record import (MEMBER, SIDECAR, QualityRecord, QualityRecordError, read_quality_sidecar,
-                                      selection_folders, write_selection)
+from wds_tools.quality_record import (
+    MEMBER,
+    SIDECAR,
+    QualityRecord,
+    QualityRecordError,
+    read_quality_sidecar,
+    selection_folders,
+    write_selection,
+)
 from wds_tools.sidecar import shard_keys, write_sidecar
 from wds_tools.urls import expand_urls, is_remote, sidecar_url, url_exists
 
@@ -99,8 +107,7 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
     """
     keep_freed_memory()
     device = resolve_device(cfg.model.device)
-    model, size, tokenizer = clip or load_clip(model_name=cfg.model.name, pretrained=cfg.model.pretrained,
-                                               device=device, precision=cfg.model.precision)
+    model, size, tokenizer = clip or load_clip(cfg.model)
     scorer = ClipScorer(model=model, device=device, precision=cfg.model.precision)
     plan = plan_parts(urls, cfg.loader.num_workers)
     stream = QualityStream(plan=plan, clip_size=size, iq_cfg=cfg.image_quality, tokenizer=CachedTokenizer(tokenizer),
@@ -209,7 +216,8 @@ def select_global(cfg: QualityConfig, sidecars: dict[str, dict[str, dict]]) -> d
     Returns ``threshold``, ``class_thresholds``, every final record (with ``url``/``key``) as
     ``records`` and how many sidecars were ``rewritten``.
     """
-    rescored = {u: {k: {**rescore(v, cfg.composite), "url": u} for k, v in side.items()} for u, side in sidecars.items()}
+    rescored = {u: {k: {**rescore(v, cfg.composite), "url": u} for k, v in side.items()}
+                for u, side in sidecars.items()}
     threshold, per_class = class_thresholds((r for recs in rescored.values() for r in recs.values()), cfg.selection)
     final, rewritten = [], 0
     for url, recs in rescored.items():
@@ -292,7 +300,7 @@ def run(cfg: QualityConfig) -> dict:
     report_dir = Path(cfg.output) if cfg.output else Path(urls[0]).parent
     with guard_outputs(urls, report_dir=report_dir, break_lock=cfg.break_lock):
         sidecars, damaged = ({}, {}) if cfg.rescore else load_sidecars(urls)
-        for url, problem in damaged.items():
+        for problem in damaged.values():
             log.warning("sidecar unusable, scoring the shard again: %s", problem)
         todo = [u for u in urls if u not in sidecars]
         log.info("%d shards, %d to score (%d with whole sidecars, %d unusable)", len(urls), len(todo),

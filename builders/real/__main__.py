@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from wds_tools.config import parse_cli
-
 from builders.real.build import build_real, format_summary
 from builders.real.config import RealBuildConfig
+from wds_tools.config import parse_cli, prog_name, run_main
 
 FLAGS = {"--input": "input", "--output": "output", "--image-root": "image_root",
          "--executor": "executor", "--workers": "workers", "--vlm-model": "vlm.model",
@@ -21,16 +20,17 @@ FLAGS = {"--input": "input", "--output": "output", "--image-root": "image_root",
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_cli(RealBuildConfig, argv, prog="python -m builders.real",
+    """Console entry point (``remoteclip-build-real``): a user error is one line and exit status 2."""
+    return run_main(_main, argv, prog=prog_name("builders.real"))
+
+
+def _main(argv: list[str] | None) -> int:
+    cfg = parse_cli(RealBuildConfig, argv, prog=prog_name("builders.real"),
                     description="Build train/val/test WebDataset shards from real aerial images. "
                                 "Finished shards are kept on rerun; --overwrite rebuilds them.",
                     flags=FLAGS, default_config=None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = build_real(cfg)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input or a held lock
-        print(f"python -m builders.real: error: {e}", file=sys.stderr)
-        return 2
+    summary = build_real(cfg)  # bad input or a held lock (FileExistsError): one line via run_main
     print(format_summary(summary, cfg.output))
     return 0
 

@@ -93,7 +93,8 @@ def regions_to_caption(regions: list[dict], fractions: dict[str, float], *,
     scene = scene_type(fractions)
     parts, seen = [], set()
     for reg in sorted(regions, key=lambda r: -r["area"]):
-        phrase = f"{describe_element(reg, busy_threshold=busy_threshold)} {spatial_phrase(reg['box'], area=reg['area'])}"
+        where = spatial_phrase(reg["box"], area=reg["area"])
+        phrase = f"{describe_element(reg, busy_threshold=busy_threshold)} {where}"
         if phrase in seen:
             continue
         seen.add(phrase)

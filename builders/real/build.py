@@ -26,11 +26,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from wds_tools.atomic import write_json
-from wds_tools.config import ConfigError, config_to_dict, save_config
-from wds_tools.manifest import write_index
-from wds_tools.progress import progress as progress_bar
-
 from builders.common.executors import run_units
 from builders.common.inputs import SPLITS, read_items
 from builders.common.output import check_output_dir, lock_output, refuse_empty_build, remove_killed_temps
@@ -38,6 +33,10 @@ from builders.common.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
 from builders.common.preview import write_preview
 from builders.real.config import RealBuildConfig
 from builders.real.unit import UnitResult, build_unit
+from wds_tools.atomic import write_json
+from wds_tools.config import ConfigError, config_to_dict, save_config
+from wds_tools.manifest import write_index
+from wds_tools.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -125,10 +125,10 @@ def analyse(rgb: np.ndarray, *, grid: int = 3, min_cell_fraction: float = 0.25,
     """Regions of ``rgb`` (uint8 HxWx3) and whole-image label shares, from one pixel pass.
 
     Returns (regions, fractions). Regions are dicts ``{"box": [x0, y0, x1, y1] (0..1),
-    "label", "score", "source": "m2b", "area", "cell": [row, col], "cells": [[row, col], ...], "edge_density"}`` sorted by area,
-    largest first. ``score`` is the mean share of the label in the region's cells; ``area`` the
-    share of the whole image covered by the label inside the region; ``cell`` the grid cell
-    holding the region's pixel centroid.
+    "label", "score", "source": "m2b", "area", "cell": [row, col], "cells": [[row, col], ...],
+    "edge_density"}`` sorted by area, largest first. ``score`` is the mean share of the label in the
+    region's cells; ``area`` the share of the whole image covered by the label inside the region;
+    ``cell`` the grid cell holding the region's pixel centroid.
     """
     if grid < 1:
         raise ValueError(f"grid must be >= 1, got {grid}")

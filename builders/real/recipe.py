@@ -14,19 +14,18 @@ about the cropped region ("zoom").
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
-from wds_tools.sample import encode_image, make_key, make_sample
 
-from builders.real.augment import (aug_params, apply_aug, resize_square, rewrite_positions,
-                              transform_box)
-from builders.real.b2c import regions_to_caption
 from builders.common.inputs import SourceItem
-from builders.real.m2b import analyse
+from builders.real.augment import apply_aug, aug_params, resize_square, rewrite_positions, transform_box
+from builders.real.b2c import regions_to_caption
 from builders.real.config import RealBuildConfig
+from builders.real.m2b import analyse
 from builders.real.zoom import cut, select_crops
+from wds_tools.sample import encode_image, make_key, make_sample
 
 _BOX_FIELDS = ("box", "label", "score", "source", "area", "cell")
 

@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
+from builders.common.inputs import UnreadableImage, load_rgb
+from builders.common.output import finished_shard
+from builders.common.plan import Unit
+from builders.real.augment import center_square, resize_square
+from builders.real.config import RealBuildConfig
+from builders.real.recipe import build_item
 from wds_tools.atomic import write_json
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_stats
-from wds_tools.writer import ShardWriter, is_shard_complete
-
-from builders.real.augment import center_square, resize_square
-from builders.common.inputs import UnreadableImage, load_rgb
 from wds_tools.skips import SkipLog
-
-from builders.common.output import finished_shard
-from builders.common.plan import Unit
-from builders.real.config import RealBuildConfig
-from builders.real.recipe import build_item
+from wds_tools.writer import ShardWriter, is_shard_complete
 
 log = logging.getLogger(__name__)
 

@@ -1,58 +1,24 @@
-"""Cutting captions after the batch's last end-of-text token changes no feature, loss or gradient."""
+"""Cutting captions after the batch's last end-of-text token changes no feature (Stage 2's losses and
+gradients: tests/training/test_trainer.py)."""
 
 import open_clip
 import pytest
 import torch
 
-from tests.training.conftest import REPO
-from training.config import ModelConfig, Stage2Config
-from clip_models.model import create_clip
+from clip_models.config import ModelConfig
+from clip_models.loading import create_model
 from clip_models.text_tower import encode_text, encode_text_tokens, keep_length, trim_text
-from training.trainer import build_model, forward_losses
+from tests.clip_models.conftest import REPO
 
 CAPTIONS = ["a harbour", "two planes parked on a runway next to the terminal", "", "many green fields"]
 
 
-def _cfg(fine_grained: bool) -> Stage2Config:
-    cfg = Stage2Config()
-    cfg.model = ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json"))
-    cfg.loss.use_fine_grained = fine_grained
-    return cfg
-
-
-def _grads(model) -> dict[str, torch.Tensor]:
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-@pytest.mark.parametrize("fine_grained", [False, True])
-def test_losses_and_lora_gradients_are_unchanged_by_trimming(fine_grained):
-    torch.manual_seed(0)
-    cfg = _cfg(fine_grained)
-    model, _ = build_model(cfg)
-    with torch.no_grad():  # LoRA starts as a no-op (B = 0): give the adapters weight
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
-    text = open_clip.get_tokenizer("tiny-clip")(CAPTIONS)
-    batch = {"images": torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8), "weights": torch.ones(4)}
-    results = []
-    for t in (text, trim_text(model.clip, text)):
-        model.zero_grad()
-        terms = forward_losses(model, {**batch, "text": t}, cfg)
-        terms["total_loss"].backward()
-        results.append((t.shape[1], {k: v.detach() for k, v in terms.items()}, _grads(model)))
-    (n_full, full, g_full), (n_cut, cut, g_cut) = results
-    assert n_full == 77 and n_cut == 16  # the longest caption: start, 10 words, end; rounded up to 8s
-    assert full.keys() == cut.keys() and ("fine_grained_loss" in full) == fine_grained
-    for k in full:
-        torch.testing.assert_close(cut[k], full[k], atol=1e-5, rtol=1e-4)
-    assert g_full.keys() == g_cut.keys() and len(g_full) > 10
-    for k in g_full:
-        torch.testing.assert_close(g_cut[k], g_full[k], atol=1e-5, rtol=1e-3)
+def _model_cfg() -> ModelConfig:
+    return ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json"))
 
 
 def test_encoders_on_cut_text_match_open_clip():
-    model = create_clip(_cfg(False).model).eval()
+    model = create_model(_model_cfg()).eval()
     text = open_clip.get_tokenizer("tiny-clip")(CAPTIONS)
     cut = trim_text(model, text)
     assert keep_length(model, text) == cut.shape[1] < 77
@@ -65,7 +31,7 @@ def test_encoders_on_cut_text_match_open_clip():
 
 
 def test_text_that_fills_the_context_is_not_cut():
-    model = create_clip(_cfg(False).model)
+    model = create_model(_model_cfg())
     text = open_clip.get_tokenizer("tiny-clip")(["field " * 100])
     assert trim_text(model, text) is text
 

@@ -11,9 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from wds_tools.config import load_config
-from wds_tools.lock import LockHeld, OutputLock
-from wds_tools.writer import shard_problem
 
 from builders.common.output import LOCK_NAME, NothingWritten
 from builders.demo_images import make_demo_tree
@@ -21,6 +18,9 @@ from builders.real.build import build_real
 from builders.real.config import RealBuildConfig
 from tests.builders.conftest import caption_jsonl, demo_tree  # noqa: F401 - the builders' own fixtures
 from tests.faults.conftest import processes_left
+from wds_tools.config import load_config
+from wds_tools.lock import LockHeld
+from wds_tools.writer import shard_problem
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "build" / "real.yaml"

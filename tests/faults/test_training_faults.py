@@ -75,7 +75,8 @@ def _assert_nothing_partial_under_a_final_name(out: Path) -> None:
     if (out / "lora_final.pt").exists():
         assert torch.load(out / "lora_final.pt", weights_only=True)
     if (out / "peft_adapter").exists():
-        assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (out / "peft_adapter").iterdir()}
+        found = {p.name for p in (out / "peft_adapter").iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= found
     if (out / "training_log.json").exists():
         assert json.loads((out / "training_log.json").read_text())["summary"]["outputs"]
 
@@ -195,7 +196,8 @@ def bomb_source(tmp_path_factory) -> Path:
 
 def test_training_loader_counts_a_bomb_and_never_decodes_it(bomb_source, caplog):
     spec = LoaderSpec(sources=build_sources([str(bomb_source)], [], 0.0), batch_size=3, image_size=32,
-                      tokenizer=TOKENIZER, shards_per_chunk=1, quality_sidecar=None)
+                      tokenizer=TOKENIZER, shards_per_chunk=1, quality_sidecar=None,
+                      shuffle_buffer=1)  # shard order, so 9 good samples are exactly 3 passes
     with caplog.at_level(logging.WARNING, logger="wds_tools"):
         batches = [b for _, b in zip(range(3), iter_batches(spec, 0))]
     keys = [k for b in batches for k in b["keys"]]
@@ -256,8 +258,8 @@ def test_unsized_run_names_the_real_cause(tmp_path):
     ("tpu", "model.device 'tpu' is not a device"),
 ])
 def test_bad_device_strings_are_config_errors(device, message):
-    from builders.quality.config import QualityConfig
     from builders.common.vlm_captions import VLMConfig
+    from builders.quality.config import QualityConfig
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device == "cuda:9" and n > 9:

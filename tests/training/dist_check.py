@@ -17,14 +17,15 @@ from wds_tools.config import load_config
 
 def fixed_global_batch(n: int, *, size: int, seed: int = 0) -> dict:
     """A deterministic batch of ``n`` samples (uint8 images, tokens, weights with one rare class)."""
-    from clip_models.model import build_tokenizer, tokenizer_spec
+    from clip_models.text_tower import build_tokenizer, tokenizer_spec
 
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
     words = ["airport", "forest", "river", "beach", "harbor", "farmland", "desert", "bridge"]
     # Sample 6 repeats sample 1's caption; 0~4 and 2~7 are one source each: both pairs straddle the
     # rank split, so the loss's false-negative masking needs the gathered ids.
-    captions = [f"an aerial view of a {words[j % 8]} number {j}" for j in (1 if i == 6 else i for i in range(n))]
+    which = [1 if i == 6 else i for i in range(n)]
+    captions = [f"an aerial view of a {words[j % 8]} number {j}" for j in which]
     text = build_tokenizer(tokenizer_spec("tiny-clip"))(captions)
     weights = torch.tensor([2.0 if i % 3 == 0 else 1.0 for i in range(n)])
     groups = torch.tensor([stable_id(f"src{[0, 1, 2, 3, 0, 5, 6, 2][i % 8]}") for i in range(n)])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clip_models.config import ModelConfig
-from clip_models.model import create_clip
+from clip_models.loading import create_model
 from tests.training.conftest import REPO
 from training.base import BaseConfig, main, train_base
 from wds_tools.config import load_config
@@ -19,15 +19,16 @@ BASE_YAML = REPO / "configs" / "train" / "base-tiny.yaml"
 def test_base_trains_every_parameter_and_loads_as_a_pretrained_checkpoint(shard_dirs, tmp_path):
     cfg = load_config(BaseConfig, BASE_YAML, [f"data.real=[{shard_dirs['real']}]", f"train.output={tmp_path}",
                                               "train.steps=3", "train.batch_size=4", "train.log_every=1",
-                                              "data.num_workers=0", f"model.config_file={REPO / 'configs/models/tiny-clip.json'}"])
+                                              "data.num_workers=0",
+                                              f"model.config_file={REPO / 'configs/models/tiny-clip.json'}"])
     result = train_base(cfg)
     assert [e["step"] for e in result["training_log"]] == [1, 2, 3]
     assert result["summary"]["stand_in_for"] == "RemoteCLIP"
     assert (tmp_path / "base_curves.png").stat().st_size > 0
     assert json.loads((tmp_path / "base_log.json").read_text())["training_log"] == result["training_log"]
 
-    init = create_clip(ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json")))
-    trained = create_clip(ModelConfig(name="tiny-clip", pretrained=str(tmp_path / "base.pt")))
+    init = create_model(ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json")))
+    trained = create_model(ModelConfig(name="tiny-clip", pretrained=str(tmp_path / "base.pt")))
     changed = {n for n, p in trained.named_parameters() if not torch.equal(p, init.state_dict()[n])}
     # a full training moves the token embedding too (LoRA cannot), and both towers
     assert "token_embedding.weight" in changed

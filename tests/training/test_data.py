@@ -9,9 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import (LoaderSpec, LoaderState, build_sources, iter_batches, make_loader, mirror_caption,
-                           mix_plan, random_resized_crop, read_manifests)
-from clip_models.model import tokenizer_spec
+from clip_models.text_tower import tokenizer_spec
+from training.data import (
+    LoaderSpec,
+    LoaderState,
+    build_sources,
+    iter_batches,
+    make_loader,
+    mirror_caption,
+    mix_plan,
+    random_resized_crop,
+    read_manifests,
+)
 
 TOKENIZER = {"hf_name": None, "context_length": 77}
 
@@ -117,7 +126,7 @@ def test_flipped_images_get_mirrored_captions():
 
 
 def test_tokenizer_spec_of_tiny_model():
-    from clip_models.model import register_model_config
+    from clip_models.loading import register_model_config
 
     register_model_config("configs/models/tiny-clip.json")
     assert tokenizer_spec("tiny-clip") == TOKENIZER

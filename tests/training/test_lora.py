@@ -9,18 +9,26 @@ import pytest
 import torch
 from torch import nn
 
+from clip_models.attention import swap_attention
+from clip_models.loading import create_model
 from tests.training.conftest import REPO
 from training.config import LoraConfig, ModelConfig
-from training.lora import (LoraLinear, apply_lora, load_peft_adapter, lora_modules, mark_trainable, merge_lora,
-                           save_peft_adapter)
-from clip_models.model import create_clip, swap_attention
+from training.lora import (
+    LoraLinear,
+    apply_lora,
+    load_peft_adapter,
+    lora_modules,
+    mark_trainable,
+    merge_lora,
+    save_peft_adapter,
+)
 
 TINY = ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json"))
 
 
 @pytest.fixture()
 def lora_model():
-    model = create_clip(TINY)
+    model = create_model(TINY)
     swap_attention(model)
     apply_lora(model, LoraConfig(rank=4, alpha=8))
     torch.manual_seed(3)
@@ -44,7 +52,7 @@ def test_lora_linear_matches_dense_update_and_merges():
 
 
 def test_targets_trainables_and_gradients():
-    model = create_clip(TINY)
+    model = create_model(TINY)
     with pytest.raises(ValueError, match="MultiheadAttention"):
         apply_lora(copy.deepcopy(model), LoraConfig())
     swap_attention(model)
@@ -68,7 +76,7 @@ def test_peft_adapter_round_trip(lora_model, tmp_path):
     from peft import PeftModel
 
     folder = save_peft_adapter(lora_model, tmp_path / "adapter", cfg=LoraConfig(rank=4, alpha=8))
-    base = create_clip(TINY)
+    base = create_model(TINY)
     swap_attention(base)
     peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(folder)).eval()
     img = torch.randn(2, 3, 64, 64)
@@ -91,7 +99,7 @@ def test_rslora_scaling_matches_peft_and_is_checked_on_load(tmp_path):
     from peft import PeftModel
 
     cfg = LoraConfig(rank=4, alpha=8, rslora=True)
-    model = create_clip(TINY)
+    model = create_model(TINY)
     swap_attention(model)
     base = copy.deepcopy(model)
     apply_lora(model, cfg)
@@ -113,7 +121,7 @@ def test_rslora_scaling_matches_peft_and_is_checked_on_load(tmp_path):
 
 
 def test_full_parameters_beside_lora_follow_the_config():
-    model = create_clip(TINY)
+    model = create_model(TINY)
     swap_attention(model)
     apply_lora(model, LoraConfig())
     heads = {"visual.proj", "text_projection", "logit_scale"}
@@ -135,7 +143,7 @@ def test_schedule_and_optimizer_groups():
     from training.config import Stage2Config
     from training.trainer import cosine_with_warmup, make_optimizer
 
-    model = create_clip(TINY)
+    model = create_model(TINY)
     swap_attention(model)
     cfg = Stage2Config()
     cfg.lora.train_layernorms = True
@@ -159,3 +167,27 @@ def test_schedule_and_optimizer_groups():
     with pytest.raises(ValueError, match="train.schedule"):
         cosine_with_warmup(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), warmup=1, total=2,
                            schedule="linear")
+
+
+def test_resnet_tower_lora_on_text_and_attnpool_head_trained(tmp_path):
+    import json
+
+    from clip_models.image_tower import has_patch_tokens
+    from training.lora import head_parameter_names
+
+    cfg_path = tmp_path / "tiny-rn.json"
+    cfg_path.write_text(json.dumps({
+        "embed_dim": 32, "quick_gelu": True,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}))
+    model = create_model(ModelConfig(name="tiny-rn", config_file=str(cfg_path)))
+    swap_attention(model)
+    names = apply_lora(model, LoraConfig())
+    assert names and all(not n.startswith("visual.") for n in names)
+    mark_trainable(model)
+    assert not has_patch_tokens(model)
+    assert "visual.attnpool.c_proj.weight" in head_parameter_names(model)
+    img = torch.randn(2, 3, 64, 64)
+    model.encode_image(img).sum().backward()
+    assert model.visual.attnpool.c_proj.weight.grad.abs().sum() > 0
+    assert model.visual.attnpool.q_proj.weight.grad is None

@@ -7,8 +7,15 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from training.losses import (false_negative_mask, masked_clip_ce, rare_class_weights, repeated_token_mask,
-                             sparc_loss, weighted_clip_loss, word_token_mask)
+from training.losses import (
+    false_negative_mask,
+    masked_clip_ce,
+    rare_class_weights,
+    repeated_token_mask,
+    sparc_loss,
+    weighted_clip_loss,
+    word_token_mask,
+)
 
 
 def test_rare_class_weights_threshold():
@@ -41,12 +48,12 @@ def test_word_token_mask_excludes_specials_and_padding():
 def test_sparc_loss_decreases_on_a_learnable_toy():
     """Words are noisy linear images of specific patches; learning the map lowers the loss."""
     g = torch.Generator().manual_seed(0)
-    b, p, l, d = 8, 9, 5, 16
+    b, p, w, d = 8, 9, 5, 16
     patches = torch.randn(b, p, d, generator=g)
-    which = torch.stack([torch.randperm(p, generator=g)[:l] for _ in range(b)])
+    which = torch.stack([torch.randperm(p, generator=g)[:w] for _ in range(b)])
     mix = torch.randn(d, d, generator=g)
-    words_in = patches.gather(1, which.unsqueeze(-1).expand(-1, -1, d)) @ mix + 0.05 * torch.randn(b, l, d, generator=g)
-    mask = torch.ones(b, l, dtype=torch.bool)
+    words_in = patches.gather(1, which.unsqueeze(-1).expand(-1, -1, d)) @ mix + 0.05 * torch.randn(b, w, d, generator=g)
+    mask = torch.ones(b, w, dtype=torch.bool)
     mask[0, 3:] = False
     proj = torch.nn.Linear(d, d)
     opt = torch.optim.Adam(proj.parameters(), lr=0.02)
@@ -125,8 +132,8 @@ def test_masking_off_or_nothing_to_mask_is_the_old_loss_exactly():
 
 def test_sparc_repeated_tokens_are_not_negatives():
     g = torch.Generator().manual_seed(3)
-    b, l, p, d, t = 2, 5, 4, 8, 0.1
-    words, patches = torch.randn(b, l, d, generator=g), torch.randn(b, p, d, generator=g)
+    b, w, p, d, t = 2, 5, 4, 8, 0.1
+    words, patches = torch.randn(b, w, d, generator=g), torch.randn(b, p, d, generator=g)
     text = torch.tensor([[49406, 320, 900, 320, 49407], [49406, 11, 12, 13, 49407]])
     valid = word_token_mask(text)
     assert repeated_token_mask(text)[0, 1, 3] and not repeated_token_mask(text)[1].any()
@@ -140,7 +147,7 @@ def test_sparc_repeated_tokens_are_not_negatives():
     grouped = F.normalize((a / (a.sum(-1, keepdim=True) + 1e-6)) @ pn, dim=-1)
     logits = wn @ grouped.transpose(1, 2) / t
     for s in range(b):
-        pos = [i for i in range(l) if valid[s, i]]
+        pos = [i for i in range(w) if valid[s, i]]
         terms = []
         for i in pos:
             allowed = [j for j in pos if j == i or text[s, j] != text[s, i]]
@@ -149,4 +156,5 @@ def test_sparc_repeated_tokens_are_not_negatives():
             terms.append((w2v + v2w) / 2)
         assert ours[s].item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
     plain = sparc_loss(words, patches, valid, temperature=t)
-    assert plain[1].item() == pytest.approx(ours[1].item(), rel=1e-6) and plain[0].item() != pytest.approx(ours[0].item())
+    assert plain[1].item() == pytest.approx(ours[1].item(), rel=1e-6)
+    assert plain[0].item() != pytest.approx(ours[0].item())

@@ -16,11 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
+from clip_models.attention import swap_attention
+from clip_models.loading import create_model
 from tests.training.conftest import REPO, TINY_CONFIG
 from training.config import Stage2Config
 from training.export import export_merged, load_trained
 from training.lora import apply_lora, load_lora_state_dict
-from clip_models.model import create_clip, swap_attention
 from training.trainer import train
 from wds_tools.config import load_config
 
@@ -83,7 +84,7 @@ def test_peft_adapter_and_merged_export_reproduce_the_trained_model(reference_ru
     from peft import PeftModel
 
     out, cfg, _ = reference_run
-    lean = create_clip(cfg.model)
+    lean = create_model(cfg.model)
     swap_attention(lean)
     apply_lora(lean, cfg.lora)
     load_lora_state_dict(lean, torch.load(out / "lora_final.pt", weights_only=True))
@@ -91,7 +92,7 @@ def test_peft_adapter_and_merged_export_reproduce_the_trained_model(reference_ru
     with torch.no_grad():
         for name, t in heads.items():
             dict(lean.named_parameters())[name].copy_(t)
-    base = create_clip(cfg.model)
+    base = create_model(cfg.model)
     swap_attention(base)
     peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(out / "peft_adapter"))
     with torch.no_grad():
@@ -161,3 +162,60 @@ def test_nonfinite_losses_are_skipped_then_abort(shard_dirs, tmp_path):
         "train.checkpoint_every=0", "loss.use_fine_grained=false"))
     with pytest.raises(RuntimeError, match="aborting: 3 steps with NaN/inf loss"):
         train(cfg)
+
+
+def test_stage2_model_normalises_uint8_on_device():
+    from clip_models.config import ModelConfig
+    from training.trainer import Stage2Model
+
+    tiny = create_model(ModelConfig(name=str(REPO / "configs/models/tiny-clip.json"))).eval()
+    model = Stage2Model(clip=copy.deepcopy(tiny), fine_grained=False).eval()
+    img = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    text = open_clip.get_tokenizer("tiny-clip")(["a", "b"])
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = model(img, text)
+        want = torch.nn.functional.normalize(tiny.encode_image((img.float() / 255 - mean) / std), dim=-1)
+    torch.testing.assert_close(out["image"], want)
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+TRIM_CAPTIONS = ["a harbour", "two planes parked on a runway next to the terminal", "", "many green fields"]
+
+
+@pytest.mark.parametrize("fine_grained", [False, True])
+def test_losses_and_lora_gradients_are_unchanged_by_trimming(fine_grained):
+    """Cutting captions after the batch's last end-of-text token changes no loss or gradient."""
+    from clip_models.config import ModelConfig
+    from clip_models.text_tower import trim_text
+    from training.trainer import build_model, forward_losses
+
+    torch.manual_seed(0)
+    cfg = Stage2Config()
+    cfg.model = ModelConfig(name="tiny-clip", config_file=str(REPO / "configs/models/tiny-clip.json"))
+    cfg.loss.use_fine_grained = fine_grained
+    model, _ = build_model(cfg)
+    with torch.no_grad():  # LoRA starts as a no-op (B = 0): give the adapters weight
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    text = open_clip.get_tokenizer("tiny-clip")(TRIM_CAPTIONS)
+    batch = {"images": torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8), "weights": torch.ones(4)}
+    results = []
+    for t in (text, trim_text(model.clip, text)):
+        model.zero_grad()
+        terms = forward_losses(model, {**batch, "text": t}, cfg)
+        terms["total_loss"].backward()
+        results.append((t.shape[1], {k: v.detach() for k, v in terms.items()}, _grads(model)))
+    (n_full, full, g_full), (n_cut, cut, g_cut) = results
+    assert n_full == 77 and n_cut == 16  # the longest caption: start, 10 words, end; rounded up to 8s
+    assert full.keys() == cut.keys() and ("fine_grained_loss" in full) == fine_grained
+    for k in full:
+        torch.testing.assert_close(cut[k], full[k], atol=1e-5, rtol=1e-4)
+    assert g_full.keys() == g_cut.keys() and len(g_full) > 10
+    for k in g_full:
+        torch.testing.assert_close(g_cut[k], g_full[k], atol=1e-5, rtol=1e-3)

@@ -1,5 +1,6 @@
-import pytest
 import json
+
+import pytest
 
 from wds_tools.materialize import main
 from wds_tools.reader import decode_sample, iter_shard

@@ -5,12 +5,12 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 # open_clip_torch 3.3.0 declares webdataset<=0.2.86 for its trainer, whose sample grouping does not
 # accept webdataset 1.x's end-of-shard markers. `make test` installs that webdataset beside the
 # venv (not into it), so the trainer runs exactly as open_clip ships it.
 from pathlib import Path
+
+import pytest
 
 TRAIN_WDS = Path(sys.prefix) / "openclip-train-wds"
 

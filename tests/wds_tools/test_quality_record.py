@@ -7,10 +7,24 @@ import json
 import msgpack
 import pytest
 
-from wds_tools.quality_record import (MEMBER, PENDING, SIDECAR, CaptionScore, QualityRecord, QualityRecordError,
-                                      decode, encode, find_selection, keep, kept_caption_indices,
-                                      read_quality_sidecar, read_selection, sample_captions, sha256_url,
-                                      write_selection)
+from wds_tools.quality_record import (
+    MEMBER,
+    PENDING,
+    SIDECAR,
+    CaptionScore,
+    QualityRecord,
+    QualityRecordError,
+    decode,
+    encode,
+    find_selection,
+    keep,
+    kept_caption_indices,
+    read_quality_sidecar,
+    read_selection,
+    sample_captions,
+    sha256_url,
+    write_selection,
+)
 from wds_tools.sample import make_sample
 from wds_tools.sidecar import write_sidecar
 from wds_tools.urls import sidecar_url

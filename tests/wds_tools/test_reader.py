@@ -94,8 +94,10 @@ def test_decompression_bomb_limit_stays_on(tmp_path):
 
 
 def test_uint8_decode_and_pipeline_stage(shard_dir):
+    from clip_models.preprocess import decode_uint8
+
     urls = [{"url": str(p)} for p in sorted(shard_dir.glob("real-train-*.tar"))]
-    out = list(decoded(image="uint8")(samples_from_shards()(urls)))
+    out = list(decoded(image=decode_uint8)(samples_from_shards()(urls)))
     assert len(out) == 10
     img = out[0]["jpg"]
     assert tuple(img.shape) == (3, 32, 32) and str(img.dtype) == "torch.uint8"

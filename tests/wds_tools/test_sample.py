@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from wds_tools.sample import check_key, encode_image, make_key, make_sample
 from tests.conftest import tiny_image
+from wds_tools.sample import check_key, encode_image, make_key, make_sample
 
 
 def test_make_key_never_has_dots():

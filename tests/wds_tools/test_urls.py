@@ -23,7 +23,7 @@ def test_directory_excludes_sidecars_and_temps(shard_dir):
 
 def test_txt_list_with_comments_and_relative_entries(shard_dir):
     lst = shard_dir / "list.txt"
-    lst.write_text("# my mix\nreal-train-000002.tar\n\n%s/real-train-000000.tar  # absolute\n" % shard_dir)
+    lst.write_text(f"# my mix\nreal-train-000002.tar\n\n{shard_dir}/real-train-000000.tar  # absolute\n")
     assert _names(expand_urls(str(lst))) == ["real-train-000002.tar", "real-train-000000.tar"]
 
 

@@ -2,11 +2,11 @@
 import json
 
 import pytest
-from wds_tools.config import load_config
 
 from builders.common.executors import resolve_workers, run_units
 from builders.real.build import build_real
 from builders.real.config import RealBuildConfig
+from wds_tools.config import load_config
 
 FAST = ["size=32", "images_per_shard=3", "m2b.analysis_size=32"]
 

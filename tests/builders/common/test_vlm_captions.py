@@ -1,10 +1,10 @@
 """VLM captions from a tiny random-weight Qwen2-VL saved locally (real load + generate path)."""
 from PIL import Image
-from wds_tools.config import load_config
-from wds_tools.reader import decode_sample, iter_shard
 
 from builders.real.build import build_real
 from builders.real.config import RealBuildConfig, VLMConfig
+from wds_tools.config import load_config
+from wds_tools.reader import decode_sample, iter_shard
 
 
 def test_captioner_batches_and_returns_one_caption_per_image(tiny_vlm):

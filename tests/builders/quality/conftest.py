@@ -12,7 +12,7 @@ from PIL import Image
 from builders.quality.config import QualityConfig
 from wds_tools.config import load_config
 from wds_tools.sample import encode_image, make_key, make_sample
-from wds_tools.writer import shard_name, ShardWriter, write_shard
+from wds_tools.writer import ShardWriter, shard_name, write_shard
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[3]

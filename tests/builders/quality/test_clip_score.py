@@ -2,8 +2,9 @@ import open_clip
 import pytest
 import torch
 
-from clip_models.scoring import load_clip
 from builders.quality.clip_score import ClipScorer, encode_text
+from clip_models.config import ModelConfig
+from clip_models.loading import load_clip
 from tests.builders.quality.conftest import REPO
 
 TINY = str(REPO / "configs" / "models" / "tiny-clip.json")
@@ -14,7 +15,7 @@ CAPTIONS = ["a river", "two buildings next to a road in the upper left of a dens
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return load_clip(model_name=TINY, pretrained=None, device=torch.device("cpu"), precision="fp32")
+    return load_clip(ModelConfig(name=TINY, device="cpu", precision="fp32"))
 
 
 def test_trimmed_text_features_equal_the_full_context(tiny):

@@ -1,6 +1,7 @@
 from builders.quality.image_quality import ImageQualityConfig
 from builders.quality.loader import ShardPart, batch_samples, plan_parts, prepare_samples, read_parts
-from clip_models.scoring import load_clip
+from clip_models.config import ModelConfig
+from clip_models.loading import load_clip
 from tests.builders.quality.conftest import REPO
 
 
@@ -28,8 +29,8 @@ def test_unreadable_shard_ends_part_with_error(tmp_path):
 
 def test_bad_samples_get_reasons_and_still_flow(shard_dir):
     url = str(shard_dir / "q-000001.tar")
-    _, _, tok = load_clip(model_name=str(REPO / "configs/models/tiny-clip.json"), pretrained=None,
-                          device="cpu", precision="fp32")
+    _, _, tok = load_clip(ModelConfig(name=str(REPO / "configs/models/tiny-clip.json"), device="cpu",
+                                      precision="fp32"))
     prepared = prepare_samples(read_parts([ShardPart(url)]), clip_size=64, iq_size=64)
     batches = list(batch_samples(prepared, batch_size=3, iq_cfg=ImageQualityConfig(size=64), tokenizer=tok))
     records = [r for b in batches for r in b["records"]]

@@ -14,7 +14,6 @@ from wds_tools.reader import iter_tar_samples
 from wds_tools.sidecar import read_sidecar
 from wds_tools.urls import sidecar_url
 
-
 SYNTHETIC = {f"s_{i}" for i in range(20, 26)}
 
 
@@ -173,8 +172,8 @@ def test_image_quality_on_the_scoring_device_gives_the_same_scores(scored_once, 
 
 
 def test_cut_image_shard_is_a_failed_shard_retried_on_rerun(tmp_path):
-    from wds_tools.writer import shard_name, write_shard
     from tests.builders.quality.conftest import good_sample
+    from wds_tools.writer import shard_name, write_shard
     shards = tmp_path / "t"
     shards.mkdir()
     write_shard(shards / shard_name("t", 0), [good_sample(i) for i in range(4)])

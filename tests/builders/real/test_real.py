@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from wds_tools.config import ConfigError, load_config
-from wds_tools.reader import decode_sample, iter_shard
 
 from builders.real.augment import rewrite_positions
 from builders.real.build import build_real
 from builders.real.config import RealBuildConfig
+from wds_tools.config import ConfigError, load_config
+from wds_tools.reader import decode_sample, iter_shard
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "configs" / "build" / "real.yaml"

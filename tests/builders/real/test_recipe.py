@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from wds_tools.config import load_config
 
-from builders.real.augment import transform_box
 from builders.common.inputs import SourceItem
+from builders.real.augment import transform_box
 from builders.real.config import RealBuildConfig
 from builders.real.recipe import build_item
+from wds_tools.config import load_config
 
 DET = {"box": [0.05, 0.05, 0.25, 0.25], "label": "airplane", "score": 0.8, "source": "detector"}
 

@@ -1,4 +1,4 @@
-"""open_clip model loading, attention swap (MultiheadAttention <-> Linear + SDPA) and token encoders.
+"""Attention swap: ``nn.MultiheadAttention`` <-> four Linears + ``scaled_dot_product_attention``.
 
 open_clip 3.3.0 runs attention through ``nn.MultiheadAttention``, which reads ``in_proj_weight`` and
 ``out_proj.weight`` directly, so adapters on those Linears get no gradient and peft's whole-module
@@ -15,15 +15,10 @@ projection head of RN50) is trained in full (see :mod:`training.lora`).
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from clip_models.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +38,7 @@ class SdpaAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
     @classmethod
-    def from_mha(cls, mha: nn.MultiheadAttention) -> "SdpaAttention":
+    def from_mha(cls, mha: nn.MultiheadAttention) -> SdpaAttention:
         """Copy the weights of a MultiheadAttention (q, k, v are the thirds of ``in_proj_weight``)."""
         if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
             raise ValueError(f"unsupported MultiheadAttention variant: {mha}")
@@ -136,106 +131,3 @@ def swap_attention(model: nn.Module) -> int:
 def unswap_attention(model: nn.Module) -> int:
     """Map every :class:`SdpaAttention` back to ``nn.MultiheadAttention`` (LoRA merged in)."""
     return _replace(model, SdpaAttention, lambda m: m.to_mha())
-
-
-def hub_filename(cfg: ModelConfig) -> str:
-    """File name of a RemoteCLIP checkpoint in its hub repo for ``cfg.name``."""
-    if cfg.hub_filename:
-        return cfg.hub_filename
-    arch = cfg.name.removesuffix("-quickgelu")
-    return f"RemoteCLIP-{arch}.pt"
-
-
-def resolve_checkpoint(cfg: ModelConfig) -> Path:
-    """Local path of ``cfg.pretrained``: an existing file, or a download from a hub repo id."""
-    path = Path(os.path.expanduser(cfg.pretrained))
-    if path.is_file():
-        return path
-    if path.exists() or cfg.pretrained.count("/") != 1:
-        raise ValueError(f"model.pretrained {cfg.pretrained!r} is neither a checkpoint file nor a hub repo id")
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download(cfg.pretrained, hub_filename(cfg)))
-
-
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read an open_clip state dict safely (never unpickles code)."""
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd:
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(sd).__name__}")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
-
-
-def register_model_config(config_file: str) -> None:
-    """Make a model-config JSON (e.g. a tiny test CLIP) known to open_clip under its file stem."""
-    path = Path(config_file)
-    if not path.is_file() and not path.is_absolute():
-        path = Path(__file__).resolve().parents[1] / config_file  # relative to the repository
-    if not path.is_file():
-        raise ValueError(f"model.config_file {config_file!r} does not exist")
-    open_clip.add_model_config(path)
-
-
-def create_clip(cfg: ModelConfig) -> nn.Module:
-    """Build the open_clip model ``cfg.name`` (fp32) and load ``cfg.pretrained`` if set."""
-    if cfg.config_file:
-        register_model_config(cfg.config_file)
-    if cfg.name not in open_clip.list_models():
-        raise ValueError(f"model.name {cfg.name!r} is not an open_clip model (e.g. ViT-B-32-quickgelu, RN50)")
-    # Without pretrained weights the init is seeded, so export/evaluate rebuild the same base model.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = open_clip.create_model(cfg.name, pretrained=None)
-    if cfg.pretrained:
-        path = resolve_checkpoint(cfg)
-        missing, unexpected = model.load_state_dict(load_state_dict(path), strict=False)
-        missing = [k for k in missing if k != "attn_mask"]
-        if missing or unexpected:
-            raise ValueError(f"{path} does not fit {cfg.name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        log.info("loaded weights from %s", path)
-    return model
-
-
-def tokenizer_spec(model_name: str) -> dict:
-    """Picklable description of the model's tokenizer (built again inside loader workers)."""
-    text_cfg = (open_clip.get_model_config(model_name) or {}).get("text_cfg", {})
-    return {"hf_name": text_cfg.get("hf_tokenizer_name") or None,
-            "context_length": int(text_cfg.get("context_length", 77))}
-
-
-def build_tokenizer(spec: dict):
-    """Tokenizer from :func:`tokenizer_spec` output."""
-    if spec["hf_name"]:
-        return open_clip.tokenizer.HFTokenizer(spec["hf_name"], context_length=spec["context_length"])
-    return open_clip.tokenizer.SimpleTokenizer(context_length=spec["context_length"])
-
-
-def image_norm(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) the model's preprocessing normalises with."""
-    mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
-    std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
-    return tuple(mean), tuple(std)
-
-
-def image_size(model: nn.Module) -> int:
-    """Square input size of the image tower."""
-    size = getattr(model.visual, "image_size", 224)
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-
-def has_patch_tokens(model: nn.Module) -> bool:
-    """True when the image tower can return per-patch tokens (ViT, not RN50)."""
-    return hasattr(model.visual, "output_tokens") and getattr(model.visual, "proj", None) is not None
-
-
-def encode_image_tokens(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pooled embedding, projected patch tokens B x P x D) of a ViT image tower."""
-    visual = model.visual
-    visual.output_tokens = True
-    try:
-        pooled, tokens = visual(images)
-    finally:
-        visual.output_tokens = False
-    return pooled, tokens @ visual.proj
