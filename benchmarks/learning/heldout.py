@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from clip_models.preprocess import resize_center_crop
+from clip_models.preprocess import decode_uint8, resize_center_crop
 from training.evaluate import EvalSet
 from wds_tools.reader import SkipLog, decode_sample, iter_shard
 from wds_tools.urls import expand_urls
@@ -19,7 +19,7 @@ def load_split(folder: str | Path, *, size: int, sources: tuple[str, ...] | None
     images, captions, classes = [], [], []
     for url in expand_urls([str(folder)]):
         for raw in iter_shard(url, skips=skips):
-            s = decode_sample(raw, image="uint8", skips=skips)
+            s = decode_sample(raw, image=decode_uint8, skips=skips)
             if s is None or "jpg" not in s:
                 continue
             meta = s.get("json") or {}
