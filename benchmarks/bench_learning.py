@@ -92,7 +92,8 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
     base_info = runs.stand_in_base(splits["train"], work / "base", steps=steps, batch_size=args.batch_size)
     base_path = Path(base_info["path"])
     filt = filtering.run_filter(splits["train"], base=str(base_path), report_dir=work / "filter_report")
-    result = {"splits": {k: str(v) for k, v in splits.items()}, "base": {**base_info, **runs.score_checkpoint(str(base_path), heldout)},
+    base_scores = runs.score_checkpoint(str(base_path), heldout)
+    result = {"splits": {k: str(v) for k, v in splits.items()}, "base": {**base_info, **base_scores},
               "filter": filt, "heldout_images": len(heldout.images), "runs": {}}
     log.info("%s base: %s", name, {k: result["base"][k] for k in ("zeroshot", "mean_recall")})
     syn_reason = filtering.synthetic_unavailable()
@@ -147,7 +148,8 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
         from training.config import LoraConfig
 
         result["peft_reference"] = compare_with_peft(
-            load_split(splits["train"], size=64, sources=None), model_cfg=runs.base_model_config(str(base_path)), lora=LoraConfig(),
+            load_split(splits["train"], size=64, sources=None), model_cfg=runs.base_model_config(str(base_path)),
+            lora=LoraConfig(),
             steps=args.peft_steps, batch_size=args.batch_size, lr=3e-3)
         log.info("%s peft reference: max |loss difference| %.2e over %d steps", name,
                  result["peft_reference"]["max_abs_diff"], args.peft_steps)
@@ -241,7 +243,7 @@ def format_table(results: dict) -> str:
             continue
         b = d["base"]
         lines.append(f"{name}: {d['heldout_images']} held-out images; synthetic arm: "
-                     f"{'available' if d['synthetic']['available'] else 'not available (' + str(d['synthetic']['reason']) + ')'}")
+                     + ("available" if d["synthetic"]["available"] else f"not available ({d['synthetic']['reason']})"))
         lines.append(f"  {'run':<18} {'zero-shot':>16} {'mean recall':>16} {'samples/s':>10}")
         lines.append(f"  {'base':<18} {b['zeroshot']:>16.1f} {b['mean_recall']:>16.2f}")
         for arm, r in d["runs"].items():

@@ -27,7 +27,8 @@ from training.losses import weighted_clip_loss
 
 
 def _peft_model(base: torch.nn.Module, ours: torch.nn.Module, cfg: LoraConfig):
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
     names = sorted(lora_modules(ours))
     peft = get_peft_model(copy.deepcopy(base), PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from clip_models.config import ModelConfig
 from clip_models.loading import create_model
 from clip_models.text_tower import build_tokenizer, tokenizer_spec
-from clip_models.config import ModelConfig
 from training.config import Stage2Config
 from training.evaluate import EvalSet, evaluate_model
 from wds_tools.config import config_to_dict, parse_cli
