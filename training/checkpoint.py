@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from training.config import LoraConfig
-from training.lora import head_parameter_names, lora_state_dict, save_peft_adapter
+from training.lora import head_parameter_names, lora_state_dict, save_peft_adapter, trained_full_parameter_names
 from wds_tools.atomic import atomic_open, write_json
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,13 @@ def open_sample_keys(path: Path, *, resume_step: int) -> IO[str]:
 
 
 def head_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Projection heads (visual.proj, text_projection, logit_scale; RN50 attnpool.c_proj)."""
+    """Every parameter trained in full beside LoRA: projection heads (visual.proj, text_projection,
+    logit_scale; RN50 attnpool.c_proj) and, where lora.train_* asked for them, LayerNorms and the
+    token embedding. A model with nothing marked trainable gives the heads."""
     params = dict(model.named_parameters())
-    return {n: params[n].detach().float().cpu().clone() for n in head_parameter_names(model)}
+    names = trained_full_parameter_names(model) or head_parameter_names(model)
+    return {n.removeprefix("module.").removeprefix("_orig_mod."): params[n].detach().float().cpu().clone()
+            for n in names}
 
 
 def save_final(model: nn.Module, output: str | Path, *, lora_cfg: LoraConfig) -> dict[str, str]:

@@ -23,6 +23,15 @@ class LoraConfig:
     targets: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
     )
+    # rsLoRA: scale the update by alpha / sqrt(rank) instead of alpha / rank (Kalajdzievski 2023),
+    # so a larger rank does not shrink the update; saved as peft's use_rslora.
+    rslora: bool = False
+    # Parameters trained in full beside the LoRA factors. Heads: visual.proj, text_projection,
+    # logit_scale. LayerNorms: every LayerNorm weight and bias of both towers. Token embedding:
+    # the text tower's embedding table (a base that never trained a word cannot use it otherwise).
+    train_heads: bool = True
+    train_layernorms: bool = False
+    train_token_embedding: bool = False
     # torch.compile the model (worth it on GPU; warm-up takes about a minute).
     compile: bool = False
 
@@ -96,8 +105,13 @@ class TrainConfig:
     batch_size: int = 32
     grad_accum: int = 1
     learning_rate: float = 1e-4
+    # Learning rate of the parameters trained in full beside LoRA (heads, LayerNorms, token
+    # embedding) as a multiple of learning_rate.
+    full_param_lr_scale: float = 1.0
     weight_decay: float = 0.01
     warmup_steps: int = 100
+    # After warm-up: "cosine" (decay to 0 at the last step) or "constant".
+    schedule: str = "cosine"
     num_epochs: int = 10
     # Optimizer steps; > 0 overrides num_epochs, 0 = unset (num_epochs x the epoch size).
     max_steps: int = 0
@@ -131,6 +145,10 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
+        if not self.full_param_lr_scale >= 0:
+            raise ValueError(f"full_param_lr_scale must be >= 0, got {self.full_param_lr_scale}")
 
 
 @dataclass

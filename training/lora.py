@@ -26,14 +26,17 @@ PEFT_PREFIX = "base_model.model."
 
 
 class LoraLinear(nn.Module):
-    """Frozen ``base`` Linear plus a rank-``rank`` update scaled by ``alpha / rank``."""
+    """Frozen ``base`` Linear plus a rank-``rank`` update scaled by ``alpha / rank``
+    (``rslora``: ``alpha / sqrt(rank)``)."""
 
-    def __init__(self, *, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(self, *, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
+                 rslora: bool = False) -> None:
         super().__init__()
         if rank <= 0:
             raise ValueError(f"LoRA rank must be positive, got {rank}")
         self.base = base.requires_grad_(False)
-        self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
+        self.rank, self.alpha, self.rslora = rank, alpha, rslora
+        self.scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
         self.lora_A = nn.Linear(base.in_features, rank, bias=False, device=base.weight.device)
         self.lora_B = nn.Linear(rank, base.out_features, bias=False, device=base.weight.device)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
@@ -90,7 +93,8 @@ def apply_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
             continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoraLinear(base=mod, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout))
+        setattr(parent, child, LoraLinear(base=mod, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
+                                          rslora=cfg.rslora))
         wrapped.append(name)
     for name, reason in skipped:
         if "MultiheadAttention" in reason:
@@ -111,18 +115,40 @@ def head_parameter_names(model: nn.Module) -> list[str]:
     return heads
 
 
-def mark_trainable(model: nn.Module) -> dict[str, int]:
-    """Freeze the backbone; train LoRA factors and projection heads. Returns parameter counts."""
+def full_parameter_names(model: nn.Module, cfg: LoraConfig | None = None) -> list[str]:
+    """Parameters trained in full beside LoRA, as ``cfg`` asks (default: the projection heads)."""
+    cfg = cfg or LoraConfig()
+    names = head_parameter_names(model) if cfg.train_heads else []
+    if cfg.train_layernorms:
+        names += [f"{m}.{p}" if m else p for m, mod in model.named_modules() if isinstance(mod, nn.LayerNorm)
+                  for p, _ in mod.named_parameters(recurse=False)]
+    if cfg.train_token_embedding:
+        emb = [n for n in dict(model.named_parameters()) if n.endswith("token_embedding.weight")]
+        if not emb:
+            raise ValueError("lora.train_token_embedding: the model has no token_embedding table")
+        names += emb
+    return list(dict.fromkeys(names))
+
+
+def mark_trainable(model: nn.Module, cfg: LoraConfig | None = None) -> dict[str, int]:
+    """Freeze the backbone; train LoRA factors and :func:`full_parameter_names`. Returns counts."""
     model.requires_grad_(False)
     for mod in model.modules():
         if isinstance(mod, LoraLinear):
             mod.lora_A.requires_grad_(True)
             mod.lora_B.requires_grad_(True)
     params = dict(model.named_parameters())
-    for name in head_parameter_names(model):
+    full = full_parameter_names(model, cfg)
+    for name in full:
         params[name].requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())}
+    return {"trainable": trainable, "total": sum(p.numel() for p in model.parameters()),
+            "full_parameters": sum(params[n].numel() for n in full)}
+
+
+def trained_full_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the trainable parameters that are not LoRA factors (saved beside the adapter)."""
+    return [n for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n]
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoraLinear]:
@@ -161,7 +187,7 @@ def save_peft_adapter(model: nn.Module, folder: str | Path, *, cfg: LoraConfig) 
     folder.mkdir(parents=True, exist_ok=True)
     names = sorted(lora_modules(model))
     peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                              target_modules=names, bias="none")
+                              target_modules=names, bias="none", use_rslora=cfg.rslora)
     peft_cfg.save_pretrained(str(folder))
     tensors = {PEFT_PREFIX + k: v.contiguous() for k, v in lora_state_dict(model).items()}
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -175,6 +201,10 @@ def load_peft_adapter(model: nn.Module, folder: str | Path) -> None:
     mods = lora_modules(model)
     if set(meta["target_modules"]) != set(mods):
         raise ValueError(f"{folder}: adapter targets do not match the model's LoRA modules")
+    rslora = {m.rslora for m in mods.values()}
+    if rslora != {bool(meta.get("use_rslora", False))}:
+        raise ValueError(f"{folder}: adapter use_rslora={meta.get('use_rslora')} but the model's LoRA "
+                         f"modules have rslora={sorted(rslora)} (set lora.rslora to match)")
     state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(folder / "adapter_model.safetensors")).items()}
     load_lora_state_dict(model, state)
 

@@ -65,7 +65,7 @@ def build_model(cfg: Stage2Config) -> tuple[Stage2Model, dict]:
     if cfg.model.swap_attention:
         swap_attention(clip)
     wrapped = apply_lora(clip, cfg.lora)
-    counts = mark_trainable(clip)
+    counts = mark_trainable(clip, cfg.lora)
     fine = cfg.loss.use_fine_grained and has_patch_tokens(clip)
     if cfg.loss.use_fine_grained and not fine:
         log.warning("fine-grained loss disabled: %s has no patch tokens (convolutional image tower)", cfg.model.name)
@@ -97,23 +97,38 @@ def forward_losses(model: nn.Module, batch: dict, cfg: Stage2Config) -> dict[str
     return terms
 
 
-def cosine_with_warmup(optimizer, *, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the base LR, then cosine decay to 0 at ``total`` steps."""
+SCHEDULES = ("cosine", "constant")
+
+
+def cosine_with_warmup(optimizer, *, warmup: int, total: int,
+                       schedule: str = "cosine") -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base LR, then cosine decay to 0 at ``total`` steps (or constant)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {schedule!r}")
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def make_optimizer(model: nn.Module, cfg: Stage2Config) -> torch.optim.Optimizer:
-    """AdamW on trainable parameters; no weight decay on logit_scale and biases."""
-    decay, no_decay = [], []
+    """AdamW on trainable parameters; no weight decay on logit_scale, biases, LayerNorms and the
+    token embedding; parameters trained in full (not LoRA) at ``full_param_lr_scale`` x the LR."""
+    lr = cfg.train.learning_rate
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if name.endswith(("logit_scale", ".bias")) else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.learning_rate)
+        if not p.requires_grad:
+            continue
+        no_decay = name.endswith(("logit_scale", ".bias", "token_embedding.weight")) or p.ndim == 1
+        groups.setdefault((".lora_" in name, no_decay), []).append(p)
+    return torch.optim.AdamW(
+        [{"params": ps, "weight_decay": 0.0 if no_decay else cfg.train.weight_decay,
+          "lr": lr if is_lora else lr * cfg.train.full_param_lr_scale}
+         for (is_lora, no_decay), ps in groups.items()], lr=lr)
 
 
 def plan_steps(cfg: Stage2Config, total_samples: int, world: int) -> tuple[int, int]:
@@ -193,7 +208,8 @@ def train(cfg: Stage2Config) -> dict:
     rare = sorted(c for c, w in class_weights.items() if w != 1.0)
     steps_per_epoch, total_steps = plan_steps(cfg, counts["total_samples"], world)
     optimizer = make_optimizer(model, cfg)
-    scheduler = cosine_with_warmup(optimizer, warmup=cfg.train.warmup_steps, total=total_steps)
+    scheduler = cosine_with_warmup(optimizer, warmup=cfg.train.warmup_steps, total=total_steps,
+                                   schedule=cfg.train.schedule)
     if cfg.lora.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)

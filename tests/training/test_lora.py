@@ -95,6 +95,80 @@ def test_peft_adapter_round_trip(lora_model, tmp_path):
         torch.testing.assert_close(fresh.eval().encode_image(img), want_i, atol=1e-5, rtol=1e-4)
 
 
+def test_rslora_scaling_matches_peft_and_is_checked_on_load(tmp_path):
+    from peft import PeftModel
+
+    cfg = LoraConfig(rank=4, alpha=8, rslora=True)
+    model = create_model(TINY)
+    swap_attention(model)
+    base = copy.deepcopy(model)
+    apply_lora(model, cfg)
+    mods = lora_modules(model)
+    assert all(m.scaling == pytest.approx(8 / 2) for m in mods.values())  # alpha / sqrt(4), not alpha / 4
+    torch.manual_seed(5)
+    for mod in mods.values():
+        nn.init.normal_(mod.lora_B.weight, std=0.05)
+    folder = save_peft_adapter(model.eval(), tmp_path / "adapter", cfg=cfg)
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(folder)).eval()
+    img = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model.base_model.model.encode_image(img), model.encode_image(img),
+                                   atol=1e-5, rtol=1e-5)
+    plain = copy.deepcopy(base)
+    apply_lora(plain, LoraConfig(rank=4, alpha=8))
+    with pytest.raises(ValueError, match="use_rslora"):
+        load_peft_adapter(plain, folder)
+
+
+def test_full_parameters_beside_lora_follow_the_config():
+    model = create_model(TINY)
+    swap_attention(model)
+    apply_lora(model, LoraConfig())
+    heads = {"visual.proj", "text_projection", "logit_scale"}
+
+    def trainable(cfg):
+        mark_trainable(model, cfg)
+        return {n for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n}
+
+    assert trainable(LoraConfig()) == heads
+    assert trainable(LoraConfig(train_heads=False)) == set()
+    with_ln = trainable(LoraConfig(train_layernorms=True))
+    norms = {n for n in with_ln - heads}
+    assert norms and all(".ln" in n or n.startswith(("ln_", "visual.ln_")) for n in norms), norms
+    assert {"ln_final.weight", "ln_final.bias", "visual.ln_post.weight"} <= norms
+    assert trainable(LoraConfig(train_token_embedding=True)) == heads | {"token_embedding.weight"}
+
+
+def test_schedule_and_optimizer_groups():
+    from training.config import Stage2Config
+    from training.trainer import cosine_with_warmup, make_optimizer
+
+    model = create_model(TINY)
+    swap_attention(model)
+    cfg = Stage2Config()
+    cfg.lora.train_layernorms = True
+    apply_lora(model, cfg.lora)
+    mark_trainable(model, cfg.lora)
+    cfg.train.learning_rate, cfg.train.full_param_lr_scale = 1e-3, 0.1
+    opt = make_optimizer(model, cfg)
+    lrs = {(g["lr"], g["weight_decay"]) for g in opt.param_groups}
+    assert lrs == {(1e-3, cfg.train.weight_decay), (1e-4, cfg.train.weight_decay), (1e-4, 0.0)}
+    by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert by_id[id(params["ln_final.weight"])]["weight_decay"] == 0.0
+    assert by_id[id(params["visual.proj"])]["lr"] == pytest.approx(1e-4)
+    factors = {}
+    for schedule in ("cosine", "constant"):
+        sched = cosine_with_warmup(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
+                                   warmup=2, total=10, schedule=schedule)
+        factors[schedule] = [sched.lr_lambdas[0](s) for s in range(10)]
+    assert factors["constant"][:2] == [0.5, 1.0] and factors["constant"][2:] == [1.0] * 8
+    assert factors["cosine"][2] == 1.0 and factors["cosine"][-1] < 0.05
+    with pytest.raises(ValueError, match="train.schedule"):
+        cosine_with_warmup(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), warmup=1, total=2,
+                           schedule="linear")
+
+
 def test_resnet_tower_lora_on_text_and_attnpool_head_trained(tmp_path):
     import json
 

@@ -1,0 +1,258 @@
+"""Learning benchmark: does Stage 2 make a model better on held-out aerial images?
+
+On real aerial tiles (the UCM sample, where present) and on the procedural demo tiles, each split
+per class into train / held-out images:
+
+1. a stand-in base (tiny open_clip CLIP, 64 px) trained briefly from scratch on the train split's
+   captions, so it has seen the whole vocabulary (LoRA cannot train token embeddings; RemoteCLIP
+   knows its domain's words);
+2. the quality filter scored by that base over the train shards;
+3. at one budget in samples, from the same base, on the same shards: Stage 2 LoRA with the shipped
+   defaults on real only; Stage 2 on the mix with synthetic samples (when builders.synthetic
+   exists); open_clip's own trainer (full fine-tune); and each Stage 2 default switched off once;
+4. held-out zero-shot accuracy and retrieval mean recall (human captions only), samples/s, several
+   seeds with their spread.
+
+    python -m benchmarks.bench_learning [--quick] [--seeds 0 1 2] [--out bench_out/learning]
+
+Writes results.json and learning.png under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.learning import datasets, filtering, runs
+from benchmarks.learning.heldout import load_split
+from benchmarks.learning.plot import plot_results
+
+log = logging.getLogger("bench_learning")
+
+# name -> (Stage 2 overrides, what it shows)
+ABLATIONS = {
+    "no_filter": (["data.use_quality=false"], "quality filter off"),
+    "primary_caption": (["data.random_caption=false"], "generated captions off (primary caption only)"),
+    "no_word_region": (["loss.use_fine_grained=false"], "word-region loss off"),
+}
+
+
+# The LoRA-against-full-fine-tune study (--study): what closes the gap at the same budget.
+STUDY_ARMS = {
+    "lr1e-3": "train.learning_rate=1e-3",
+    "lr3e-3": "train.learning_rate=3e-3",
+    "lr1e-2": "train.learning_rate=1e-2",
+    "lr3e-3_constant": "train.learning_rate=3e-3 train.schedule=constant",
+    "lr3e-3_rslora": "train.learning_rate=3e-3 lora.rslora=true",
+    "lr3e-3_r32_rslora": "train.learning_rate=3e-3 lora.rank=32 lora.rslora=true",
+    "lr3e-3_layernorms": "train.learning_rate=3e-3 lora.train_layernorms=true",
+    "lr3e-3_token_embedding": "train.learning_rate=3e-3 lora.train_token_embedding=true",
+    "lr3e-3_no_heads": "train.learning_rate=3e-3 lora.train_heads=false",
+}
+
+
+def prepare(name: str, work: Path, args) -> dict | None:
+    """Shards of one data set, or None (with a message) when it is absent."""
+    quick = args.quick
+    if name == "ucm":
+        if not (Path(args.ucm) / "captions.json").exists():
+            print(f"ucm: skipped, {args.ucm} is absent")
+            return None
+        records = datasets.ucm_records(Path(args.ucm))
+    else:
+        n = 6 if quick else 24
+        records = datasets.demo_records(work / "tiles", per_class=n, test=n // 3)
+    return datasets.build_splits(records, work, size=64, images_per_shard=4)
+
+
+def summarise(values: list[float]) -> dict:
+    """Mean, sample standard deviation and the values of one figure over seeds."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "values": []}
+    return {"mean": round(statistics.fmean(vals), 3),
+            "std": round(statistics.stdev(vals), 3) if len(vals) > 1 else 0.0, "values": vals}
+
+
+def run_dataset(name: str, args, out: Path) -> dict | None:
+    work = out / name
+    splits = prepare(name, work, args)
+    if splits is None:
+        return {"skipped": "data set absent"}
+    heldout = load_split(splits["test"], size=64)
+    # The demo tiles are easy: a full-length base already classifies them all, leaving nothing to gain.
+    steps = args.base_steps if name == "ucm" else args.demo_base_steps
+    base_info = runs.stand_in_base(splits["train"], work / "base", steps=steps, batch_size=args.batch_size)
+    base_path = Path(base_info["path"])
+    filt = filtering.run_filter(splits["train"], base=str(base_path), report_dir=work / "filter_report")
+    base_scores = runs.score_checkpoint(str(base_path), heldout)
+    result = {"splits": {k: str(v) for k, v in splits.items()}, "base": {**base_info, **base_scores},
+              "filter": filt, "heldout_images": len(heldout.images), "runs": {}}
+    log.info("%s base: %s", name, {k: result["base"][k] for k in ("zeroshot", "mean_recall")})
+    syn_reason = filtering.synthetic_unavailable()
+    synthetic = None
+    if syn_reason is None:
+        try:
+            synthetic = filtering.build_synthetic(splits["train"], work / "synthetic", extra=[])
+        except Exception as e:  # the arm is reported, not fatal
+            syn_reason = f"builders.synthetic did not build: {e}"
+    result["synthetic"] = {"available": synthetic is not None, "reason": syn_reason}
+
+    arms: dict[str, tuple[str, list[str], list[str]]] = {"lora_default": ("stage2", [], [])}
+    if synthetic:
+        arms["lora_mix"] = ("stage2", [synthetic], [])
+        arms["lora_mix_share_0.5"] = ("stage2", [synthetic], ["data.synthetic_ratio=0.5"])
+    if not args.no_ablations:
+        arms.update({k: ("stage2", [], o) for k, (o, _) in ABLATIONS.items()})
+    arms.update({k: ("stage2", [], o) for k, o in args.extra_arm})
+    ft_reason = "skipped (--no-full-ft)" if args.no_full_ft else runs.open_clip_available()
+    if ft_reason is None:
+        arms["full_ft"] = ("open_clip", [], [])
+    result["full_ft_unavailable"] = ft_reason
+    per_arm: dict[str, list[dict]] = {k: [] for k in arms}
+    for seed in args.seeds:
+        for arm, (kind, syn, overrides) in arms.items():
+            run_dir = work / "runs" / f"{arm}_s{seed}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            t0 = time.time()
+            if kind == "stage2":
+                cfg = runs.stage2_config(base=str(base_path), real=[splits["train"]], synthetic=syn, out=run_dir,
+                                         seed=seed, samples=args.samples, batch_size=args.batch_size,
+                                         overrides=[*args.stage2, *overrides])
+                r = runs.run_stage2(cfg, heldout)
+            else:
+                r = runs.run_open_clip(base=str(base_path), train_dir=splits["train"], out=run_dir, seed=seed,
+                                       samples=args.samples, batch_size=args.batch_size, lr=args.ft_lr,
+                                       heldout=heldout)
+            r["seed"] = seed
+            per_arm[arm].append(r)
+            log.info("%s %s seed %d: zero-shot %.1f, mean recall %.2f, %.0f samples/s, loss %s -> %s (%.0f s)",
+                     name, arm, seed, r["zeroshot"], r["mean_recall"], r["samples_per_s"] or 0,
+                     r["loss_first"], r["loss_last"], time.time() - t0)
+    base_fig = {k: result["base"][k] for k in ("zeroshot", "mean_recall")}
+    for arm, rs in per_arm.items():
+        figs = {k: summarise([r[k] for r in rs]) for k in ("zeroshot", "mean_recall", "samples_per_s", "loss_last")}
+        gains = {k: summarise([r[k] - base_fig[k] for r in rs]) for k in ("zeroshot", "mean_recall")}
+        result["runs"][arm] = {"figures": figs, "gain_over_base": gains, "seeds": rs,
+                               "what": ABLATIONS.get(arm, ("", arm))[1]}
+    result["verdict"] = verdict(result)
+    if args.study:
+        from benchmarks.learning.peft_reference import compare_with_peft
+        from training.config import LoraConfig
+
+        result["peft_reference"] = compare_with_peft(
+            load_split(splits["train"], size=64, sources=None), model_cfg=runs.base_model_config(str(base_path)),
+            lora=LoraConfig(),
+            steps=args.peft_steps, batch_size=args.batch_size, lr=3e-3)
+        log.info("%s peft reference: max |loss difference| %.2e over %d steps", name,
+                 result["peft_reference"]["max_abs_diff"], args.peft_steps)
+    return result
+
+
+def verdict(result: dict) -> dict:
+    """Issue-14 target: the default LoRA's gain > 3x its seed spread and >= half the full FT's gain."""
+    out = {}
+    lora, ft = result["runs"].get("lora_default"), result["runs"].get("full_ft")
+    for metric in ("zeroshot", "mean_recall"):
+        g = lora["gain_over_base"][metric]
+        row = {"lora_gain": g["mean"], "lora_seed_std": g["std"],
+               "gain_over_3_std": g["mean"] is not None and g["mean"] > 3 * g["std"]}
+        if ft:
+            f = ft["gain_over_base"][metric]["mean"]
+            row["full_ft_gain"] = f
+            row["share_of_full_ft_gain"] = round(g["mean"] / f, 3) if f else None
+            row["half_of_full_ft"] = bool(f and f > 0 and g["mean"] >= 0.5 * f)
+        out[metric] = row
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_learning", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench_out/learning")
+    p.add_argument("--ucm", default=str(datasets.UCM_DIR), help="the UCM sample folder (captions.json, images/)")
+    p.add_argument("--datasets", nargs="+", default=["ucm", "demo"], choices=["ucm", "demo"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--samples", type=int, default=3072, help="training budget in samples, every run")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--base-steps", type=int, default=200, help="stand-in base steps (UCM)")
+    p.add_argument("--demo-base-steps", type=int, default=30, help="stand-in base steps (demo tiles)")
+    p.add_argument("--no-full-ft", action="store_true", help="leave out the open_clip_train arm")
+    p.add_argument("--ft-lr", type=float, default=1e-4, help="open_clip_train learning rate")
+    p.add_argument("--stage2", nargs="*", default=[], help="overrides for every Stage 2 run")
+    p.add_argument("--extra-arm", nargs=2, action="append", default=[], metavar=("NAME", "OVERRIDES"),
+                   help="one more Stage 2 arm: name and space-separated overrides")
+    p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--study", action="store_true",
+                   help="LoRA-vs-full-fine-tune study: learning rate, schedule, rsLoRA, what trains beside LoRA, "
+                        "and peft's LoRA as a reference (replaces the ablations)")
+    p.add_argument("--peft-steps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (every run, both trainers)")
+    p.add_argument("--quick", action="store_true", help="smoke run: demo tiles, 1 seed, tiny budget")
+    args = p.parse_args(argv)
+    if args.study:
+        args.no_ablations = True
+        args.extra_arm = list(STUDY_ARMS.items()) + args.extra_arm
+    args.extra_arm = [(n, o.split()) for n, o in args.extra_arm]
+    if args.quick:
+        args.datasets, args.seeds, args.samples, args.demo_base_steps = ["demo"], args.seeds[:1], 16, 3
+        args.batch_size, args.peft_steps, args.no_ablations = 8, 2, True
+        args.extra_arm = args.extra_arm[:1]
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for mine in ("bench_learning", "benchmarks"):  # the trainers' own INFO lines would bury the figures
+        logging.getLogger(mine).setLevel(logging.INFO)
+    torch.set_num_threads(args.threads)
+    import os
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the open_clip_train subprocess too
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "args": vars(args), "datasets": {}}
+    for name in args.datasets:
+        results["datasets"][name] = run_dataset(name, args, out)
+    results["seconds"] = round(time.time() - t0, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot_results(results, out / "learning.png")
+    print(format_table(results))
+    print(f"results.json and learning.png in {out} ({results['seconds']:.0f} s)")
+    return 0
+
+
+def machine() -> str:
+    import os
+    import platform
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
+def format_table(results: dict) -> str:
+    lines = []
+    for name, d in results["datasets"].items():
+        if not d or "skipped" in d:
+            lines.append(f"{name}: skipped ({(d or {}).get('skipped')})")
+            continue
+        b = d["base"]
+        lines.append(f"{name}: {d['heldout_images']} held-out images; synthetic arm: "
+                     + ("available" if d["synthetic"]["available"] else f"not available ({d['synthetic']['reason']})"))
+        lines.append(f"  {'run':<18} {'zero-shot':>16} {'mean recall':>16} {'samples/s':>10}")
+        lines.append(f"  {'base':<18} {b['zeroshot']:>16.1f} {b['mean_recall']:>16.2f}")
+        for arm, r in d["runs"].items():
+            z, m, s = (r["figures"][k] for k in ("zeroshot", "mean_recall", "samples_per_s"))
+            lines.append(f"  {arm:<18} {z['mean']:>9.1f} ±{z['std']:<5.1f} {m['mean']:>9.2f} ±{m['std']:<5.2f} "
+                         f"{s['mean'] or 0:>10.0f}")
+        lines.append(f"  verdict: {json.dumps(d['verdict'])}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""The quality filter scored by the stand-in base, and the synthetic set when it exists."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from wds_tools.config import parse_cli
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_filter(train_dir: str, *, base: str, report_dir: Path) -> dict:
+    """Score the train shards with the base (production filter defaults, caption floor off); sidecars beside them."""
+    from builders.quality.config import QualityConfig
+    from builders.quality.run import run
+
+    cfg = parse_cli(QualityConfig, ["--config", str(REPO / "configs/filter/default.yaml"),
+                                    f"input=[{train_dir}]", f"output={report_dir}", "rescore=true",
+                                    f"model.name={REPO / 'configs/models/tiny-clip.json'}",
+                                    f"model.pretrained={base}", "model.device=cpu", "model.precision=fp32",
+                                    "model.batch_size=64", "loader.num_workers=1",
+                                    # the per-caption floor is in RemoteCLIP's cosine range; a tiny
+                                    # stand-in's cosines sit elsewhere, so only the top-share cut acts
+                                    "selection.min_clip_score_caption=-1.0"],
+                    prog="bench_learning", description="", default_config=None)
+    report = run(cfg)
+    return {k: report.get(k) for k in ("total", "kept", "dropped", "threshold")}
+
+
+def synthetic_unavailable() -> str | None:
+    """None when ``builders.synthetic`` can be imported, else why not."""
+    if importlib.util.find_spec("builders.synthetic") is None:
+        return "builders.synthetic does not exist in this tree"
+    try:
+        importlib.import_module("builders.synthetic")
+    except Exception as e:  # any import failure means the arm cannot run
+        return f"builders.synthetic does not import: {e!r}"
+    return None
+
+
+def build_synthetic(train_dir: str, out: Path, *, extra: list[str]) -> str:
+    """Run ``python -m builders.synthetic`` on the train shards (its tiny config); returns the shard folder."""
+    config = REPO / "configs" / "synthetic" / "tiny.yaml"
+    cmd = [sys.executable, "-m", "builders.synthetic", "--input", train_dir, "--output", str(out), *extra]
+    if config.exists():
+        cmd[3:3] = ["--config", str(config)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"builders.synthetic failed (rc {proc.returncode}): {proc.stderr[-1500:]}")
+    return str(out)

@@ -1,0 +1,46 @@
+"""Smoke run of the learning benchmark (--quick): every arm runs end to end and reports figures."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow  # about 1 minute of CPU; several minutes of wall time on a busy 2-core machine
+def test_bench_learning_quick_study(tmp_path):
+    pytest.importorskip("matplotlib")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_learning", "--quick", "--study",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "learning.png").stat().st_size > 10_000
+    demo = results["datasets"]["demo"]
+    assert demo["heldout_images"] == 10  # 2 of 6 tiles per class, 5 classes
+    arms = demo["runs"]
+    assert {"lora_default", "lr1e-3"} <= set(arms)
+    for name, arm in arms.items():
+        for metric in ("zeroshot", "mean_recall"):
+            value = arm["figures"][metric]["mean"]
+            assert 0.0 <= value <= 100.0, (name, metric, value)
+        assert arm["seeds"][0]["loss_curve"], name
+        assert math.isfinite(arm["seeds"][0]["loss_last"])
+    assert arms["lora_default"]["seeds"][0]["samples_per_s"] > 0
+    assert arms["lora_default"]["seeds"][0]["quality_dropped"] > 0  # the filter (scored by the base) is on
+    if demo["full_ft_unavailable"] is None:
+        assert arms["full_ft"]["seeds"][0]["loss_curve"]
+    else:
+        assert "full_ft" not in arms
+    syn = demo["synthetic"]
+    assert syn["available"] == ("lora_mix" in arms)
+    if not syn["available"]:
+        assert syn["reason"] and "not available" in proc.stdout
+    ref = demo["peft_reference"]
+    assert ref["max_abs_diff"] < 1e-4 and ref["trainable_lean"] == ref["trainable_peft"]
+    assert set(demo["verdict"]) == {"zeroshot", "mean_recall"}
