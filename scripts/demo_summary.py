@@ -38,7 +38,8 @@ def _eval_row(evaluation: dict, when: str) -> str:
 def summary(out: Path) -> str:
     """The table as text."""
     log = _json(out / "stage2_lora" / "training_log.json") or {}
-    quality = _json(out / "quality" / "quality_report.json") or {}
+    reports = [r for r in (_json(out / name / "quality_report.json") for name in ("quality", "quality_synthetic")) if r]
+    quality = {"total": sum(r["total"] for r in reports), "kept": sum(r["kept"] for r in reports)} if reports else {}
     base = _json(out / "base" / "base_log.json")
     share = (log.get("summary") or {}).get("realised_synthetic_share")
     rows = [
@@ -58,6 +59,7 @@ def summary(out: Path) -> str:
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
     pictures = [out / "shards" / "real" / "preview.png", out / "shards" / "synthetic" / "preview.png",
                 out / "base" / "base_curves.png", out / "quality" / "quality_report.html",
+                out / "quality_synthetic" / "quality_report.html",
                 out / "stage2_lora" / "training_curves.png"]
     lines += ["", "Pictures:"] + [f"  {p}{'' if p.exists() else '  (missing)'}" for p in pictures]
     return "\n".join(lines)
