@@ -90,7 +90,7 @@ def train_base(cfg: BaseConfig) -> dict:
     from training.data import LoaderSpec, MixSource, make_loader
     from training.losses import weighted_clip_loss
     from training.plots import plot_training_log
-    from training.trainer import Stage2Model, cosine_with_warmup
+    from training.trainer import Stage2Model, clamp_logit_scale, cosine_with_warmup
     from wds_tools.atomic import atomic_open
     from wds_tools.config import config_to_dict, save_config
     from wds_tools.urls import expand_urls
@@ -126,8 +126,7 @@ def train_base(cfg: BaseConfig) -> dict:
         terms["loss"].backward()
         optimizer.step()
         scheduler.step()
-        with torch.no_grad():  # open_clip's clamp: a logit scale above 100 destabilises training
-            clip.logit_scale.clamp_(0, 4.6052)
+        clamp_logit_scale(clip)
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             entries.append({"step": step, "total_loss": round(terms["loss"].item(), 6),
                             "acc_i2t": round(terms["acc_i2t"].item(), 4), "acc_t2i": round(terms["acc_t2i"].item(), 4),
