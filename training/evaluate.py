@@ -96,19 +96,34 @@ def _embed_texts(model, texts: list[str], *, tokenizer, batch_size: int, device)
     return torch.cat(out)
 
 
-def retrieval_metrics(img: torch.Tensor, txt: torch.Tensor, owner: torch.Tensor, ks=(1, 5, 10)) -> dict:
-    """R@k both ways for L2-normalised embeddings; ``owner[j]`` is the image of caption j."""
+def retrieval_metrics(img: torch.Tensor, txt: torch.Tensor, owner: torch.Tensor, ks=(1, 5, 10),
+                      relevant: torch.Tensor | None = None) -> dict:
+    """R@k both ways for L2-normalised embeddings; ``owner[j]`` is the image of caption j.
+
+    ``relevant[i, j]`` (images x captions, bool) marks every image a caption is true of; by
+    default only its owner. :func:`evaluate_model` passes one that also marks images holding the
+    identical caption text: on class-template captions four images share "an aerial image of a
+    beach", and which of four tied captions ranks first says nothing about the model.
+    """
     sim = img @ txt.T  # images x captions
+    if relevant is None:
+        relevant = owner.unsqueeze(0) == torch.arange(len(img)).unsqueeze(1)
     out = {}
     for k in ks:
-        kk = min(k, sim.shape[1])
-        top_txt = sim.topk(kk, dim=1).indices  # per image
-        i2t = (owner[top_txt] == torch.arange(len(img)).unsqueeze(1)).any(dim=1).float().mean()
+        top_txt = sim.topk(min(k, sim.shape[1]), dim=1).indices  # per image
+        i2t = relevant.gather(1, top_txt).any(dim=1).float().mean()
         top_img = sim.T.topk(min(k, sim.shape[0]), dim=1).indices  # per caption
-        t2i = (top_img == owner.unsqueeze(1)).any(dim=1).float().mean()
+        t2i = relevant.T.gather(1, top_img).any(dim=1).float().mean()
         out[f"i2t_R@{k}"], out[f"t2i_R@{k}"] = 100 * i2t.item(), 100 * t2i.item()
     out["mean_recall"] = sum(out.values()) / len(out)
     return out
+
+
+def caption_relevance(captions: Sequence[Sequence[str]]) -> torch.Tensor:
+    """images x captions: True where the caption's text is one of the image's own captions."""
+    flat = [c for caps in captions for c in caps]
+    own = [set(caps) for caps in captions]
+    return torch.tensor([[c in mine for c in flat] for mine in own], dtype=torch.bool)
 
 
 @torch.no_grad()
@@ -123,7 +138,8 @@ def evaluate_model(model, data: EvalSet, *, tokenizer, templates: Sequence[str],
     owner = torch.tensor([i for i, caps in enumerate(data.captions) for _ in caps])
     txt = _embed_texts(model, texts, tokenizer=tokenizer, batch_size=batch_size, device=device)
     result = {"num_images": len(img), "num_captions": len(texts),
-              "retrieval": retrieval_metrics(img.cpu(), txt.cpu(), owner)}
+              "retrieval": retrieval_metrics(img.cpu(), txt.cpu(), owner,
+                                             relevant=caption_relevance(data.captions))}
     labelled = [(i, c) for i, c in enumerate(data.classes) if c]
     names = sorted({c for _, c in labelled})
     if len(names) >= 2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,11 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_filter(train_dir: str, *, base: str, report_dir: Path) -> dict:
-    """Score the train shards with the base (production filter defaults, caption floor off); sidecars beside them."""
+def run_filter(train_dir: str, *, base: str, report_dir: Path, keep_all: bool = False) -> dict:
+    """Score the train shards with the base (production filter defaults, caption floor off); sidecars beside them.
+
+    ``keep_all`` scores and keeps everything, as the demo does for its synthetic set: the tiny
+    random-weight generators draw noise, which a CLIP-score cut would drop entirely."""
     from builders.quality.config import QualityConfig
     from builders.quality.run import run
 
@@ -26,7 +30,9 @@ def run_filter(train_dir: str, *, base: str, report_dir: Path) -> dict:
                                     "model.batch_size=64", "loader.num_workers=1",
                                     # the per-caption floor is in RemoteCLIP's cosine range; a tiny
                                     # stand-in's cosines sit elsewhere, so only the top-share cut acts
-                                    "selection.min_clip_score_caption=-1.0"],
+                                    "selection.min_clip_score_caption=-1.0",
+                                    *(["selection.keep_top_percent=1.0", "selection.min_clip_score_synthetic=-1.0"]
+                                      if keep_all else [])],
                     prog="bench_learning", description="", default_config=None)
     report = run(cfg)
     return {k: report.get(k) for k in ("total", "kept", "dropped", "threshold")}
@@ -44,12 +50,15 @@ def synthetic_unavailable() -> str | None:
 
 
 def build_synthetic(train_dir: str, out: Path, *, extra: list[str]) -> str:
-    """Run ``python -m builders.synthetic`` on the train shards (its tiny config); returns the shard folder."""
-    config = REPO / "configs" / "synthetic" / "tiny.yaml"
-    cmd = [sys.executable, "-m", "builders.synthetic", "--input", train_dir, "--output", str(out), *extra]
-    if config.exists():
-        cmd[3:3] = ["--config", str(config)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    """Run ``python -m builders.synthetic`` on the train shards with the tiny random-weight models of
+    ``scripts/tiny_synthetic_models.py`` (the demo's); returns the train shard folder."""
+    models = subprocess.run([sys.executable, str(REPO / "scripts" / "tiny_synthetic_models.py"),
+                             "--output", str(out.parent / "synthetic_models")],
+                            capture_output=True, text=True, timeout=600, check=True).stdout.split()
+    cmd = [sys.executable, "-m", "builders.synthetic", "--config", str(REPO / "configs/build/synthetic-tiny.yaml"),
+           "--input", train_dir, "--output", str(out), *models, *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"builders.synthetic failed (rc {proc.returncode}): {proc.stderr[-1500:]}")
-    return str(out)
+    return str(out / "train")

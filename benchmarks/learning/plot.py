@@ -20,7 +20,7 @@ def plot_results(results: dict, path: Path) -> Path:
                                   (row[1], "mean_recall", "retrieval mean recall")):
             means = [d["base"][metric]] + [d["runs"][a]["figures"][metric]["mean"] for a in arms]
             stds = [0] + [d["runs"][a]["figures"][metric]["std"] for a in arms]
-            colors = ["grey"] + ["tab:orange" if a == "full_ft" else "tab:blue" for a in arms]
+            colors = ["grey"] + ["tab:orange" if a.startswith("full_ft") else "tab:blue" for a in arms]
             ax.bar(range(len(means)), means, yerr=stds, color=colors, capsize=3)
             ax.axhline(d["base"][metric], color="grey", lw=0.8, ls="--")
             ax.set_xticks(range(len(means)), ["base"] + arms, rotation=35, ha="right", fontsize=8)

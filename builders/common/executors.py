@@ -83,8 +83,13 @@ def _call(fn: Callable, unit, args: tuple, on_done: Callable, on_error: Callable
 
 
 def run_local(fn: Callable, units: Sequence, args: tuple, *, workers: int, on_done: Callable,
-              on_error: Callable | None = None, gpus: Sequence[str] = ()) -> None:
-    """One worker runs in-process; more use a forkserver process pool."""
+              on_error: Callable | None = None, gpus: Sequence[str] = (), preload: Sequence[str] = ()) -> None:
+    """One worker runs in-process; more use a forkserver process pool.
+
+    ``preload``: modules the fork server imports once before it forks the workers (besides
+    ``fn``'s own), so heavy libraries are not imported again in every worker. The fork server
+    starts once per process and keeps the list it started with.
+    """
     if workers <= 1 and not gpus:
         for u in units:
             _call(fn, u, args, on_done, on_error)
@@ -93,7 +98,7 @@ def run_local(fn: Callable, units: Sequence, args: tuple, *, workers: int, on_do
     # torch) half-copied; a fork server is a clean process that imports the builder once, so each
     # worker starts warm instead of importing everything again as spawn would.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([fn.__module__])
+    ctx.set_forkserver_preload([fn.__module__, *preload])
     queue = None
     if gpus:
         workers = len(gpus)
@@ -161,8 +166,9 @@ def run_ray(fn: Callable, units: Sequence, args: tuple, *, workers: int, address
 
 def run_units(fn: Callable, units: Sequence, *args, executor: str = "local", workers: int = 0,
               address: str = "", on_done: Callable = lambda r: None,
-              on_error: Callable | None = None, gpus_per_task: float = 0.0) -> None:
-    """Dispatch to the chosen executor; ValueError for an unknown one."""
+              on_error: Callable | None = None, gpus_per_task: float = 0.0,
+              preload: Sequence[str] = ()) -> None:
+    """Dispatch to the chosen executor; ValueError for an unknown one. ``preload``: see :func:`run_local`."""
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose from {EXECUTORS}")
     if gpus_per_task < 0:
@@ -173,7 +179,7 @@ def run_units(fn: Callable, units: Sequence, *args, executor: str = "local", wor
         if gpus and workers > 0:
             gpus = gpus[:workers]
         run_local(fn, units, args, workers=min(n, max(len(units), 1)), on_done=on_done,
-                  on_error=on_error, gpus=gpus[:max(len(units), 1)])
+                  on_error=on_error, gpus=gpus[:max(len(units), 1)], preload=preload)
     else:
         run_ray(fn, units, args, workers=n, address=address, on_done=on_done, on_error=on_error,
                 gpus_per_task=gpus_per_task)

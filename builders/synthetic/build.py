@@ -32,6 +32,7 @@ from builders.synthetic.unit import build_unit
 from wds_tools.config import ConfigError, config_to_dict
 
 log = logging.getLogger(__name__)
+STAGE_LIBRARIES = "builders.synthetic.stages.libraries"  # preloaded by a local worker pool
 
 # Sections a stages= rerun may change, by the first stage rerun.
 _STAGE_SECTIONS = {"upscale": ("upscale", "size", "image_ext", "quality"),
@@ -113,7 +114,7 @@ def _build_locked(cfg: SyntheticBuildConfig, out: Path, *, progress: bool) -> di
     results, failures = driver.run_with_progress(
         build_unit, units, cfg, str(out), work_dir, executor=cfg.executor, workers=cfg.workers,
         address=cfg.ray_address, desc="synthetic build", progress=progress,
-        gpus_per_task=gpus_per_task(cfg), keep_going=True)
+        gpus_per_task=gpus_per_task(cfg), keep_going=True, preload=(STAGE_LIBRARIES,))
     refused = [f for f in failures if sources.SplitRefused.__name__ in f.error]
     if refused:  # not a unit's bad luck: the input itself is wrong
         raise sources.SplitRefused(refused[0].error)

@@ -27,6 +27,38 @@ def test_local_pool_hands_back_every_result():
     assert sorted(got) == [1, 4, 9, 16]
 
 
+def _loaded(module):
+    import sys
+
+    return module in sys.modules
+
+
+_PRELOAD_CHECK = """
+import sys
+from builders.common.executors import run_units
+from tests.builders.common.test_executors import _loaded
+got = []
+run_units(_loaded, ["colorsys", "colorsys"], executor="local", workers=2, on_done=got.append,
+          preload=tuple(sys.argv[1:]))
+print(got)
+"""
+
+
+@pytest.mark.parametrize("preload, expected", [([], "[False, False]"), (["colorsys"], "[True, True]")])
+def test_pool_workers_start_with_the_preloaded_modules(preload, expected):
+    # A fresh process each time: a fork server takes its preload list once, when it starts.
+    # colorsys: a stdlib module nothing here imports.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[3]
+    proc = subprocess.run([sys.executable, "-c", _PRELOAD_CHECK, *preload], capture_output=True, text=True,
+                          cwd=repo, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == expected
+
+
 def _sha(d):
     return {p.name: json.loads(p.read_text())["sha256"] for p in sorted(d.glob("*.stats.json"))}
 
