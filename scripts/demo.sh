@@ -7,8 +7,10 @@
 #   REMOTECLIP=/path/RemoteCLIP-ViT-B-32.pt make demo   # real base weights instead of the stand-in
 #
 # Without REMOTECLIP the base model is a stand-in: the tiny CLIP trained for about a minute on the
-# demo's own captions (training.base), so it knows every word the later steps use. It is not
-# RemoteCLIP; the summary says which base was used.
+# captions of separate demo tiles (drawn with another seed, training.base), so it knows every word
+# the later steps use but not the tiles Stage 2 then learns from, as RemoteCLIP knows the aerial
+# domain but not a user's new tiles (a base trained on the fine-tune images leaves Stage 2 nothing
+# to add: benchmarks/bench_learning.py). It is not RemoteCLIP; the summary says which base was used.
 set -euo pipefail
 OUT=${DEMO_OUT:-demo_out}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
@@ -38,10 +40,18 @@ if [ -n "${REMOTECLIP:-}" ]; then
                 train.checkpoint_every=10 eval.max_samples=64)
     FILTER_ARGS=("model.pretrained=$REMOTECLIP" model.device=cpu model.precision=fp32)
 else
-    step "3/11 base model: stand-in tiny CLIP trained briefly, in full, on the demo's captions -> $OUT/base"
+    step "3/11 base model: stand-in tiny CLIP trained briefly, in full, on other tiles' captions -> $OUT/base"
+    if [ -n "${DEMO_IMAGES:-}" ]; then
+        BASE_SHARDS=$OUT/shards/real/train   # your images only: the base sees the fine-tune images too
+    else
+        python -m builders.demo_images --output "$OUT/base_images" --per-class 4 --size 128 --seed 1
+        python -m builders.real --config configs/build/real.yaml --input "$OUT/base_images" \
+            --output "$OUT/shards/base_real" size=128 images_per_shard=8 preview=false
+        BASE_SHARDS=$OUT/shards/base_real/train
+    fi
     # 40 steps: enough to learn the demo's words, not so many that the five demo classes are
     # already solved (a 300-step base is at 100% zero-shot, leaving Stage 2 nothing to show)
-    python -m training.base --config configs/train/base-tiny.yaml --real "$OUT/shards/real/train" \
+    python -m training.base --config configs/train/base-tiny.yaml --real "$BASE_SHARDS" \
         --output "$OUT/base" --steps "${DEMO_BASE_STEPS:-40}"
     FILTER_CONFIG=configs/filter/demo.yaml
     TRAIN_CONFIG=configs/train/demo.yaml

@@ -47,7 +47,7 @@ def summary(out: Path) -> str:
         ("synthetic samples (train)", _total(out / "shards" / "synthetic" / "train" / "dataset.json")),
         ("scored / kept by the filter",
          f"{quality['total']} / {quality['kept']}" if "total" in quality else "missing"),
-        ("base model", "stand-in tiny CLIP trained on the demo's captions (not RemoteCLIP)" if base
+        ("base model", "stand-in tiny CLIP trained on other demo tiles' captions (not RemoteCLIP)" if base
          else "given checkpoint (REMOTECLIP)"),
         ("Stage 2 processes", str((log.get("summary") or {}).get("world_size", "missing"))),
         ("realised synthetic share", "missing" if share is None else f"{share:.2f} (requested 0.80)"),

@@ -21,7 +21,7 @@ from builders.synthetic.config import STAGES
 from builders.synthetic.models import StageModels, model_id
 from builders.synthetic.pipeline import Source
 from builders.synthetic.sources import SynthUnit, iter_image_sources, iter_shard_sources
-from builders.synthetic.work import chunk_work, unit_work
+from builders.synthetic.work import chunk_work, drain, unit_work
 from wds_tools.atomic import write_json
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import stats_path
@@ -64,8 +64,9 @@ def _run_stages(unit: SynthUnit, chunks: list[list[Source]], cfg, work_dir: str)
             if not todo:
                 continue
             t = time.perf_counter()
-            for chunk, w in todo:
+            for chunk, w in todo:  # a chunk's images are written while the next chunk runs
                 pipeline.run_stage(stage, models, chunk, w, cfg, out_key)
+            drain()
             models.release("ground" if stage == "verify" else stage)
             seconds[stage] = round(time.perf_counter() - t, 3)
             log.info("%s: %s on %d chunks in %.2f s", unit.name, stage, len(todo), seconds[stage])

@@ -14,6 +14,10 @@ A stage's JSON is written atomically after all its files, so it is the stage's "
 chunk whose JSON is missing runs that stage again from the previous stage's files. Every image
 is stored losslessly (PNG) and read back as it was written, so a resumed run ends with the same
 bytes as an uninterrupted one.
+
+Images are encoded and written by one background thread per process, so the PNG work of a
+chunk overlaps the next model call (PIL and torch both release the GIL); a stage's JSON waits
+for its chunk's images, so the "done" mark still vouches only for files on disk.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import io
 import json
 import os
 import shutil
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +35,59 @@ from PIL import Image
 from wds_tools.atomic import temp_path_for, write_json
 
 _IMAGE_STAGES = {"upscale": "upscale", "segment": "segment", "generate": "generate"}
+_WRITER: ThreadPoolExecutor | None = None
+_LOCK = threading.Lock()
+_PENDING: dict[Path, list[Future]] = {}  # chunk folder -> its writes in flight, in order
+
+
+def _writer() -> ThreadPoolExecutor:
+    """This process's writer thread (made on first use, so a forked worker makes its own)."""
+    global _WRITER
+    if _WRITER is None:
+        _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="work-writer")
+    return _WRITER
+
+
+def _submit(root: Path, fn, *args) -> None:
+    with _LOCK:
+        _PENDING.setdefault(root, []).append(_writer().submit(fn, *args))
+
+
+def _wait(root: Path) -> None:
+    """Wait for ``root``'s writes in flight; the first failure raises here."""
+    with _LOCK:
+        pending = _PENDING.pop(root, [])
+    for fut in pending:
+        fut.result()
+
+
+def drain() -> None:
+    """Wait for every write in flight (the end of a stage, before a shard is written)."""
+    with _LOCK:
+        roots = list(_PENDING)
+    for root in roots:
+        _wait(root)
+
+
+def _save_png(path: Path, img: Image.Image) -> None:
+    """Write-then-rename without fsync: a kill -9 loses nothing the page cache holds, and the
+    stage JSON (fsynced) is written after every image it vouches for."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    tmp = temp_path_for(path)
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def _mark_done(path: Path, results: dict, before: list[Future]) -> None:
+    """The stage JSON, only when every image written before it made it to disk (same thread, so
+    they have all finished)."""
+    for fut in before:
+        if fut.exception() is not None:
+            raise RuntimeError(f"not marking {path} done: an image of it failed") from fut.exception()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, results)
 
 
 class ChunkWork:
@@ -38,18 +97,22 @@ class ChunkWork:
         self.root = Path(root)
 
     def done(self, stage: str) -> bool:
+        _wait(self.root)
         return (self.root / f"{stage}.json").exists()
 
     def read(self, stage: str) -> dict:
+        _wait(self.root)
         return json.loads((self.root / f"{stage}.json").read_text())
 
     def write(self, stage: str, results: dict) -> None:
-        """Mark ``stage`` done with its per-key results (after its image files)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_json(self.root / f"{stage}.json", results)
+        """Mark ``stage`` done with its per-key results, after its image files (queued behind them)."""
+        with _LOCK:
+            before = list(_PENDING.get(self.root, []))
+        _submit(self.root, _mark_done, self.root / f"{stage}.json", results, before)
 
     def clear(self, stage: str) -> None:
         """Forget ``stage``'s results (a rerun with ``stages=``)."""
+        _wait(self.root)
         (self.root / f"{stage}.json").unlink(missing_ok=True)
         sub = _IMAGE_STAGES.get(stage)
         if sub and (self.root / sub).is_dir():
@@ -59,17 +122,11 @@ class ChunkWork:
         return self.root / _IMAGE_STAGES[stage] / f"{name}.png"
 
     def save_image(self, stage: str, name: str, img: Image.Image) -> None:
-        """Write-then-rename without fsync: a kill -9 loses nothing the page cache holds, and
-        the stage JSON (fsynced) is written after every image it vouches for."""
-        path = self._png(stage, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        img.save(buf, format="PNG", compress_level=1)
-        tmp = temp_path_for(path)
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
+        """Queue ``img`` for the writer thread (the stage's JSON is queued after it)."""
+        _submit(self.root, _save_png, self._png(stage, name), img.copy())
 
     def load_image(self, stage: str, name: str) -> Image.Image:
+        _wait(self.root)
         with Image.open(self._png(stage, name)) as im:
             im.load()
             return im.copy()
