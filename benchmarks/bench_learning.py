@@ -67,7 +67,7 @@ def prepare(name: str, work: Path, args) -> dict | None:
             return None
         records = datasets.ucm_records(Path(args.ucm), base=args.base_images, test=args.test_images)
     else:
-        n = 6 if quick else args.demo_per_class
+        n = 8 if quick else args.demo_per_class
         records = datasets.demo_records(work / "tiles", per_class=n, base=n // 4, test=n // 4)
     return datasets.build_splits(records, work, size=64, images_per_shard=4)
 
@@ -96,41 +96,30 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
     result = {"splits": {k: str(v) for k, v in splits.items()}, "base": {**base_info, **base_scores},
               "filter": filt, "heldout_images": len(heldout.images), "runs": {}}
     log.info("%s base: %s", name, {k: result["base"][k] for k in ("zeroshot", "mean_recall")})
-    syn_reason = "skipped (--no-synthetic)" if args.no_synthetic else filtering.synthetic_unavailable()
-    synthetic = None
-    if syn_reason is None:
-        try:
-            # skip_large (the production default, off in the tiny config to exercise the model): the
-            # 64 px tiles are already the generation size, so they are resized, not passed through a
-            # random-weight upscaler; inpainting then keeps the real pixels outside its masks.
-            synthetic = filtering.build_synthetic(splits["train"], work / "synthetic",
-                                                  extra=["upscale.skip_large=true"])
-            result["synthetic"] = {"filter": filtering.run_filter(
-                synthetic, base=str(base_path), report_dir=work / "filter_report_synthetic", keep_all=True)}
-        except Exception as e:  # the arm is reported, not fatal
-            syn_reason = f"builders.synthetic did not build: {e}"
-    result["synthetic"] = {**result.get("synthetic", {}), "available": synthetic is not None, "reason": syn_reason}
-
-    arms: dict[str, tuple[str, list[str], list[str]]] = {"lora_default": ("stage2", [], [])}
+    synthetic, joint = prepare_synthetic(args, work, splits["train"], str(base_path), result)
+    real = [splits["train"]]
+    arms: dict[str, tuple[str, list[str], list[str], list[str]]] = {"lora_default": ("stage2", real, [], [])}
     if synthetic:
-        arms["lora_mix"] = ("stage2", [synthetic], [])
-        arms["lora_mix_share_0.5"] = ("stage2", [synthetic], ["data.synthetic_ratio=0.5"])
+        arms["lora_mix"] = ("stage2", real, [synthetic], [])
+        arms["lora_mix_share_0.5"] = ("stage2", real, [synthetic], ["data.synthetic_ratio=0.5"])
+        if joint:
+            arms["lora_mix_joint_filter"] = ("stage2", [joint["real"]], [joint["synthetic"]], [])
     if not args.no_ablations:
-        arms.update({k: ("stage2", [], o) for k, (o, _) in ABLATIONS.items()})
-    arms.update({k: ("stage2", [], o) for k, o in args.extra_arm})
+        arms.update({k: ("stage2", real, [], o) for k, (o, _) in ABLATIONS.items()})
+    arms.update({k: ("stage2", real, [], o) for k, o in args.extra_arm})
     ft_reason = "skipped (--no-full-ft)" if args.no_full_ft else runs.open_clip_available()
     if ft_reason is None:
         for lr in args.ft_lr:  # the full fine-tune at each learning rate asked; the verdict takes its best
-            arms["full_ft" if len(args.ft_lr) == 1 else f"full_ft_lr{lr:g}"] = ("open_clip", [], [f"{lr}"])
+            arms["full_ft" if len(args.ft_lr) == 1 else f"full_ft_lr{lr:g}"] = ("open_clip", real, [], [f"{lr}"])
     result["full_ft_unavailable"] = ft_reason
     per_arm: dict[str, list[dict]] = {k: [] for k in arms}
     for seed in args.seeds:
-        for arm, (kind, syn, overrides) in arms.items():
+        for arm, (kind, real_dirs, syn, overrides) in arms.items():
             run_dir = work / "runs" / f"{arm}_s{seed}"
             shutil.rmtree(run_dir, ignore_errors=True)
             t0 = time.time()
             if kind == "stage2":
-                cfg = runs.stage2_config(base=str(base_path), real=[splits["train"]], synthetic=syn, out=run_dir,
+                cfg = runs.stage2_config(base=str(base_path), real=real_dirs, synthetic=syn, out=run_dir,
                                          seed=seed, samples=args.samples, batch_size=args.batch_size,
                                          overrides=[*args.stage2, *overrides])
                 r = runs.run_stage2(cfg, heldout)
@@ -161,6 +150,39 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
         log.info("%s peft reference: max |loss difference| %.2e over %d steps", name,
                  result["peft_reference"]["max_abs_diff"], args.peft_steps)
     return result
+
+
+def prepare_synthetic(args, work: Path, train_dir: str, base: str, result: dict) -> tuple[str | None, dict]:
+    """The synthetic set from the train split (tiny random-weight models), filtered two ways.
+
+    Its own folder is scored on its own and kept whole, as the demo does (random weights draw
+    noise, which a cut would mostly drop); a copy of both sets is filtered together, as a user
+    with real generation weights would. Returns (synthetic folder, {"real", "synthetic"} of the
+    jointly filtered copy), or (None, {}) with the reason in ``result["synthetic"]``.
+    """
+    reason = "skipped (--no-synthetic)" if args.no_synthetic else filtering.synthetic_unavailable()
+    info: dict = {}
+    synthetic, joint = None, {}
+    if reason is None:
+        try:
+            # skip_large (the production default, off in the tiny config to exercise the model): the
+            # 64 px tiles are already the generation size, so they are resized, not passed through a
+            # random-weight upscaler; inpainting then keeps the real pixels outside its masks.
+            synthetic = filtering.build_synthetic(train_dir, work / "synthetic", extra=["upscale.skip_large=true"])
+            info["filter_alone_keep_all"] = filtering.run_filter(
+                synthetic, base=base, report_dir=work / "filter_report_synthetic", keep_all=True)
+            joint = {"real": str(work / "joint" / "real"), "synthetic": str(work / "joint" / "synthetic")}
+            shutil.rmtree(work / "joint", ignore_errors=True)
+            shutil.copytree(train_dir, joint["real"])
+            shutil.copytree(synthetic, joint["synthetic"])
+            info["filter_joint"] = filtering.run_filter(
+                [joint["real"], joint["synthetic"]], base=base, report_dir=work / "filter_report_joint")
+            if not ((info["filter_joint"].get("by_source") or {}).get("synthetic") or {}).get("kept"):
+                info["joint_arm"], joint = "left out: filtered together, no synthetic sample is kept", {}
+        except Exception as e:  # the arm is reported, not fatal
+            reason, synthetic = f"builders.synthetic did not build: {e}", None
+    result["synthetic"] = {**info, "available": synthetic is not None, "reason": reason}
+    return synthetic, joint
 
 
 def verdict(result: dict) -> dict:

@@ -67,6 +67,20 @@ def check_mix_selection(urls: list[str], *, files: list[str], require: bool,
     return MixSelection(selection=selection, kept_by_class=kept_by_class, kept=kept, problems=problems)
 
 
+def check_sources_keep_samples(selection: Selection, sources: list) -> None:
+    """ValueError when the selection keeps no sample of a source the mix draws from: its stream
+    would search forever for a sample to yield (the real and synthetic sets are often filtered in
+    separate runs, with separate cuts)."""
+    for s in sources:
+        urls = list(s.urls)
+        covered = not selection.problems(urls, check_hashes=False)
+        if s.weight > 0 and covered and selection.kept(urls) == 0:
+            raise ValueError(
+                f"the quality selection keeps no sample of the {s.name} source ({len(urls)} shards, "
+                f"{', '.join(selection.files)}): lower its cut (selection.keep_top_percent, "
+                f"selection.min_clip_score_{s.name}), leave the source out, or set data.use_quality=false")
+
+
 def selected_counts(data_cfg, sources: list, manifests: dict) -> dict:
     """Samples by class and in total, for rare-class weights and the epoch size: with
     ``data_cfg.use_quality`` the selection's kept counts over the shards of ``sources`` (checked
@@ -74,6 +88,8 @@ def selected_counts(data_cfg, sources: list, manifests: dict) -> dict:
     if data_cfg.use_quality:
         sel = check_mix_selection([u for s in sources for u in s.urls], files=list(data_cfg.selection),
                                   require=data_cfg.require_selection)
+        if sel.selection is not None:
+            check_sources_keep_samples(sel.selection, sources)
         if sel.selection is not None and sel.kept:
             return {"by_class": sel.kept_by_class, "total_samples": sel.kept,
                     "from": "quality selection (kept samples)"}

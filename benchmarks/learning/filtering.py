@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_filter(train_dir: str, *, base: str, report_dir: Path, keep_all: bool = False) -> dict:
+def run_filter(train_dir: str | list[str], *, base: str, report_dir: Path, keep_all: bool = False) -> dict:
     """Score the train shards with the base (production filter defaults, caption floor off); sidecars beside them.
 
     ``keep_all`` scores and keeps everything, as the demo does for its synthetic set: the tiny
@@ -23,8 +23,9 @@ def run_filter(train_dir: str, *, base: str, report_dir: Path, keep_all: bool = 
     from builders.quality.config import QualityConfig
     from builders.quality.run import run
 
+    dirs = [train_dir] if isinstance(train_dir, str) else train_dir
     cfg = parse_cli(QualityConfig, ["--config", str(REPO / "configs/filter/default.yaml"),
-                                    f"input=[{train_dir}]", f"output={report_dir}", "rescore=true",
+                                    f"input=[{','.join(dirs)}]", f"output={report_dir}", "rescore=true",
                                     f"model.name={REPO / 'configs/models/tiny-clip.json'}",
                                     f"model.pretrained={base}", "model.device=cpu", "model.precision=fp32",
                                     "model.batch_size=64", "loader.num_workers=1",
@@ -35,7 +36,8 @@ def run_filter(train_dir: str, *, base: str, report_dir: Path, keep_all: bool = 
                                       if keep_all else [])],
                     prog="bench_learning", description="", default_config=None)
     report = run(cfg)
-    return {k: report.get(k) for k in ("total", "kept", "dropped", "threshold")}
+    return {**{k: report.get(k) for k in ("total", "kept", "dropped", "threshold")},
+            "by_source": report.get("by_source")}
 
 
 def synthetic_unavailable() -> str | None:

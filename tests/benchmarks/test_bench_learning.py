@@ -22,7 +22,7 @@ def test_bench_learning_quick_study(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "learning.png").stat().st_size > 10_000
     demo = results["datasets"]["demo"]
-    assert demo["heldout_images"] == 10  # 2 of 6 tiles per class, 5 classes
+    assert demo["heldout_images"] == 10  # 2 of 8 tiles per class, 5 classes (2 more for the base only)
     arms = demo["runs"]
     assert {"lora_default", "lr1e-3"} <= set(arms)
     for name, arm in arms.items():
@@ -41,6 +41,12 @@ def test_bench_learning_quick_study(tmp_path):
     assert syn["available"] == ("lora_mix" in arms)
     if not syn["available"]:
         assert syn["reason"] and "not available" in proc.stdout
+    else:  # both sets scored together by the base: the joint filter sees real and synthetic samples
+        joint = syn["filter_joint"]["by_source"]
+        assert joint["real"]["total"] > 0 and joint["synthetic"]["total"] > 0
+        assert {"lora_mix", "lora_mix_share_0.5"} <= set(arms)
+        kept = syn["filter_joint"]["by_source"]["synthetic"].get("kept", 0)
+        assert ("lora_mix_joint_filter" in arms) == (kept > 0) and (kept > 0 or "joint_arm" in syn)
     ref = demo["peft_reference"]
     assert ref["max_abs_diff"] < 1e-4 and ref["trainable_lean"] == ref["trainable_peft"]
     assert set(demo["verdict"]) == {"zeroshot", "mean_recall"}

@@ -94,6 +94,21 @@ def test_rare_class_weights_come_from_kept_counts(tmp_path):
     assert off["by_class"] == manifests["by_class"]
 
 
+def test_a_source_the_selection_keeps_nothing_of_is_a_clear_error(tmp_path):
+    real = make_source(tmp_path / "real", source="real", n_shards=2, per_shard=4, classes=["beach", "forest"])
+    syn = make_source(tmp_path / "syn", source="synthetic", n_shards=2, per_shard=4, classes=["beach", "forest"])
+    for shard in sorted(syn.glob("*[0-9].tar")):  # the filter dropped every synthetic sample
+        recs = [(k, {MEMBER: {**v[MEMBER], "keep": False, "reasons": ["below_global_threshold"]}})
+                for k, v in read_sidecar(str(shard), SIDECAR).items()]
+        write_sidecar(shard, SIDECAR, recs)
+    write_test_selection(syn, sorted(syn.glob("*[0-9].tar")))
+    manifests = {"by_class": {"beach": 8, "forest": 8}, "total_samples": 16}
+    with pytest.raises(ValueError, match="keeps no sample of the synthetic source .2 shards"):
+        selected_counts(DataConfig(), build_sources([str(real)], [str(syn)], 0.8), manifests)
+    # without the synthetic source the same selection is fine
+    assert selected_counts(DataConfig(), build_sources([str(real)], [], 0.0), manifests)["total_samples"] == 8
+
+
 def _caption_flags(shards: Path, flags: list[bool]) -> None:
     for shard in sorted(shards.glob("real-*[0-9].tar")):
         recs = [(k, {MEMBER: {**v[MEMBER], "captions": [{"source": s, "clip": 0.3 if f else 0.0, "keep": f}
