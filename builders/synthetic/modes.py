@@ -66,6 +66,12 @@ class VariantPlan:
         return dict(self.__dict__)
 
 
+def _styled(text: str, cfg) -> str:
+    """The style words first: without T5 (``text_encoder_3=None``) SD3 reads 77 CLIP tokens, and a
+    long caption should lose its tail, not the style."""
+    return f"{cfg.prompt_style}, {text.rstrip('.')}"
+
+
 def variant_seed(seed: int, key: str, variant: int) -> int:
     """Deterministic 31-bit seed from (seed, key, variant)."""
     h = hashlib.sha256(f"{seed}:{key}:{variant}".encode()).digest()
@@ -178,7 +184,7 @@ def _replace(src: SourceText, boxes: list[dict], rng: random.Random, cfg: ModesC
         out_s[0] = "synthetic_edit"
     order = sorted(range(len(out_c)), key=lambda i: out_s[i] != "synthetic_edit")
     obj = count_phrase(len(idx), new)
-    prompt = f"{cfg.replace_prompt.format(object=obj)}, {cfg.prompt_style}"
+    prompt = _styled(cfg.replace_prompt.format(object=obj), cfg)
     new_boxes = [({**b, "label": new, "edited": True} if i in idx else b) for i, b in enumerate(boxes)]
     return dict(captions=[out_c[i] for i in order], caption_sources=[out_s[i] for i in order],
                 prompt=prompt, negative_prompt=f"{cfg.negative_prompt}, {plural(label)}",
@@ -204,7 +210,7 @@ def _remove(src: SourceText, boxes: list[dict], rng: random.Random, cfg: ModesCo
     order = sorted(range(len(out_c)), key=lambda i: out_s[i] != "synthetic_edit")
     out_c, out_s = [out_c[i] for i in order], [out_s[i] for i in order]
     return dict(captions=out_c, caption_sources=out_s,
-                prompt=f"{out_c[0].rstrip('.')}, {cfg.prompt_style}",
+                prompt=_styled(out_c[0], cfg),
                 negative_prompt=f"{cfg.negative_prompt}, {plural(label)}",
                 boxes=[b for j, b in enumerate(boxes) if j not in gone], mask_boxes=gone,
                 label=label)
@@ -218,7 +224,7 @@ def _img2img(src: SourceText, boxes: list[dict], rng: random.Random, cfg: ModesC
     phrase = rng.choice(cfg.variants)
     out = [add_variant(c, phrase) for c in keep]
     return dict(captions=out, caption_sources=["synthetic_edit"] * len(out),
-                prompt=f"{out[0].rstrip('.')}, {cfg.prompt_style}",
+                prompt=_styled(out[0], cfg),
                 negative_prompt=cfg.negative_prompt, boxes=list(boxes), label=None)
 
 
@@ -246,7 +252,7 @@ def _text2img(src: SourceText, boxes: list[dict], rng: random.Random, cfg: Modes
     if not caps:
         return "no_caption_left"
     return dict(captions=caps, caption_sources=srcs,
-                prompt=f"{prompt.rstrip('.')}, {cfg.prompt_style}",
+                prompt=_styled(prompt, cfg),
                 negative_prompt=cfg.negative_prompt, boxes=[], label=None)
 
 
