@@ -19,20 +19,20 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # two Stage 2 ranks on a 2-core m
 step() { printf '\n==> %s\n' "$*"; }
 
 if [ -n "${DEMO_IMAGES:-}" ]; then
-    step "1/11 your images: $DEMO_IMAGES"
+    step "1/12 your images: $DEMO_IMAGES"
     IMAGES=$DEMO_IMAGES
 else
-    step "1/11 draw demo tiles (5 classes x 12) -> $OUT/images"
-    python -m builders.demo_images --output "$OUT/images" --per-class 12 --size 128
+    step "1/12 draw demo tiles (5 classes x 20) -> $OUT/images"
+    python -m builders.demo_images --output "$OUT/images" --per-class 20 --size 128
     IMAGES=$OUT/images
 fi
 
-step "2/11 Stage 1 real set: originals, augmentations, M2B/B2C captions, zoom crops -> $OUT/shards/real"
+step "2/12 Stage 1 real set: originals, augmentations, M2B/B2C captions, zoom crops -> $OUT/shards/real"
 python -m builders.real --config configs/build/real.yaml --input "$IMAGES" \
     --output "$OUT/shards/real" size=128 images_per_shard=16 splits.val_fraction=0.2
 
 if [ -n "${REMOTECLIP:-}" ]; then
-    step "3/11 base model: RemoteCLIP weights from $REMOTECLIP"
+    step "3/12 base model: RemoteCLIP weights from $REMOTECLIP"
     FILTER_CONFIG=configs/filter/default.yaml
     TRAIN_CONFIG=configs/train/lora.yaml
     BASE_ARGS=("model.pretrained=$REMOTECLIP")
@@ -40,7 +40,7 @@ if [ -n "${REMOTECLIP:-}" ]; then
                 train.checkpoint_every=10 eval.max_samples=64)
     FILTER_ARGS=("model.pretrained=$REMOTECLIP" model.device=cpu model.precision=fp32)
 else
-    step "3/11 base model: stand-in tiny CLIP trained briefly, in full, on other tiles' captions -> $OUT/base"
+    step "3/12 base model: stand-in tiny CLIP trained briefly, in full, on other tiles' captions -> $OUT/base"
     if [ -n "${DEMO_IMAGES:-}" ]; then
         BASE_SHARDS=$OUT/shards/real/train   # your images only: the base sees the fine-tune images too
     else
@@ -60,13 +60,13 @@ else
     TRAIN_ARGS=("model.pretrained=$BASE")
 fi
 
-step "4/11 Stage 1 synthetic set: tiny random-weight upscale, describe, ground, segment, generate -> $OUT/shards/synthetic"
+step "4/12 Stage 1 synthetic set: tiny random-weight upscale, describe, ground, segment, generate -> $OUT/shards/synthetic"
 MODELS=$(python scripts/tiny_synthetic_models.py --output "$OUT/models")
 # shellcheck disable=SC2086  # MODELS is a list of key=value overrides
 python -m builders.synthetic --config configs/build/synthetic-tiny.yaml --input "$OUT/shards/real/train" \
     --output "$OUT/shards/synthetic" inputs.max_per_shard=3 $MODELS
 
-step "5/11 quality filter, scored by the base model: real set -> $OUT/quality, synthetic set -> $OUT/quality_synthetic"
+step "5/12 quality filter, scored by the base model: real set -> $OUT/quality, synthetic set -> $OUT/quality_synthetic"
 python -m builders.quality --config "$FILTER_CONFIG" --output "$OUT/quality" \
     "input=[$OUT/shards/real/train]" "${FILTER_ARGS[@]}"
 # The tiny generation models have random weights, so their images are noise, and the filter rightly
@@ -77,25 +77,32 @@ python -m builders.quality --config "$FILTER_CONFIG" --output "$OUT/quality_synt
     "input=[$OUT/shards/synthetic/train]" "${FILTER_ARGS[@]}" selection.keep_top_percent=1.0 \
     selection.min_clip_score_synthetic=-1.0 selection.min_clip_score_caption=-1.0
 
-step "6/11 inspect the scored shards"
+step "6/12 inspect the scored shards"
 python -m wds_tools.inspect "$OUT/shards/real/train" "$OUT/shards/synthetic/train"
 
-step "7/11 materialize: filtered reshard with the scores folded in -> $OUT/shards/real_filtered"
+step "7/12 materialize: filtered reshard with the scores folded in -> $OUT/shards/real_filtered"
 python -m wds_tools.materialize --input "$OUT/shards/real/train" --output "$OUT/shards/real_filtered"
 
-step "8/11 Stage 2: 0.80 synthetic / 0.20 real mix, LoRA, two CPU processes (accelerate launch) -> $OUT/stage2_lora"
+step "8/12 Stage 2: 0.80 synthetic / 0.20 real mix, LoRA, two CPU processes (accelerate launch) -> $OUT/stage2_lora"
 # Two ranks on gloo: --cpu --num_processes 2 alone starts ONE process; this spelling starts two.
 ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
     --mixed_precision no --dynamo_backend no --main_process_port "${DEMO_PORT:-29517}" -m training.train \
     --config "$TRAIN_CONFIG" --real "$OUT/shards/real/train" --synthetic "$OUT/shards/synthetic/train" \
     --eval "$OUT/shards/real/val" --output "$OUT/stage2_lora" "${TRAIN_ARGS[@]}"
 
-step "9/11 evaluate the trained adapter on held-out human/original captions"
+step "9/12 for contrast: the same Stage 2 on the real set only (one process) -> $OUT/stage2_real"
+# The tiny generators' images are noise, so the 0.80 mix above mostly teaches the model noise; the
+# same run on real samples only shows what Stage 2 does with real content. With real generation
+# weights the mix is the run to keep.
+python -m training.train --config "$TRAIN_CONFIG" --real "$OUT/shards/real/train" \
+    --eval "$OUT/shards/real/val" --output "$OUT/stage2_real" data.synthetic_ratio=0 "${TRAIN_ARGS[@]}"
+
+step "10/12 evaluate the trained adapter on held-out human/original captions"
 python -m training.evaluate --config "$TRAIN_CONFIG" --shards "$OUT/shards/real/val" \
     train.output="$OUT/stage2_lora" "eval.caption_sources=[original,class_template]" "${TRAIN_ARGS[@]}"
 
-step "10/11 export a merged open_clip checkpoint"
+step "11/12 export a merged open_clip checkpoint"
 python -m training.export --config "$TRAIN_CONFIG" --output "$OUT/stage2_lora" "${TRAIN_ARGS[@]}"
 
-step "11/11 summary"
+step "12/12 summary"
 python scripts/demo_summary.py "$OUT"

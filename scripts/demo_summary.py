@@ -38,6 +38,7 @@ def _eval_row(evaluation: dict, when: str) -> str:
 def summary(out: Path) -> str:
     """The table as text."""
     log = _json(out / "stage2_lora" / "training_log.json") or {}
+    real_only = _json(out / "stage2_real" / "training_log.json") or {}
     reports = [r for r in (_json(out / name / "quality_report.json") for name in ("quality", "quality_synthetic")) if r]
     quality = {"total": sum(r["total"] for r in reports), "kept": sum(r["kept"] for r in reports)} if reports else {}
     base = _json(out / "base" / "base_log.json")
@@ -52,7 +53,8 @@ def summary(out: Path) -> str:
         ("Stage 2 processes", str((log.get("summary") or {}).get("world_size", "missing"))),
         ("realised synthetic share", "missing" if share is None else f"{share:.2f} (requested 0.80)"),
         ("held-out before Stage 2", _eval_row(log.get("evaluation") or {}, "before")),
-        ("held-out after Stage 2", _eval_row(log.get("evaluation") or {}, "after")),
+        ("held-out after Stage 2 (0.80 mix)", _eval_row(log.get("evaluation") or {}, "after")),
+        ("held-out after Stage 2 (real only)", _eval_row(real_only.get("evaluation") or {}, "after")),
     ]
     width = max(len(k) for k, _ in rows)
     lines = ["", "Demo summary", "-" * (width + 50)]
@@ -60,7 +62,7 @@ def summary(out: Path) -> str:
     pictures = [out / "shards" / "real" / "preview.png", out / "shards" / "synthetic" / "preview.png",
                 out / "base" / "base_curves.png", out / "quality" / "quality_report.html",
                 out / "quality_synthetic" / "quality_report.html",
-                out / "stage2_lora" / "training_curves.png"]
+                out / "stage2_lora" / "training_curves.png", out / "stage2_real" / "training_curves.png"]
     lines += ["", "Pictures:"] + [f"  {p}{'' if p.exists() else '  (missing)'}" for p in pictures]
     return "\n".join(lines)
 
