@@ -1,15 +1,16 @@
 """Learning benchmark: does Stage 2 make a model better on held-out aerial images?
 
-On real aerial tiles (the UCM sample, where present) and on the procedural demo tiles, each split
-per class into train / held-out images:
+On real aerial tiles (the UCM sample, where present) and on the procedural demo tiles, each class
+split three ways (benchmarks/learning/datasets.py): base images, fine-tune images, held-out images.
 
-1. a stand-in base (tiny open_clip CLIP, 64 px) trained briefly from scratch on the train split's
-   captions, so it has seen the whole vocabulary (LoRA cannot train token embeddings; RemoteCLIP
-   knows its domain's words);
-2. the quality filter scored by that base over the train shards;
+1. a stand-in base (tiny open_clip CLIP, 64 px) trained briefly from scratch on the base images'
+   captions, so it has seen the whole vocabulary but not the fine-tune images (LoRA cannot train
+   token embeddings; RemoteCLIP knows its domain's words, not a user's new tiles);
+2. the quality filter scored by that base over the fine-tune shards;
 3. at one budget in samples, from the same base, on the same shards: Stage 2 LoRA with the shipped
-   defaults on real only; Stage 2 on the mix with synthetic samples (when builders.synthetic
-   exists); open_clip's own trainer (full fine-tune); and each Stage 2 default switched off once;
+   defaults on real only; Stage 2 on the mix with synthetic samples (builders.synthetic with tiny
+   random-weight models); open_clip's own trainer (full fine-tune) at each --ft-lr; each Stage 2
+   default switched once;
 4. held-out zero-shot accuracy and retrieval mean recall (human captions only), samples/s, several
    seeds with their spread.
 
@@ -212,7 +213,7 @@ def parse_args(argv=None):
     p.add_argument("--ucm", default=str(datasets.UCM_DIR), help="the UCM sample folder (captions.json, images/)")
     p.add_argument("--datasets", nargs="+", default=["ucm", "demo"], choices=["ucm", "demo"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--samples", type=int, default=3072, help="training budget in samples, every run")
+    p.add_argument("--samples", type=int, default=6144, help="training budget in samples, every run")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--base-steps", type=int, default=200, help="stand-in base steps (UCM)")
     p.add_argument("--base-images", type=int, default=4, help="UCM originals per class for the base only")
@@ -221,7 +222,7 @@ def parse_args(argv=None):
     p.add_argument("--demo-per-class", type=int, default=40,
                    help="demo tiles per class: a quarter for the base, a quarter held out, the rest fine-tuned on")
     p.add_argument("--no-full-ft", action="store_true", help="leave out the open_clip_train arm")
-    p.add_argument("--ft-lr", type=float, nargs="+", default=[1e-4],
+    p.add_argument("--ft-lr", type=float, nargs="+", default=[1e-4, 1e-3],
                    help="open_clip_train learning rate(s); with several, the verdict compares with the best")
     p.add_argument("--stage2", nargs="*", default=[], help="overrides for every Stage 2 run")
     p.add_argument("--extra-arm", nargs=2, action="append", default=[], metavar=("NAME", "OVERRIDES"),
@@ -241,7 +242,7 @@ def parse_args(argv=None):
     args.extra_arm = [(n, o.split()) for n, o in args.extra_arm]
     if args.quick:
         args.datasets, args.seeds, args.samples, args.demo_base_steps = ["demo"], args.seeds[:1], 16, 3
-        args.batch_size, args.peft_steps, args.no_ablations = 8, 2, True
+        args.batch_size, args.peft_steps, args.no_ablations, args.ft_lr = 8, 2, True, args.ft_lr[:1]
         args.extra_arm = args.extra_arm[:1]
     return args
 
