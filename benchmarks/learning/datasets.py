@@ -29,6 +29,7 @@ UCM_DIR = REPO.parent / "shared" / "data" / "ucm_sample"
 def ucm_records(root: Path, *, base: int = 4, test: int = 4) -> list[dict]:
     """Caption records with a split per image: per class the first ``base`` originals for the base,
     the last ``test`` held out, the rest (and every black-border copy) for fine-tuning."""
+    root = root.resolve()  # the caption file written beside the shards holds absolute paths
     rows = json.loads((root / "captions.json").read_text())
     by_class: dict[str, list[dict]] = defaultdict(list)
     for r in sorted(rows, key=lambda r: r["image"]):
@@ -56,7 +57,7 @@ def demo_records(folder: Path, *, per_class: int, base: int, test: int, seed: in
         files = sorted(cls_dir.glob("*.png"))
         for i, f in enumerate(files):
             split = "base" if i < base else "test" if i >= len(files) - test else "train"
-            out.append({"image": str(f), "class": cls_dir.name, "split": split,
+            out.append({"image": str(f.resolve()), "class": cls_dir.name, "split": split,
                         "captions": [f"an aerial image of {cls_dir.name.replace('_', ' ')}"]})
     return out
 
