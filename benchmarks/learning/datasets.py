@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -78,7 +79,6 @@ def _build(records: list[dict], out: Path, *, size: int, images_per_shard: int) 
     text = json.dumps(records)
     shards = out / "shards"
     if caption_file.exists() and caption_file.read_text() != text:
-        import shutil
         shutil.rmtree(shards, ignore_errors=True)
     caption_file.write_text(text)
     if not (shards / "build_summary.json").exists():
