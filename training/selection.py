@@ -17,7 +17,7 @@ Before any step the trainer checks each shard of the mix against the filter's ``
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from wds_tools.quality_record import Selection, find_selection, read_selection
 
@@ -81,17 +81,39 @@ def check_sources_keep_samples(selection: Selection, sources: list) -> None:
                 f"selection.min_clip_score_{s.name}), leave the source out, or set data.use_quality=false")
 
 
-def selected_counts(data_cfg, sources: list, manifests: dict) -> dict:
-    """Samples by class and in total, for rare-class weights and the epoch size: with
-    ``data_cfg.use_quality`` the selection's kept counts over the shards of ``sources`` (checked
-    first, see the module docstring), else (or without a selection) the manifests'."""
+def without_empty_shards(selection: Selection, sources: list) -> list:
+    """``sources`` less the shards the selection keeps no sample of.
+
+    Each rank and loader worker streams its own slice of a source's shards, so a slice of only
+    such shards would search forever; a sparse selection (noisy synthetic shards) makes that
+    likely with several ranks. Dropped shards are logged, never silently lost: they hold nothing
+    the selection would let through.
+    """
+    out = []
+    for s in sources:
+        urls = [u for u in s.urls if not selection.keeps_none(u)]
+        if len(urls) < len(s.urls):
+            log.info("%s source: %d of %d shards keep no sample in the quality selection; streaming the "
+                     "other %d", s.name, len(s.urls) - len(urls), len(s.urls), len(urls))
+        out.append(replace(s, urls=urls) if len(urls) < len(s.urls) else s)
+    return out
+
+
+def select_mix(data_cfg, sources: list, manifests: dict) -> tuple[list, dict]:
+    """The sources to stream and their sample counts (rare-class weights, epoch size).
+
+    With ``data_cfg.use_quality``: the mix is checked against the selection (see the module
+    docstring), shards it keeps nothing of are left out, and counts are the selection's kept
+    counts; else (or without a selection) the sources as given and the manifests' counts.
+    """
     if data_cfg.use_quality:
         sel = check_mix_selection([u for s in sources for u in s.urls], files=list(data_cfg.selection),
                                   require=data_cfg.require_selection)
         if sel.selection is not None:
             check_sources_keep_samples(sel.selection, sources)
+            sources = without_empty_shards(sel.selection, sources)
         if sel.selection is not None and sel.kept:
-            return {"by_class": sel.kept_by_class, "total_samples": sel.kept,
-                    "from": "quality selection (kept samples)"}
-    return {"by_class": manifests["by_class"], "total_samples": manifests["total_samples"],
-            "from": "dataset.json manifests (before any filtering)"}
+            return sources, {"by_class": sel.kept_by_class, "total_samples": sel.kept,
+                             "from": "quality selection (kept samples)"}
+    return sources, {"by_class": manifests["by_class"], "total_samples": manifests["total_samples"],
+                     "from": "dataset.json manifests (before any filtering)"}

@@ -28,7 +28,7 @@ from training.evaluate import evaluate_model, load_eval_set
 from training.lora import apply_lora, lora_state_dict, mark_trainable
 from training.losses import rare_class_weights, sparc_loss, weighted_clip_loss, weighted_mean, word_token_mask
 from training.plots import plot_training_log
-from training.selection import selected_counts
+from training.selection import select_mix
 from wds_tools.atomic import atomic_open
 from wds_tools.config import config_to_dict, save_config
 from wds_tools.progress import progress
@@ -202,7 +202,7 @@ def train(cfg: Stage2Config) -> dict:
                             allow_pipe=cfg.data.allow_pipe)
     manifests = read_manifests([u for s in (cfg.data.real, cfg.data.synthetic) for u in s])
     # rare classes and the epoch size from what the quality filter kept, not from the manifests
-    counts = selected_counts(cfg.data, sources, manifests)
+    sources, counts = select_mix(cfg.data, sources, manifests)
     class_weights = rare_class_weights(counts["by_class"], rare_weight=cfg.loss.rare_class_weight,
                                        threshold=cfg.loss.rare_class_threshold)
     rare = sorted(c for c, w in class_weights.items() if w != 1.0)

@@ -260,6 +260,11 @@ class Selection:
         """Kept samples over ``shard_urls`` (listed shards only)."""
         return sum(int((self.entries.get(_norm(u)) or {}).get("kept", 0)) for u in shard_urls)
 
+    def keeps_none(self, shard_url: str) -> bool:
+        """True when the selection lists ``shard_url`` and keeps none of its samples."""
+        entry = self.entries.get(_norm(shard_url))
+        return entry is not None and int(entry.get("kept", 0)) == 0
+
 
 def read_selection(files: Sequence[str]) -> Selection:
     """Load ``selection.json`` files (paths or URLs); entries resolved against each file's folder."""

@@ -14,7 +14,7 @@ from training.config import DataConfig, Stage2Config
 from training.data import LoaderSpec, build_sources, iter_batches
 from training.evaluate import load_eval_set
 from training.losses import rare_class_weights
-from training.selection import SelectionError, check_mix_selection, selected_counts
+from training.selection import SelectionError, check_mix_selection, select_mix
 from wds_tools.config import load_config
 from wds_tools.quality_record import MEMBER, SIDECAR
 from wds_tools.sidecar import read_sidecar, write_sidecar
@@ -85,12 +85,12 @@ def test_rare_class_weights_come_from_kept_counts(tmp_path):
     write_test_selection(shards, sorted(shards.glob("real-*[0-9].tar")))
     sources = build_sources([str(shards)], [], 0.0)
     manifests = {"by_class": {"beach": 8, "forest": 8, "river": 8}, "total_samples": 24}
-    counts = selected_counts(DataConfig(), sources, manifests)
+    _, counts = select_mix(DataConfig(), sources, manifests)
     assert counts["by_class"] == {"beach": 8, "forest": 8, "river": 1} and counts["total_samples"] == 17
     weights = rare_class_weights(counts["by_class"], rare_weight=2.0, threshold=0.5)
     assert weights == {"beach": 1.0, "forest": 1.0, "river": 2.0}
     assert rare_class_weights(manifests["by_class"], rare_weight=2.0, threshold=0.5)["river"] == 1.0
-    off = selected_counts(DataConfig(use_quality=False), sources, manifests)
+    _, off = select_mix(DataConfig(use_quality=False), sources, manifests)
     assert off["by_class"] == manifests["by_class"]
 
 
@@ -104,9 +104,32 @@ def test_a_source_the_selection_keeps_nothing_of_is_a_clear_error(tmp_path):
     write_test_selection(syn, sorted(syn.glob("*[0-9].tar")))
     manifests = {"by_class": {"beach": 8, "forest": 8}, "total_samples": 16}
     with pytest.raises(ValueError, match="keeps no sample of the synthetic source .2 shards"):
-        selected_counts(DataConfig(), build_sources([str(real)], [str(syn)], 0.8), manifests)
+        select_mix(DataConfig(), build_sources([str(real)], [str(syn)], 0.8), manifests)
     # without the synthetic source the same selection is fine
-    assert selected_counts(DataConfig(), build_sources([str(real)], [], 0.0), manifests)["total_samples"] == 8
+    assert select_mix(DataConfig(), build_sources([str(real)], [], 0.0), manifests)[1]["total_samples"] == 8
+
+
+def test_shards_the_selection_keeps_nothing_of_leave_every_rank_something_to_stream(tmp_path, caplog):
+    real = make_source(tmp_path / "real", source="real", n_shards=2, per_shard=4, classes=["beach", "forest"])
+    syn = make_source(tmp_path / "syn", source="synthetic", n_shards=2, per_shard=4, classes=["beach", "forest"])
+    empty = sorted(syn.glob("*[0-9].tar"))[1]  # the filter dropped every sample of the second shard
+    recs = [(k, {MEMBER: {**v[MEMBER], "keep": False, "reasons": ["below_global_threshold"]}})
+            for k, v in read_sidecar(str(empty), SIDECAR).items()]
+    write_sidecar(empty, SIDECAR, recs)
+    write_test_selection(syn, sorted(syn.glob("*[0-9].tar")))
+    manifests = {"by_class": {"beach": 8, "forest": 8}, "total_samples": 16}
+    given = build_sources([str(real)], [str(syn)], 0.8)
+    with caplog.at_level("INFO", logger="training.selection"):
+        sources, counts = select_mix(DataConfig(), given, manifests)
+    assert [len(s.urls) for s in sources] == [2, 1] and str(empty) not in sources[1].urls
+    assert counts["total_samples"] == 8 + 4
+    assert any("1 of 2 shards keep no sample" in r.message for r in caplog.records)
+    # with two ranks, rank 1's slice of the synthetic shards was the empty shard alone: it streams now
+    for rank in (0, 1):
+        spec = LoaderSpec(sources=sources, batch_size=4, image_size=32, tokenizer=TOKENIZER, rank=rank,
+                          world_size=2, shards_per_chunk=2, shuffle_buffer=4)
+        batch = next(iter_batches(spec, 0))
+        assert len(batch["keys"]) == 4 and not set(batch["keys"]) & {k for k, _ in recs}
 
 
 def _caption_flags(shards: Path, flags: list[bool]) -> None:
