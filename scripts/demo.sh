@@ -62,20 +62,22 @@ fi
 
 step "4/12 Stage 1 synthetic set: tiny random-weight upscale, describe, ground, segment, generate -> $OUT/shards/synthetic"
 MODELS=$(python scripts/tiny_synthetic_models.py --output "$OUT/models")
+# The tiny generators have random weights: img2img and text2img re-draw the whole tile as noise,
+# while an inpaint edit keeps the real pixels outside its mask. So the demo leans on the inpaint
+# modes, and skips the random upscaler for tiles already at the generation size (skip_large, the
+# production default), so the edits start from the real tile. With real weights use the config's
+# mix as it is.
 # shellcheck disable=SC2086  # MODELS is a list of key=value overrides
 python -m builders.synthetic --config configs/build/synthetic-tiny.yaml --input "$OUT/shards/real/train" \
-    --output "$OUT/shards/synthetic" inputs.max_per_shard=3 $MODELS
+    --output "$OUT/shards/synthetic" inputs.max_per_shard=6 upscale.skip_large=true \
+    modes.mix.inpaint_replace=0.4 modes.mix.inpaint_remove=0.4 modes.mix.img2img=0.1 modes.mix.text2img=0.1 \
+    $MODELS
 
-step "5/12 quality filter, scored by the base model: real set -> $OUT/quality, synthetic set -> $OUT/quality_synthetic"
+step "5/12 quality filter, scored by the base model, over both sets together -> $OUT/quality"
+# One cut over real and synthetic samples, as in production: the noise images fall below it, the
+# inpaint edits that still look like their captions stay.
 python -m builders.quality --config "$FILTER_CONFIG" --output "$OUT/quality" \
-    "input=[$OUT/shards/real/train]" "${FILTER_ARGS[@]}"
-# The tiny generation models have random weights, so their images are noise, and the filter rightly
-# drops every one of them (scored together with the real set, none passes the top-70% cut). So that
-# Stage 2 can still show the 0.80 mix, the demo scores the synthetic set on its own and keeps all of
-# it; its report shows the low scores. With real generation weights, filter both sets together.
-python -m builders.quality --config "$FILTER_CONFIG" --output "$OUT/quality_synthetic" \
-    "input=[$OUT/shards/synthetic/train]" "${FILTER_ARGS[@]}" selection.keep_top_percent=1.0 \
-    selection.min_clip_score_synthetic=-1.0 selection.min_clip_score_caption=-1.0
+    "input=[$OUT/shards/real/train,$OUT/shards/synthetic/train]" "${FILTER_ARGS[@]}"
 
 step "6/12 inspect the scored shards"
 python -m wds_tools.inspect "$OUT/shards/real/train" "$OUT/shards/synthetic/train"
@@ -91,9 +93,9 @@ ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --num_ma
     --eval "$OUT/shards/real/val" --output "$OUT/stage2_lora" "${TRAIN_ARGS[@]}"
 
 step "9/12 for contrast: the same Stage 2 on the real set only (one process) -> $OUT/stage2_real"
-# The tiny generators' images are noise, so the 0.80 mix above mostly teaches the model noise; the
-# same run on real samples only shows what Stage 2 does with real content. With real generation
-# weights the mix is the run to keep.
+# What the synthetic share adds: the same Stage 2 on the real set only. With random-weight
+# generators the few kept synthetic samples are real tiles with a noisy patch, so expect little
+# difference; with real generation weights the mix is the run to keep.
 python -m training.train --config "$TRAIN_CONFIG" --real "$OUT/shards/real/train" \
     --eval "$OUT/shards/real/val" --output "$OUT/stage2_real" data.synthetic_ratio=0 "${TRAIN_ARGS[@]}"
 

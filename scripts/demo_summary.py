@@ -35,19 +35,33 @@ def _eval_row(evaluation: dict, when: str) -> str:
             f"zero-shot {'n/a' if acc is None else f'{acc:.1f}%'}")
 
 
+def _kept(quality: dict) -> str:
+    if "total" not in quality:
+        return "missing"
+    by_source = quality.get("by_source") or {}
+    parts = ", ".join(f"{name} {d['kept']} of {d['total']}" for name, d in sorted(by_source.items()))
+    return f"{quality['total']} / {quality['kept']}" + (f" ({parts})" if parts else "")
+
+
+def _class_shares(quality: dict) -> str:
+    by_class = quality.get("by_class") or {}
+    if not by_class:
+        return "missing"
+    return ", ".join(f"{c} {d['kept_share']:.0%}" for c, d in sorted(by_class.items()))
+
+
 def summary(out: Path) -> str:
     """The table as text."""
     log = _json(out / "stage2_lora" / "training_log.json") or {}
     real_only = _json(out / "stage2_real" / "training_log.json") or {}
-    reports = [r for r in (_json(out / name / "quality_report.json") for name in ("quality", "quality_synthetic")) if r]
-    quality = {"total": sum(r["total"] for r in reports), "kept": sum(r["kept"] for r in reports)} if reports else {}
+    quality = _json(out / "quality" / "quality_report.json") or {}
     base = _json(out / "base" / "base_log.json")
     share = (log.get("summary") or {}).get("realised_synthetic_share")
     rows = [
         ("real samples (train)", _total(out / "shards" / "real" / "train" / "dataset.json")),
         ("synthetic samples (train)", _total(out / "shards" / "synthetic" / "train" / "dataset.json")),
-        ("scored / kept by the filter",
-         f"{quality['total']} / {quality['kept']}" if "total" in quality else "missing"),
+        ("scored / kept by the filter", _kept(quality)),
+        ("kept share per class", _class_shares(quality)),
         ("base model", "stand-in tiny CLIP trained on other demo tiles' captions (not RemoteCLIP)" if base
          else "given checkpoint (REMOTECLIP)"),
         ("Stage 2 processes", str((log.get("summary") or {}).get("world_size", "missing"))),
@@ -61,7 +75,6 @@ def summary(out: Path) -> str:
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
     pictures = [out / "shards" / "real" / "preview.png", out / "shards" / "synthetic" / "preview.png",
                 out / "base" / "base_curves.png", out / "quality" / "quality_report.html",
-                out / "quality_synthetic" / "quality_report.html",
                 out / "stage2_lora" / "training_curves.png", out / "stage2_real" / "training_curves.png"]
     lines += ["", "Pictures:"] + [f"  {p}{'' if p.exists() else '  (missing)'}" for p in pictures]
     return "\n".join(lines)
