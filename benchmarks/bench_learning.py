@@ -70,7 +70,8 @@ def prepare(name: str, work: Path, args) -> dict | None:
         records = datasets.ucm_records(Path(args.ucm), base=args.base_images, test=args.test_images)
     else:
         n = 8 if quick else args.demo_per_class
-        records = datasets.demo_records(work / "tiles", per_class=n, base=n // 4, test=n // 4)
+        records = datasets.demo_records(work / "tiles", per_class=n, base=n // 4, test=n // 4,
+                                        tile_set=args.demo_set)
     return datasets.build_splits(records, work, size=64, images_per_shard=4)
 
 
@@ -89,7 +90,6 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
     if splits is None:
         return {"skipped": "data set absent"}
     heldout = load_split(splits["test"], size=64)
-    # The demo tiles are easy: a full-length base already classifies them all, leaving nothing to gain.
     steps = args.base_steps if name == "ucm" else args.demo_base_steps
     base_info = runs.stand_in_base(splits["base"], work / "base", steps=steps, batch_size=args.batch_size)
     base_path = Path(base_info["path"])
@@ -218,9 +218,11 @@ def parse_args(argv=None):
     p.add_argument("--base-steps", type=int, default=200, help="stand-in base steps (UCM)")
     p.add_argument("--base-images", type=int, default=4, help="UCM originals per class for the base only")
     p.add_argument("--test-images", type=int, default=4, help="UCM originals per class held out")
-    p.add_argument("--demo-base-steps", type=int, default=30, help="stand-in base steps (demo tiles)")
+    p.add_argument("--demo-base-steps", type=int, default=200, help="stand-in base steps (demo tiles)")
     p.add_argument("--demo-per-class", type=int, default=40,
                    help="demo tiles per class: a quarter for the base, a quarter held out, the rest fine-tuned on")
+    p.add_argument("--demo-set", choices=["basic", "hard"], default="hard",
+                   help="demo tiles: basic (5 plain classes, saturated) or hard (10 classes that share colours)")
     p.add_argument("--no-full-ft", action="store_true", help="leave out the open_clip_train arm")
     p.add_argument("--ft-lr", type=float, nargs="+", default=[1e-4, 1e-3],
                    help="open_clip_train learning rate(s); with several, the verdict compares with the best")

@@ -11,6 +11,16 @@
 - ``beach``: sand on one side, water on the other, along a wavy shoreline; the water side
   is cycled bottom, right, top, left by tile index.
 
+The ``hard`` set (``--set hard``) adds five classes that share colours and textures with the
+five above, and draws every tile with a random exposure, contrast and colour cast
+(``variation``), so neither the mean colour nor the texture alone names the class:
+
+- ``river``: a winding band of water across grass and soil (water and land, like ``beach``).
+- ``meadow``: smooth light-green grass with a few scattered trees (green, like ``forest``).
+- ``parking_lot``: asphalt with painted bays and rows of cars (grey grid, like ``urban``).
+- ``desert``: sand dunes in parallel ripples (sand, like ``beach``).
+- ``residential``: small houses on lawns along a coarse road grid (roofs, like ``urban``).
+
 The content is deterministic from (seed, class, index).
 """
 from __future__ import annotations
@@ -24,6 +34,9 @@ import numpy as np
 from PIL import Image
 
 CLASSES = ("water", "forest", "urban", "farmland", "beach")
+HARD_CLASSES = CLASSES + ("river", "meadow", "parking_lot", "desert", "residential")
+# name -> (classes, variation): what ``--set`` draws
+SETS = {"basic": (CLASSES, 0.0), "hard": (HARD_CLASSES, 1.0)}
 # farmland needs room for three parcel edges 4 px from the sides; above the maximum one tile
 # alone would take gigabytes while it is drawn
 MIN_SIZE, MAX_SIZE = 16, 4096
@@ -113,26 +126,111 @@ def draw_beach(rng, size, side: str):
     return img
 
 
-def draw_tile(cls: str, index: int, *, size: int = 64, seed: int = 0) -> Image.Image:
-    """One tile of class ``cls``; ``index`` picks the variant (and the beach's water side)."""
-    if cls not in CLASSES:
-        raise ValueError(f"unknown demo class {cls!r}; choose from {CLASSES}")
+def draw_river(rng, size):
+    img = draw_meadow(rng, size, trees=0)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    across, along = (yy, xx) if rng.random() < 0.5 else (xx, yy)
+    centre = 0.5 + 0.18 * np.sin(along * 2 * np.pi * rng.uniform(0.6, 1.4) + rng.uniform(0, 6))
+    width = rng.uniform(0.07, 0.14)
+    bank = np.abs(across - centre) < width + 0.03
+    img[bank] = (120, 105, 75)  # a muddy bank either side of the water
+    wet = np.abs(across - centre) < width
+    img[wet] = draw_water(rng, size)[wet]
+    return img
+
+
+def draw_meadow(rng, size, trees: int | None = None):
+    img = _fill(size, (110, 150, 70))
+    img += (_smooth_noise(rng, size, 3)[..., None] - 0.5) * np.array([40, 40, 25], np.float32)
+    img += (_smooth_noise(rng, size, max(size // 4, 2))[..., None] - 0.5) * 12
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for _ in range(int(rng.integers(2, 7)) if trees is None else trees):
+        cy, cx, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.03, 0.06) * size
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (30, 62, 30)
+    return img
+
+
+def draw_parking_lot(rng, size):
+    img = _fill(size, (88, 88, 90)) + (_smooth_noise(rng, size, 4)[..., None] - 0.5) * 10
+    bay = max(size // 16, 3)
+    row = max(size // 5, 8)
+    cars = [(200, 30, 30), (230, 230, 230), (30, 30, 35), (40, 70, 160), (170, 170, 175)]
+    for top in range(bay, size - 2 * bay, row):
+        img[top:top + 1, :] = (235, 235, 225)  # the painted line between two rows of bays
+        for x in range(0, size - bay, bay):
+            img[top:top + 2 * bay, x:x + 1] = (235, 235, 225)
+            if rng.random() < 0.7:
+                img[top + 2:top + 2 * bay - 1, x + 1:x + bay - 1] = cars[int(rng.integers(len(cars)))]
+    return img
+
+
+def draw_desert(rng, size):
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    angle = rng.uniform(0, np.pi)
+    warp = _smooth_noise(rng, size, 3) * rng.uniform(0.5, 1.5)
+    phase = (np.cos(angle) * xx + np.sin(angle) * yy) * rng.uniform(4, 9) + warp
+    ridges = (np.sin(phase * 2 * np.pi) + 1) / 2
+    return _fill(size, (200, 170, 120)) + (ridges[..., None] - 0.5) * np.array([50, 45, 35], np.float32)
+
+
+def draw_residential(rng, size):
+    img = draw_meadow(rng, size, trees=int(rng.integers(3, 9)))
+    block = max(size // 3, 10)
+    road = max(size // 20, 2)
+    roofs = [(165, 85, 60), (140, 60, 50), (120, 120, 125), (200, 190, 170)]
+    for by in range(0, size, block):
+        for bx in range(0, size, block):
+            for _ in range(int(rng.integers(2, 5))):
+                w, h = rng.integers(block // 6, block // 3 + 1, size=2)
+                x = bx + road + int(rng.integers(0, max(block - road - w, 1)))
+                y = by + road + int(rng.integers(0, max(block - road - h, 1)))
+                img[y:y + h, x:x + w] = roofs[int(rng.integers(len(roofs)))]
+        img[by:by + road, :] = (105, 105, 105)
+    for bx in range(0, size, block):
+        img[:, bx:bx + road] = (105, 105, 105)
+    return img
+
+
+def _vary(arr: np.ndarray, rng: np.random.Generator, variation: float) -> np.ndarray:
+    """Exposure, contrast and colour cast of one tile (different sensors, light, haze)."""
+    if variation <= 0:
+        return arr
+    mean = arr.mean(axis=(0, 1), keepdims=True)
+    contrast = 1 + variation * rng.uniform(-0.35, 0.25)
+    exposure = 1 + variation * rng.uniform(-0.3, 0.3)
+    cast = variation * rng.uniform(-18, 18, size=3).astype(np.float32)
+    return (mean + (arr - mean) * contrast) * exposure + cast
+
+
+_DRAW = {"water": draw_water, "forest": draw_forest, "urban": draw_urban, "river": draw_river,
+         "meadow": draw_meadow, "parking_lot": draw_parking_lot, "desert": draw_desert,
+         "residential": draw_residential}
+
+
+def draw_tile(cls: str, index: int, *, size: int = 64, seed: int = 0, variation: float = 0.0) -> Image.Image:
+    """One tile of class ``cls``; ``index`` picks the variant (and the beach's water side);
+    ``variation`` in [0, 1] scales the random exposure, contrast and colour cast."""
+    if cls not in HARD_CLASSES:
+        raise ValueError(f"unknown demo class {cls!r}; choose from {HARD_CLASSES}")
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"tile size must be in {MIN_SIZE}..{MAX_SIZE} px, got {size}")
+    if not 0.0 <= variation <= 1.0:
+        raise ValueError(f"variation must be in [0, 1], got {variation}")
     rng = _rng(seed, cls, index)
     if cls == "beach":
         arr = draw_beach(rng, size, WATER_SIDES[index % len(WATER_SIDES)])
     elif cls == "farmland":
         arr = draw_farmland(rng, size, POND_QUADRANTS[index % len(POND_QUADRANTS)])
     else:
-        arr = {"water": draw_water, "forest": draw_forest, "urban": draw_urban}[cls](rng, size)
-    arr = arr + rng.normal(0, 3, arr.shape[:2])[..., None]
+        arr = _DRAW[cls](rng, size)
+    arr = arr + rng.normal(0, 3 + 3 * variation, arr.shape[:2])[..., None]
+    arr = _vary(arr, _rng(seed, cls, index, "vary"), variation)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
 def make_demo_tree(out_dir: str | Path, *, per_class: int = 4, size: int = 64, seed: int = 0,
-                   classes: tuple[str, ...] = CLASSES) -> Path:
-    """Write ``out_dir/<class>/<class>_<i>.png`` tiles and return ``out_dir``."""
+                   classes: tuple[str, ...] = CLASSES, variation: float = 0.0) -> Path:
+    """Write ``out_dir/<class>/<class>_<i>.png`` tiles and return ``out_dir`` (see :func:`draw_tile`)."""
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
     if not MIN_SIZE <= size <= MAX_SIZE:
@@ -145,7 +243,7 @@ def make_demo_tree(out_dir: str | Path, *, per_class: int = 4, size: int = 64, s
         for i in range(per_class):
             path = out / cls / f"{cls}_{i:03d}.png"
             tmp = path.with_name(path.name + ".tmp-demo")
-            draw_tile(cls, i, size=size, seed=seed).save(tmp, format="PNG")
+            draw_tile(cls, i, size=size, seed=seed, variation=variation).save(tmp, format="PNG")
             tmp.replace(path)
     return out
 
@@ -166,10 +264,14 @@ def _main(argv: list[str] | None) -> int:
     ap.add_argument("--per-class", type=int, default=4)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", choices=sorted(SETS), default="basic",
+                    help="basic: 5 plain classes; hard: 10 classes that share colours, with varied exposure")
     args = ap.parse_args(argv)
+    classes, variation = SETS[args.set]
     # a bad value or an output path that is a file: one line and exit status 2 (run_main)
-    out = make_demo_tree(args.output, per_class=args.per_class, size=args.size, seed=args.seed)
-    print(f"wrote {args.per_class * len(CLASSES)} tiles under {out}")
+    out = make_demo_tree(args.output, per_class=args.per_class, size=args.size, seed=args.seed,
+                         classes=classes, variation=variation)
+    print(f"wrote {args.per_class * len(classes)} tiles under {out}")
     return 0
 
 

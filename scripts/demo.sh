@@ -22,8 +22,10 @@ if [ -n "${DEMO_IMAGES:-}" ]; then
     step "1/12 your images: $DEMO_IMAGES"
     IMAGES=$DEMO_IMAGES
 else
-    step "1/12 draw demo tiles (5 classes x 20) -> $OUT/images"
-    python -m builders.demo_images --output "$OUT/images" --per-class 20 --size 128
+    # the hard set: 10 classes that share colours, each tile with its own exposure and colour cast
+    # (DEMO_SET=basic: the 5 plain classes, which a brief base already tells apart)
+    step "1/12 draw demo tiles (${DEMO_SET:-hard} set, 20 per class) -> $OUT/images"
+    python -m builders.demo_images --output "$OUT/images" --per-class 20 --size 128 --set "${DEMO_SET:-hard}"
     IMAGES=$OUT/images
 fi
 
@@ -44,7 +46,8 @@ else
     if [ -n "${DEMO_IMAGES:-}" ]; then
         BASE_SHARDS=$OUT/shards/real/train   # your images only: the base sees the fine-tune images too
     else
-        python -m builders.demo_images --output "$OUT/base_images" --per-class 4 --size 128 --seed 1
+        python -m builders.demo_images --output "$OUT/base_images" --per-class 4 --size 128 --seed 1 \
+            --set "${DEMO_SET:-hard}"
         python -m builders.real --config configs/build/real.yaml --input "$OUT/base_images" \
             --output "$OUT/shards/base_real" size=128 images_per_shard=8 preview=false
         BASE_SHARDS=$OUT/shards/base_real/train
@@ -69,7 +72,7 @@ MODELS=$(python scripts/tiny_synthetic_models.py --output "$OUT/models")
 # mix as it is.
 # shellcheck disable=SC2086  # MODELS is a list of key=value overrides
 python -m builders.synthetic --config configs/build/synthetic-tiny.yaml --input "$OUT/shards/real/train" \
-    --output "$OUT/shards/synthetic" inputs.max_per_shard=6 upscale.skip_large=true \
+    --output "$OUT/shards/synthetic" modes.per_image=3 upscale.skip_large=true \
     modes.mix.inpaint_replace=0.4 modes.mix.inpaint_remove=0.4 modes.mix.img2img=0.1 modes.mix.text2img=0.1 \
     $MODELS
 

@@ -48,11 +48,16 @@ def ucm_records(root: Path, *, base: int = 4, test: int = 4) -> list[dict]:
     return out
 
 
-def demo_records(folder: Path, *, per_class: int, base: int, test: int, seed: int = 0) -> list[dict]:
-    """Draw demo tiles (builders.demo_images) and split them like :func:`ucm_records`."""
-    from builders.demo_images import make_demo_tree
+def demo_records(folder: Path, *, per_class: int, base: int, test: int, seed: int = 0,
+                 tile_set: str = "hard") -> list[dict]:
+    """Draw demo tiles (builders.demo_images, ``tile_set`` one of its ``SETS``) and split them
+    like :func:`ucm_records`."""
+    from builders.demo_images import SETS, make_demo_tree
 
-    make_demo_tree(folder, per_class=per_class, size=128, seed=seed)
+    classes, variation = SETS[tile_set]
+    if folder.exists():  # another set or size drawn here before: its class folders would stay
+        shutil.rmtree(folder)
+    make_demo_tree(folder, per_class=per_class, size=128, seed=seed, classes=classes, variation=variation)
     out = []
     for cls_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         files = sorted(cls_dir.glob("*.png"))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders.demo_images import CLASSES, POND_QUADRANTS, WATER_SIDES, draw_tile, make_demo_tree
+from builders.demo_images import CLASSES, HARD_CLASSES, POND_QUADRANTS, WATER_SIDES, draw_tile, make_demo_tree
 from builders.real.m2b import label_fractions
 
 
@@ -31,8 +31,10 @@ def test_beach_water_side_cycles():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="desert"):
-        draw_tile("desert", 0)
+    with pytest.raises(ValueError, match="volcano"):
+        draw_tile("volcano", 0)
+    with pytest.raises(ValueError, match="variation must be in .0, 1., got 1.5"):
+        draw_tile("water", 0, variation=1.5)
     with pytest.raises(ValueError, match="per_class"):
         make_demo_tree("/nonexistent-never-written", per_class=0)
 
@@ -43,3 +45,18 @@ def test_farmland_pond_sits_in_its_quadrant():
     assert label_fractions(img[:32, 32:])["water"] > 0.25
     for quadrant in (img[:32, :32], img[32:, :32], img[32:, 32:]):
         assert label_fractions(quadrant)["water"] < 0.05
+
+
+def test_hard_set_adds_classes_that_share_colours_and_varies_each_tile(tmp_path):
+    out = make_demo_tree(tmp_path / "h", per_class=2, size=64, classes=HARD_CLASSES, variation=1.0)
+    assert sorted(p.name for p in out.iterdir()) == sorted(HARD_CLASSES) and len(HARD_CLASSES) == 10
+    river = label_fractions(np.asarray(draw_tile("river", 0, size=64)))
+    assert 0.05 < river["water"] < 0.5 and river["vegetation"] > 0.3, river
+    meadow = label_fractions(np.asarray(draw_tile("meadow", 0, size=64)))
+    assert meadow["vegetation"] > 0.8, meadow
+    # the variation moves each tile's colours by its own amount, and the same call repeats exactly
+    plain = [np.asarray(draw_tile("water", i, size=32), np.float32).mean() for i in range(4)]
+    varied = [np.asarray(draw_tile("water", i, size=32, variation=1.0), np.float32).mean() for i in range(4)]
+    assert np.std(varied) > 3 * np.std(plain)
+    assert np.array_equal(np.asarray(draw_tile("desert", 1, variation=1.0)),
+                          np.asarray(draw_tile("desert", 1, variation=1.0)))
