@@ -22,7 +22,7 @@ def test_bench_learning_quick_study(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "learning.png").stat().st_size > 10_000
     demo = results["datasets"]["demo"]
-    assert demo["heldout_images"] == 10  # 2 of 8 tiles per class, 5 classes (2 more for the base only)
+    assert demo["heldout_images"] == 20  # 2 of 8 tiles per class, 10 classes (2 more for the base only)
     arms = demo["runs"]
     assert {"lora_default", "lr1e-3"} <= set(arms)
     for name, arm in arms.items():
