@@ -157,8 +157,8 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
 def prepare_synthetic(args, work: Path, train_dir: str, base: str, result: dict) -> tuple[str | None, dict]:
     """The synthetic set from the train split (tiny random-weight models), filtered two ways.
 
-    Its own folder is scored on its own and kept whole, as the demo does (random weights draw
-    noise, which a cut would mostly drop); a copy of both sets is filtered together, as a user
+    Its own folder is scored on its own and kept whole (random weights draw noise, which a cut
+    would mostly drop); a copy of both sets is filtered together, as a user
     with real generation weights would. Returns (synthetic folder, {"real", "synthetic"} of the
     jointly filtered copy), or (None, {}) with the reason in ``result["synthetic"]``.
     """

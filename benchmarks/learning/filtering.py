@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 def run_filter(train_dir: str | list[str], *, base: str, report_dir: Path, keep_all: bool = False) -> dict:
     """Score the train shards with the base (production filter defaults, caption floor off); sidecars beside them.
 
-    ``keep_all`` scores and keeps everything, as the demo does for its synthetic set: the tiny
-    random-weight generators draw noise, which a CLIP-score cut would drop entirely."""
+    ``keep_all`` scores and keeps everything: the tiny random-weight generators draw noise, which
+    a CLIP-score cut would mostly drop, and the arm measures what such a set does when kept."""
     from builders.quality.config import QualityConfig
     from builders.quality.run import run
 
