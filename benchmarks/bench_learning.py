@@ -104,8 +104,8 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
     if synthetic:
         arms["lora_mix"] = ("stage2", real, [synthetic], [])
         arms["lora_mix_share_0.5"] = ("stage2", real, [synthetic], ["data.synthetic_ratio=0.5"])
-        if joint:
-            arms["lora_mix_joint_filter"] = ("stage2", [joint["real"]], [joint["synthetic"]], [])
+        for arm, sets in joint.items():
+            arms[arm] = ("stage2", [sets["real"]], [sets["synthetic"]], [])
     if not args.no_ablations:
         arms.update({k: ("stage2", real, [], o) for k, (o, _) in ABLATIONS.items()})
     arms.update({k: ("stage2", real, [], o) for k, o in args.extra_arm})
@@ -154,13 +154,21 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
     return result
 
 
-def prepare_synthetic(args, work: Path, train_dir: str, base: str, result: dict) -> tuple[str | None, dict]:
-    """The synthetic set from the train split (tiny random-weight models), filtered two ways.
+# The demo's recipe for random-weight generators: the inpaint modes, which keep the real tile
+# outside the mask (img2img and text2img redraw it all as noise); see scripts/demo.sh.
+INPAINT_MIX = ["modes.mix.inpaint_replace=0.4", "modes.mix.inpaint_remove=0.4", "modes.mix.img2img=0.1",
+               "modes.mix.text2img=0.1"]
 
-    Its own folder is scored on its own and kept whole (random weights draw noise, which a cut
-    would mostly drop); a copy of both sets is filtered together, as a user
-    with real generation weights would. Returns (synthetic folder, {"real", "synthetic"} of the
-    jointly filtered copy), or (None, {}) with the reason in ``result["synthetic"]``.
+
+def prepare_synthetic(args, work: Path, train_dir: str, base: str, result: dict) -> tuple[str | None, dict]:
+    """The synthetic set from the train split (tiny random-weight models), filtered two ways, and
+    a second one with the demo's inpaint-heavy mode mix, filtered together with the real set.
+
+    The first set's own folder is scored on its own and kept whole (random weights draw noise,
+    which a cut would mostly drop); copies of both sets are filtered together with the real set,
+    as a user with real generation weights would. Returns (synthetic folder, {arm name: {"real",
+    "synthetic"}} of the jointly filtered copies), or (None, {}) with the reason in
+    ``result["synthetic"]``.
     """
     reason = "skipped (--no-synthetic)" if args.no_synthetic else filtering.synthetic_unavailable()
     info: dict = {}
@@ -173,18 +181,30 @@ def prepare_synthetic(args, work: Path, train_dir: str, base: str, result: dict)
             synthetic = filtering.build_synthetic(train_dir, work / "synthetic", extra=["upscale.skip_large=true"])
             info["filter_alone_keep_all"] = filtering.run_filter(
                 synthetic, base=base, report_dir=work / "filter_report_synthetic", keep_all=True)
-            joint = {"real": str(work / "joint" / "real"), "synthetic": str(work / "joint" / "synthetic")}
-            shutil.rmtree(work / "joint", ignore_errors=True)
-            shutil.copytree(train_dir, joint["real"])
-            shutil.copytree(synthetic, joint["synthetic"])
-            info["filter_joint"] = filtering.run_filter(
-                [joint["real"], joint["synthetic"]], base=base, report_dir=work / "filter_report_joint")
-            if not ((info["filter_joint"].get("by_source") or {}).get("synthetic") or {}).get("kept"):
-                info["joint_arm"], joint = "left out: filtered together, no synthetic sample is kept", {}
+            joint["lora_mix_joint_filter"] = _joint(work / "joint", train_dir, synthetic, base, info, "filter_joint")
+            inpaint = filtering.build_synthetic(train_dir, work / "synthetic_inpaint",
+                                                extra=["upscale.skip_large=true", *INPAINT_MIX])
+            joint["lora_mix_inpaint_joint_filter"] = _joint(work / "joint_inpaint", train_dir, inpaint, base, info,
+                                                            "filter_joint_inpaint")
         except Exception as e:  # the arm is reported, not fatal
             reason, synthetic = f"builders.synthetic did not build: {e}", None
     result["synthetic"] = {**info, "available": synthetic is not None, "reason": reason}
-    return synthetic, joint
+    return synthetic, {k: v for k, v in joint.items() if v} if synthetic else {}
+
+
+def _joint(folder: Path, train_dir: str, synthetic: str, base: str, info: dict, name: str) -> dict:
+    """Copies of the real and a synthetic set, filtered together; {} (reason in ``info``) when the
+    cut keeps no synthetic sample."""
+    sets = {"real": str(folder / "real"), "synthetic": str(folder / "synthetic")}
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(train_dir, sets["real"])
+    shutil.copytree(synthetic, sets["synthetic"])
+    info[name] = filtering.run_filter([sets["real"], sets["synthetic"]], base=base,
+                                      report_dir=folder.parent / f"filter_report_{folder.name}")
+    if not ((info[name].get("by_source") or {}).get("synthetic") or {}).get("kept"):
+        info[f"{name}_arm"] = "left out: filtered together, no synthetic sample is kept"
+        return {}
+    return sets
 
 
 def verdict(result: dict) -> dict:

@@ -45,8 +45,10 @@ def test_bench_learning_quick_study(tmp_path):
         joint = syn["filter_joint"]["by_source"]
         assert joint["real"]["total"] > 0 and joint["synthetic"]["total"] > 0
         assert {"lora_mix", "lora_mix_share_0.5"} <= set(arms)
-        kept = syn["filter_joint"]["by_source"]["synthetic"].get("kept", 0)
-        assert ("lora_mix_joint_filter" in arms) == (kept > 0) and (kept > 0 or "joint_arm" in syn)
+        for arm, name in (("lora_mix_joint_filter", "filter_joint"), ("lora_mix_inpaint_joint_filter",
+                                                                    "filter_joint_inpaint")):
+            kept = syn[name]["by_source"]["synthetic"].get("kept", 0)
+            assert (arm in arms) == (kept > 0) and (kept > 0 or f"{name}_arm" in syn), (arm, kept)
     ref = demo["peft_reference"]
     assert ref["max_abs_diff"] < 1e-4 and ref["trainable_lean"] == ref["trainable_peft"]
     assert set(demo["verdict"]) == {"zeroshot", "mean_recall"}
