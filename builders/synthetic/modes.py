@@ -224,7 +224,9 @@ def _img2img(src: SourceText, boxes: list[dict], rng: random.Random, cfg: ModesC
     phrase = rng.choice(cfg.variants)
     out = [add_variant(c, phrase) for c in keep]
     return dict(captions=out, caption_sources=["synthetic_edit"] * len(out),
-                prompt=_styled(out[0], cfg),
+                # the variant is what the edit must show: right after the style, ahead of the
+                # caption, so a 77-token cut drops the caption's tail rather than the variant
+                prompt=_styled(f"{phrase.strip().rstrip('.')}, {keep[0]}", cfg),
                 negative_prompt=cfg.negative_prompt, boxes=list(boxes), label=None)
 
 

@@ -83,6 +83,8 @@ def test_img2img_adds_the_variant_phrase_and_drops_colour_captions():
         phrase = next(v for v in cfg.variants if v in p.captions[0])
         assert p.captions == [f"A forest, {phrase}."] and p.caption_sources == ["synthetic_edit"]
         assert p.strength == cfg.img2img.strength
+        # style, then the variant, then the caption: a 77-token CLIP cut keeps the variant
+        assert p.prompt.index(cfg.prompt_style) < p.prompt.index(phrase) < p.prompt.index("a forest")
 
 
 def test_text2img_captions_claim_no_layout():
