@@ -75,20 +75,27 @@ def draw_forest(rng, size):
 
 
 def draw_urban(rng, size):
-    img = _fill(size, (120, 120, 118))
-    block = max(size // 4, 8)
-    road = max(size // 16, 2)
     roofs = [(170, 170, 168), (225, 225, 220), (165, 85, 60), (95, 95, 100)]
+    return _road_grid(_fill(size, (120, 120, 118)), rng, block=max(size // 4, 8), road=max(size // 16, 2),
+                      roofs=roofs, houses=2, side=(4, 2), road_rgb=(70, 70, 72))
+
+
+def _road_grid(img: np.ndarray, rng, *, block: int, road: int, roofs: list, houses: int | tuple[int, int],
+               side: tuple[int, int], road_rgb: tuple[int, int, int]) -> np.ndarray:
+    """Roofs in every ``block`` x ``block`` cell of a road grid: ``houses`` per cell (an int, or a
+    [lo, hi) range drawn per cell), each side between block // side[0] and block // side[1]."""
+    size = img.shape[0]
     for by in range(0, size, block):
         for bx in range(0, size, block):
-            for _ in range(2):
-                w, h = rng.integers(block // 4, block // 2 + 1, size=2)
+            n = houses if isinstance(houses, int) else int(rng.integers(*houses))
+            for _ in range(n):
+                w, h = rng.integers(block // side[0], block // side[1] + 1, size=2)
                 x = bx + road + int(rng.integers(0, max(block - road - w, 1)))
                 y = by + road + int(rng.integers(0, max(block - road - h, 1)))
                 img[y:y + h, x:x + w] = roofs[int(rng.integers(len(roofs)))]
-        img[by:by + road, :] = (70, 70, 72)
+        img[by:by + road, :] = road_rgb
     for bx in range(0, size, block):
-        img[:, bx:bx + road] = (70, 70, 72)
+        img[:, bx:bx + road] = road_rgb
     return img
 
 
@@ -175,20 +182,9 @@ def draw_desert(rng, size):
 
 def draw_residential(rng, size):
     img = draw_meadow(rng, size, trees=int(rng.integers(3, 9)))
-    block = max(size // 3, 10)
-    road = max(size // 20, 2)
     roofs = [(165, 85, 60), (140, 60, 50), (120, 120, 125), (200, 190, 170)]
-    for by in range(0, size, block):
-        for bx in range(0, size, block):
-            for _ in range(int(rng.integers(2, 5))):
-                w, h = rng.integers(block // 6, block // 3 + 1, size=2)
-                x = bx + road + int(rng.integers(0, max(block - road - w, 1)))
-                y = by + road + int(rng.integers(0, max(block - road - h, 1)))
-                img[y:y + h, x:x + w] = roofs[int(rng.integers(len(roofs)))]
-        img[by:by + road, :] = (105, 105, 105)
-    for bx in range(0, size, block):
-        img[:, bx:bx + road] = (105, 105, 105)
-    return img
+    return _road_grid(img, rng, block=max(size // 3, 10), road=max(size // 20, 2), roofs=roofs,
+                      houses=(2, 5), side=(6, 3), road_rgb=(105, 105, 105))
 
 
 def _vary(arr: np.ndarray, rng: np.random.Generator, variation: float) -> np.ndarray:
