@@ -182,12 +182,16 @@ def prepare_synthetic(args, work: Path, train_dir: str, base: str, result: dict)
             info["filter_alone_keep_all"] = filtering.run_filter(
                 synthetic, base=base, report_dir=work / "filter_report_synthetic", keep_all=True)
             joint["lora_mix_joint_filter"] = _joint(work / "joint", train_dir, synthetic, base, info, "filter_joint")
+        except Exception as e:  # the arm is reported, not fatal
+            reason, synthetic = f"builders.synthetic did not build: {e}", None
+    if synthetic:
+        try:  # its own arm: a failure here leaves the arms above standing
             inpaint = filtering.build_synthetic(train_dir, work / "synthetic_inpaint",
                                                 extra=["upscale.skip_large=true", *INPAINT_MIX])
             joint["lora_mix_inpaint_joint_filter"] = _joint(work / "joint_inpaint", train_dir, inpaint, base, info,
                                                             "filter_joint_inpaint")
-        except Exception as e:  # the arm is reported, not fatal
-            reason, synthetic = f"builders.synthetic did not build: {e}", None
+        except Exception as e:
+            info["filter_joint_inpaint_arm"] = f"left out: builders.synthetic did not build: {e}"
     result["synthetic"] = {**info, "available": synthetic is not None, "reason": reason}
     return synthetic, {k: v for k, v in joint.items() if v} if synthetic else {}
 
