@@ -124,13 +124,10 @@ def run_segment(models: StageModels, chunk: list[Source], work: ChunkWork) -> No
             if reason:
                 results[k] = {"skip": reason}
                 continue
-            empty = []
-            for i, m in enumerate(r):
-                m = np.asarray(m, bool)
-                work.save_mask(f"{k}-{i}", m)
-                if not m.any():
-                    empty.append(i)
-            results[k] = {"masks": len(r), "empty": empty}
+            masks = [np.asarray(m, bool) for m in r]
+            if masks:
+                work.save_masks(k, masks)
+            results[k] = {"masks": len(masks), "empty": [i for i, m in enumerate(masks) if not m.any()]}
     work.write("segment", results)
 
 
@@ -164,9 +161,11 @@ def plan_chunk(chunk: list[Source], work: ChunkWork, cfg, out_key: Callable) -> 
     return {"plans": plans, "plan_skips": skipped}
 
 
-def union_mask(work: ChunkWork, key: str, ids: list[int]) -> np.ndarray:
-    masks = [work.load_mask(f"{key}-{i}") for i in ids]
-    return np.logical_or.reduce(masks) if masks else None
+def union_mask(work: ChunkWork, key: str, ids: list[int], count: int) -> np.ndarray | None:
+    """The union of ``key``'s masks ``ids`` (of ``count`` stored)."""
+    if not ids:
+        return None
+    return work.load_masks(key, count)[ids].any(axis=0)
 
 
 def run_generate(models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
@@ -176,12 +175,13 @@ def run_generate(models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
 
     planned = plan_chunk(chunk, work, cfg, out_key)
     plans: dict[str, VariantPlan] = planned["plans"]
+    seg = work.read("segment")
     requests, order = [], []
     for k, p in plans.items():
         image = work.load_image("upscale", p.parent) if p.mode != "text2img" else None
         mask = None
         if p.mode.startswith("inpaint"):
-            binary = union_mask(work, p.parent, p.mask_boxes)
+            binary = union_mask(work, p.parent, p.mask_boxes, seg[p.parent]["masks"])
             mask = seg_mod.inpaint_mask(binary, dilate_px=cfg.segment.dilate_px,
                                         feather_px=cfg.segment.feather_px)
             work.save_image("generate", f"{k}-mask", mask)

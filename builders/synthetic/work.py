@@ -6,14 +6,16 @@ Layout (one folder per output shard, one per chunk of its source images)::
         upscale/<key>.png      upscale.json   {key: null | {"skip": reason}}
         describe.json          {key: {"caption", "objects", "raw", "fallback"} | {"skip": reason}}
         ground.json            {key: [box, ...] | {"skip": reason}}
-        segment/<key>-<i>.png  segment.json   {key: number of masks | {"skip": reason}}
+        segment/<key>.png      segment.json   {key: {"masks": n, "empty": [i, ...]} | {"skip": reason}}
         generate/<out key>.png generate.json  {out key: plan dict | {"skip": reason}}
         verify.json            {out key: verify dict | null}
 
 A stage's JSON is written atomically after all its files, so it is the stage's "done" mark; a
 chunk whose JSON is missing runs that stage again from the previous stage's files. Every image
 is stored losslessly (PNG) and read back as it was written, so a resumed run ends with the same
-bytes as an uninterrupted one.
+bytes as an uninterrupted one. An image's masks are one PNG, stacked top to bottom: a file per
+box made 16 files per source image with the tiny models' many boxes, and creating files was
+most of the writer thread's time (profiled), time a second worker needs for itself.
 
 Images are encoded and written by one background thread per process, so the PNG work of a
 chunk overlaps the next model call (PIL and torch both release the GIL); a stage's JSON waits
@@ -131,11 +133,18 @@ class ChunkWork:
             im.load()
             return im.copy()
 
-    def save_mask(self, name: str, mask: np.ndarray) -> None:
-        self.save_image("segment", name, Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, "L"))
+    def save_masks(self, key: str, masks: list[np.ndarray]) -> None:
+        """All of ``key``'s (H, W) boolean masks as one PNG of n*H rows, in order."""
+        stack = np.concatenate([np.asarray(m, bool) for m in masks], axis=0)
+        self.save_image("segment", key, Image.fromarray(stack.astype(np.uint8) * 255, "L"))
 
-    def load_mask(self, name: str) -> np.ndarray:
-        return np.asarray(self.load_image("segment", name)) > 127
+    def load_masks(self, key: str, count: int) -> np.ndarray:
+        """``key``'s ``count`` masks as a (count, H, W) boolean array."""
+        stack = np.asarray(self.load_image("segment", key)) > 127
+        if count <= 0 or stack.shape[0] % count:
+            raise ValueError(f"{self._png('segment', key)} holds {stack.shape[0]} rows, "
+                             f"not {count} masks of equal height")
+        return stack.reshape(count, stack.shape[0] // count, stack.shape[1])
 
 
 def unit_work(work_dir: str | Path, unit_name: str) -> Path:

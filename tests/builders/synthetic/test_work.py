@@ -37,3 +37,18 @@ def test_a_failed_image_write_leaves_the_stage_undone(tmp_path, monkeypatch):
         drain()
     assert not (tmp_path / "chunk-0000" / "upscale.json").exists()
     assert not w.done("upscale")  # a rerun runs the stage again
+
+
+def test_an_images_masks_round_trip_through_one_png(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    masks = [rng.random((12, 20)) > 0.5 for _ in range(3)] + [np.zeros((12, 20), bool)]
+    w = ChunkWork(tmp_path / "chunk-0000")
+    w.save_masks("k0", masks)
+    back = w.load_masks("k0", 4)
+    assert back.shape == (4, 12, 20) and back.dtype == bool
+    assert all((b == m).all() for b, m in zip(back, masks))
+    assert [p.name for p in (tmp_path / "chunk-0000" / "segment").iterdir()] == ["k0.png"]
+    with pytest.raises(ValueError, match="48 rows, not 5 masks"):
+        w.load_masks("k0", 5)
