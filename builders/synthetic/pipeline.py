@@ -161,13 +161,6 @@ def plan_chunk(chunk: list[Source], work: ChunkWork, cfg, out_key: Callable) -> 
     return {"plans": plans, "plan_skips": skipped}
 
 
-def union_mask(work: ChunkWork, key: str, ids: list[int], count: int) -> np.ndarray | None:
-    """The union of ``key``'s masks ``ids`` (of ``count`` stored)."""
-    if not ids:
-        return None
-    return work.load_masks(key, count)[ids].any(axis=0)
-
-
 def run_generate(models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
                  out_key: Callable) -> None:
     from builders.synthetic.stages import generate as gen_mod
@@ -176,12 +169,15 @@ def run_generate(models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
     planned = plan_chunk(chunk, work, cfg, out_key)
     plans: dict[str, VariantPlan] = planned["plans"]
     seg = work.read("segment")
+    stacks: dict[str, np.ndarray] = {}  # parent -> its masks, decoded once for all its variants
     requests, order = [], []
     for k, p in plans.items():
         image = work.load_image("upscale", p.parent) if p.mode != "text2img" else None
         mask = None
         if p.mode.startswith("inpaint"):
-            binary = union_mask(work, p.parent, p.mask_boxes, seg[p.parent]["masks"])
+            if p.parent not in stacks:
+                stacks[p.parent] = work.load_masks(p.parent, seg[p.parent]["masks"])
+            binary = stacks[p.parent][p.mask_boxes].any(axis=0)
             mask = seg_mod.inpaint_mask(binary, dilate_px=cfg.segment.dilate_px,
                                         feather_px=cfg.segment.feather_px)
             work.save_image("generate", f"{k}-mask", mask)

@@ -140,9 +140,14 @@ class ChunkWork:
 
     def load_masks(self, key: str, count: int) -> np.ndarray:
         """``key``'s ``count`` masks as a (count, H, W) boolean array."""
+        path = self._png("segment", key)
+        if not path.exists() and any(path.parent.glob(f"{key}-*.png")):
+            raise FileNotFoundError(f"{path} is missing but {key}-<i>.png files are there: this work "
+                                    "folder is from a build whose masks were one file per box; rerun "
+                                    "with stages=[segment] (it and every later stage) or delete the work folder")
         stack = np.asarray(self.load_image("segment", key)) > 127
         if count <= 0 or stack.shape[0] % count:
-            raise ValueError(f"{self._png('segment', key)} holds {stack.shape[0]} rows, "
+            raise ValueError(f"{path} holds {stack.shape[0]} rows, "
                              f"not {count} masks of equal height")
         return stack.reshape(count, stack.shape[0] // count, stack.shape[1])
 

@@ -3,8 +3,8 @@
 A local worker pool's fork server imports this module once, before it forks the workers
 (:func:`builders.common.executors.run_local`'s ``preload``), so each worker starts with torch,
 diffusers' SD3 pipelines, the transformers models, spandrel and segment_anything already loaded:
-about 3 s of imports on a 2-core machine with a warm file cache that every worker would otherwise repeat. The stage
-modules still import what they use lazily, so importing the builder stays cheap.
+about 3 s of imports on a 2-core machine (file cache warm) that every worker would otherwise
+repeat. The stage modules still import what they use lazily, so importing the builder stays cheap.
 """
 from __future__ import annotations
 

@@ -52,3 +52,12 @@ def test_an_images_masks_round_trip_through_one_png(tmp_path):
     assert [p.name for p in (tmp_path / "chunk-0000" / "segment").iterdir()] == ["k0.png"]
     with pytest.raises(ValueError, match="48 rows, not 5 masks"):
         w.load_masks("k0", 5)
+
+
+def test_masks_in_the_old_one_file_per_box_layout_are_a_clear_error(tmp_path):
+    w = ChunkWork(tmp_path / "chunk-0000")
+    for i in range(2):
+        w.save_image("segment", f"k0-{i}", Image.new("L", (8, 8)))
+    drain()
+    with pytest.raises(FileNotFoundError, match=r"one file per box; rerun with stages=\[segment\]"):
+        w.load_masks("k0", 2)
