@@ -3,7 +3,8 @@
 A stage never ends a run because of one image. :func:`run_batched` calls a stage's batch
 function and turns per-image trouble into a :class:`Skip` with a reason that can be counted:
 
-- out of memory: the batch is halved and retried; an image that runs out of memory on its own
+- out of memory: the batch is halved and retried once the failed call's tensors are freed (the
+  exception and its traceback are dropped first); an image that runs out of memory on its own
   is ``Skip("out of memory")``;
 - any other exception: the batch is split in two and each half retried, so the one image that
   makes the model raise is isolated and skipped (``Skip("error: TypeName", detail=message)``)
@@ -17,6 +18,7 @@ import dataclasses
 import gc
 import logging
 import math
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,26 +108,48 @@ def run_batched(fn: Callable[[list], Sequence], items: Sequence, batch_size: int
     return out
 
 
-def _run_one(fn: Callable[[list], Sequence], batch: list, state: dict) -> list:
+@dataclass(frozen=True)
+class _Failure:
+    """What a retry needs to know about a failed batch call: never the exception itself, whose
+    traceback would keep the failed forward's tensors alive through every smaller retry."""
+
+    oom: bool
+    name: str
+    message: str
+
+
+def _call(fn: Callable[[list], Sequence], batch: list) -> list | _Failure:
+    """``fn(batch)`` as a list, or a :class:`_Failure` once the exception is gone."""
     try:
-        results = list(fn(batch))
+        return list(fn(batch))
     except Exception as exc:  # noqa: BLE001 - every failure becomes a counted skip, never the run's end
-        return _retry_split(fn, batch, exc, state)
+        # Drop the locals of the frames that raised even if something else still holds the
+        # exception (its __context__ in a later error, a debugger); this frame is skipped.
+        traceback.clear_frames(exc.__traceback__)
+        return _Failure(is_out_of_memory(exc), type(exc).__name__, str(exc)[:500])
+
+
+def _run_one(fn: Callable[[list], Sequence], batch: list, state: dict) -> list:
+    results = _call(fn, batch)
+    if isinstance(results, _Failure):
+        # Out of the except block: the exception and its frames are unreferenced now, so the
+        # collection below really returns the failed batch's memory before the retry.
+        if results.oom:
+            free_memory()
+        return _retry_split(fn, batch, results, state)
     if len(results) != len(batch):
         raise ValueError(f"stage returned {len(results)} results for a batch of {len(batch)}")
     return [Skip(NON_FINITE) if not is_skip(r) and has_non_finite(r) else r for r in results]
 
 
-def _retry_split(fn: Callable[[list], Sequence], batch: list, exc: Exception, state: dict) -> list:
-    oom = is_out_of_memory(exc)
-    if oom:
-        free_memory()
+def _retry_split(fn: Callable[[list], Sequence], batch: list, failure: _Failure, state: dict) -> list:
+    oom = failure.oom
     if len(batch) == 1:
         if oom:
             log.warning("out of memory on a single item: skipped")
             return [Skip(OUT_OF_MEMORY)]
-        log.warning("stage failed on one item: %s: %s", type(exc).__name__, exc)
-        return [Skip(f"error: {type(exc).__name__}", detail=str(exc)[:500])]
+        log.warning("stage failed on one item: %s: %s", failure.name, failure.message)
+        return [Skip(f"error: {failure.name}", detail=failure.message)]
     step = (len(batch) + 1) // 2
     if oom:
         state["size"] = step = min(state["size"], step)

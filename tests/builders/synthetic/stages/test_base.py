@@ -1,4 +1,5 @@
 """run_batched: out-of-memory halving, one failing item isolated, non-finite results; device/dtype."""
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,25 @@ def test_out_of_memory_halves_the_batch_and_retries():
     assert run_batched(fn, list(range(12)), 8) == [2 * x for x in range(12)]
     assert fn.sizes[:3] == [8, 4, 2]  # halved until it fits
     assert fn.sizes[3:] == [2, 2, 2, 2, 2]  # the rest, and the next batch, at the size that fit
+
+
+def test_out_of_memory_retry_starts_after_the_failed_batch_is_freed():
+    """The failed forward's tensors (locals of the frame that raised) are gone before the retry:
+    a kept exception would hold them through its traceback and the retry would run out too."""
+    refs: list[weakref.ref] = []
+    alive_at_retry: list[bool] = []
+
+    def fn(batch):
+        if refs:
+            alive_at_retry.append(refs[-1]() is not None)
+        if len(batch) > 1:
+            activations = torch.zeros(256, 256)  # what the forward had allocated when it ran out
+            refs.append(weakref.ref(activations))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return double(batch)
+
+    assert run_batched(fn, [1, 2, 3, 4], 4) == [2, 4, 6, 8]
+    assert len(refs) == 2 and alive_at_retry == [False] * 5  # 4 -> 2 -> 1, 1, 1, 1
 
 
 def test_item_out_of_memory_alone_is_skipped_others_kept():
