@@ -15,6 +15,8 @@ The result is resized (Lanczos) so its short side is ``size``, then centre-cropp
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +64,24 @@ def read_state_dict(path: str) -> dict:
 
         return load_file(local, device="cpu")
     if suffix in (".pth", ".ckpt", ".pt"):
-        return torch.load(local, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(local, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"upscale.model {path!r} is not a plain state dict: torch.load(weights_only=True) "
+                             f"refused it ({_refusal(e)}); no checkpoint is unpickled freely, so save its tensors "
+                             "as a state dict (torch.save(model.state_dict(), f)) or convert it to .safetensors"
+                             ) from None
     raise ValueError(f"upscale.model must be a .pth or .safetensors file, got {path!r}")
+
+
+def _refusal(e: Exception) -> str:
+    """The one line of torch's multi-paragraph weights_only refusal that says what was refused."""
+    text = str(e)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it holds a pickled {found.group(1)}"
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    return found.group(1).strip() if found else "not a tensor archive"
 
 
 def load_upscaler(path: str):

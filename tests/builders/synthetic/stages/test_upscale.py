@@ -75,14 +75,32 @@ def test_nan_weights_give_non_finite_skip(tmp_path):
     assert out == [Skip(NON_FINITE)]
 
 
-def test_pickled_code_is_refused(tmp_path):
+class WholeModel:
+    """A checkpoint saved as a pickled object (``torch.save(model)``), not as a state dict."""
+
+    def __init__(self, state):
+        self.params_ema = state
+
+
+def test_pickled_object_checkpoint_is_a_one_line_error_naming_file_and_fix(tmp_path):
+    torch.save(WholeModel(_rrdb_state(4, 8, 1)), tmp_path / "whole_model.pth")
+    with pytest.raises(ValueError) as err:
+        Upscaler(UpscaleConfig(model=str(tmp_path / "whole_model.pth"), size=64), device="cpu").load()
+    msg = str(err.value)
+    assert "\n" not in msg and "whole_model.pth" in msg and "not a plain state dict" in msg
+    assert "WholeModel" in msg and ".safetensors" in msg and "state_dict()" in msg
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained traceback
+
+
+def test_pickled_code_is_refused_not_run(tmp_path, capsys):
     class Payload:
         def __reduce__(self):
             return (print, ("unpickled!",))
 
     torch.save({"params_ema": Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(Exception, match="Weights only load failed"):
+    with pytest.raises(ValueError, match=r"evil\.pth.*not a plain state dict.*pickled print"):
         load_upscaler(str(tmp_path / "evil.pth"))
+    assert "unpickled!" not in capsys.readouterr().out
 
 
 def test_config_errors_name_the_value(tmp_path):
