@@ -81,7 +81,7 @@ class ModeSettings:
 
     strength: float = 1.0
     steps: int = 28
-    guidance: float = 7.0
+    guidance: float = 4.5           # SD3.5-Medium's model card (Large: 3.5); 7.0 is an SD1.5 value
 
     def validate(self) -> None:
         if not 0.0 < self.strength <= 1.0:
@@ -101,10 +101,12 @@ class ModesConfig:
     variants: list[str] = field(default_factory=_variants)
     remove_count: int = 1           # instances of the chosen label an inpaint_remove fills in
     max_box_area: float = 0.4       # larger boxes are scenery, not an object to edit
-    inpaint_replace: ModeSettings = field(default_factory=lambda: ModeSettings(1.0, 28, 7.0))
-    inpaint_remove: ModeSettings = field(default_factory=lambda: ModeSettings(1.0, 28, 5.0))
-    img2img: ModeSettings = field(default_factory=lambda: ModeSettings(0.45, 28, 6.0))
-    text2img: ModeSettings = field(default_factory=lambda: ModeSettings(1.0, 28, 7.0))
+    # Guidance of the default generate.model, SD3.5-Medium: its model card uses 4.5
+    # (huggingface.co/stabilityai/stable-diffusion-3.5-medium); set 3.5 for SD3.5-Large.
+    inpaint_replace: ModeSettings = field(default_factory=lambda: ModeSettings(1.0, 28, 4.5))
+    inpaint_remove: ModeSettings = field(default_factory=lambda: ModeSettings(1.0, 28, 4.5))
+    img2img: ModeSettings = field(default_factory=lambda: ModeSettings(0.45, 28, 4.5))
+    text2img: ModeSettings = field(default_factory=lambda: ModeSettings(1.0, 28, 4.5))
     prompt_style: str = "aerial top-down photograph, high detail"
     replace_prompt: str = "{object}, seen from directly above"
     negative_prompt: str = "blurry, distorted, text, watermark, oblique view, low quality"
