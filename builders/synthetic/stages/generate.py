@@ -13,6 +13,15 @@ Each request gets its own ``torch.Generator`` (CPU, seeded from ``request.seed``
 depends on its own seed only; requests sharing mode, size, steps, strength and guidance run as
 one batched pipeline call (the same batch composition reruns byte-identical).
 
+Every mode asks its pipeline for latents and decodes them here (:func:`decode_latents`), undoing
+the VAE's scaling and shift: diffusers 0.42.1's inpaint pipeline decodes without the shift
+(text2img and img2img add it), which would tint every repainted pixel (diffusers issue 13611).
+
+Without T5 the prompt is read by CLIP alone, 77 tokens with its start and end tokens. A longer
+prompt is cut here after its last clause or whole word that fits (:func:`fit_prompt`; the style
+words come first, so a caption loses its tail) instead of mid-word by the pipeline, which would
+also log a warning for every batch. With T5 on, T5 reads the whole prompt.
+
 Inpainting changes pixels only inside the mask: the pipeline repaints where the mask is >= 50%,
 but its VAE round trip touches every pixel, so the result is pasted back through the (dilated,
 feathered) mask over the input: ``out = a * generated + (1 - a) * input`` with ``a = mask/255``.
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -120,6 +130,40 @@ def paste_through_mask(generated: Image.Image, image: Image.Image, mask: Image.I
     return Image.fromarray(out.astype(np.uint8), "RGB")
 
 
+def clip_token_count(tokenizer, text: str) -> int:
+    """Tokens a CLIP text encoder reads for ``text``, its start and end tokens included."""
+    # verbose=False: no "longer than the maximum" warning, counting the excess is the point here
+    return len(tokenizer(text, verbose=False)["input_ids"])
+
+
+def fit_prompt(text: str, tokenizers: Sequence, max_tokens: int) -> tuple[str, bool]:
+    """``(text, False)`` when every tokenizer reads ``text`` within ``max_tokens``; else the
+    longest word prefix that fits, cut back to its last clause end (``,`` ``;`` ``.``) when that
+    keeps at least half of those words, and ``True``. Never cuts inside a word."""
+    def fits(t: str) -> bool:
+        return all(clip_token_count(tok, t) <= max_tokens for tok in tokenizers)
+
+    if fits(text):
+        return text, False
+    words = text.split()
+    lo, hi = 0, len(words)  # words[:lo] fits, words[:hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(" ".join(words[:mid])) else (lo, mid)
+    clause = max((i + 1 for i in range(lo) if words[i][-1] in ",;."), default=0)
+    kept = words[:clause] if 2 * clause >= lo else words[:lo]
+    return " ".join(kept).rstrip(",;: "), True
+
+
+def decode_latents(pipe, latents) -> np.ndarray:
+    """An SD3 pipeline's ``output_type="latent"`` result as images in [0, 1], ``(B, H, W, 3)``:
+    ``vae.decode(latents / scaling_factor + shift_factor)`` and the pipeline's postprocessing,
+    as its text2img pipeline does. (The latents are SD3's plain ``(B, 16, h, w)``, not packed.)"""
+    vae = pipe.vae
+    image = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0]
+    return pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[True] * len(image))
+
+
 def _group_key(r: GenerateRequest) -> tuple:
     dims = r.image.size if r.image is not None else (r.size, r.size)
     return r.mode, dims, r.steps, r.strength, r.guidance
@@ -153,6 +197,13 @@ class SD3Generator(Stage):
         log.info("SD3 %s (T5 %s) on %s (%s)", self.cfg.model, "on" if self.cfg.use_t5 else "off",
                  self.device, self.dtype)
 
+    def fit_prompt(self, text: str) -> tuple[str, bool]:
+        """``text`` as CLIP reads it here and whether it was cut (:func:`fit_prompt`)."""
+        self.load()
+        pipe = self.pipes["text2img"]
+        tokenizers = [t for t in (pipe.tokenizer, pipe.tokenizer_2) if t is not None]
+        return fit_prompt(text, tokenizers, pipe.tokenizer_max_length)
+
     def _batch(self, batch: list) -> list:
         reqs = [r.resolve(self.cfg) for r in batch]
         groups: dict[tuple, list[int]] = {}
@@ -169,16 +220,21 @@ class SD3Generator(Stage):
         import torch
 
         mode, (w, h), steps, strength, guidance = key
-        kw = dict(prompt=[r.prompt for r in reqs], negative_prompt=[r.negative_prompt for r in reqs],
+        prompts, negatives = [r.prompt for r in reqs], [r.negative_prompt for r in reqs]
+        kw = dict(prompt=[self.fit_prompt(p)[0] for p in prompts],
+                  negative_prompt=[self.fit_prompt(p)[0] for p in negatives],
                   height=h, width=w, num_inference_steps=steps, guidance_scale=guidance,
                   generator=[torch.Generator("cpu").manual_seed(int(r.seed)) for r in reqs],
-                  max_sequence_length=self.cfg.max_sequence_length, output_type="np")
+                  max_sequence_length=self.cfg.max_sequence_length, output_type="latent")
+        if self.cfg.use_t5:  # T5 reads max_sequence_length tokens: give it the whole text
+            kw.update(prompt_3=prompts, negative_prompt_3=negatives)
         if mode != "text2img":
             kw.update(image=[r.image.convert("RGB") for r in reqs], strength=strength)
         if mode == "inpaint":
             kw["mask_image"] = [r.mask.convert("L") for r in reqs]
+        pipe = self.pipes[mode]
         with torch.inference_mode():
-            arrays = self.pipes[mode](**kw).images
+            arrays = decode_latents(pipe, pipe(**kw).images)
         out: list = []
         for r, a in zip(reqs, arrays):
             if has_non_finite(a):

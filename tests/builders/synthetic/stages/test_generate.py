@@ -1,11 +1,20 @@
 """Generate: a tiny random-weight SD3 pipeline saved with save_pretrained, three modes on shared weights."""
+import logging
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from builders.synthetic.stages.base import NON_FINITE, Skip
-from builders.synthetic.stages.generate import GenerateConfig, GenerateRequest, SD3Generator, paste_through_mask
+from builders.synthetic.stages.generate import (
+    GenerateConfig,
+    GenerateRequest,
+    SD3Generator,
+    clip_token_count,
+    fit_prompt,
+    paste_through_mask,
+)
 from builders.synthetic.stages.segment import inpaint_mask
 from tests.builders.synthetic.stages.test_base import FakeOOM
 
@@ -97,3 +106,109 @@ def test_paste_through_mask_blends_by_alpha():
     mask = Image.fromarray(np.array([[0, 255, 128, 0]], dtype=np.uint8), "L")
     assert np.asarray(paste_through_mask(gen, src, mask))[0].tolist() == \
         [[0, 0, 100], [200, 0, 0], [100, 0, 50], [0, 0, 100]]
+
+
+def _uint8(a):
+    return Image.fromarray((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
+
+
+def _pipe_kwargs(req, **kw):
+    """The pipeline arguments of one request, written out here (not taken from the stage)."""
+    out = dict(prompt=[req.prompt], negative_prompt=[req.negative_prompt], height=64, width=64,
+               num_inference_steps=2, guidance_scale=3.0, max_sequence_length=8,
+               generator=[torch.Generator("cpu").manual_seed(req.seed)], **kw)
+    if req.image is not None:
+        out.update(image=[req.image], strength=req.strength)
+    if req.mask is not None:
+        out["mask_image"] = [req.mask]
+    return out
+
+
+def test_inpaint_is_decoded_with_the_vae_shift(tiny_sd3):
+    """diffusers 0.42.1's inpaint pipeline decodes lat/scale without + shift; the stage must not."""
+    g = SD3Generator(gen_cfg(tiny_sd3), device="cpu").load()
+    vae = g.pipes["inpaint"].vae
+    vae.register_to_config(shift_factor=1.5)  # SD3's is 0.0609: large here so the offset shows
+    src, mask = image(6), box_mask()
+    req = GenerateRequest(mode="inpaint", prompt="a car", seed=11, image=src, mask=mask, strength=0.95)
+    out = np.asarray(g([req])[0])
+    with torch.inference_mode():
+        lat = g.pipes["inpaint"](**_pipe_kwargs(req, output_type="latent")).images
+        scaled = lat / vae.config.scaling_factor
+
+        def decoded(z):
+            x = vae.decode(z, return_dict=False)[0]
+            return g.pipes["inpaint"].image_processor.postprocess(x, output_type="np")[0]
+
+        right, wrong = decoded(scaled + 1.5), decoded(scaled)
+    inside = np.asarray(mask) == 255
+    want = np.asarray(paste_through_mask(_uint8(right), src, mask))
+    unshifted = np.asarray(paste_through_mask(_uint8(wrong), src, mask))
+    off_right = int(np.abs(out.astype(int) - want).max())
+    off_unshifted = float(np.abs(out[inside].astype(int) - unshifted[inside]).mean())
+    assert off_right <= 1, f"stage output is {off_right} levels from decode(lat/scale + shift)"
+    assert off_unshifted > 5, "the stage's output should differ from the bug's decode(lat/scale)"
+
+
+@pytest.mark.parametrize("mode", ["text2img", "img2img"])
+def test_other_modes_decode_as_their_pipelines_do(generator, mode):
+    req = GenerateRequest(mode=mode, prompt="a road", seed=12, image=None if mode == "text2img" else image(7),
+                          strength=0.55, size=64)
+    out = np.asarray(generator([req])[0])
+    with torch.inference_mode():
+        own = generator.pipes[mode](**_pipe_kwargs(req, output_type="np")).images[0]
+    assert int(np.abs(out.astype(int) - np.asarray(_uint8(own), int)).max()) <= 1
+
+
+# An RSICD-style caption behind the style words: far past CLIP's 77 tokens with the tiny
+# character-level tokenizer (one token per character), as real captions pass it with the real one.
+LONG = ("aerial top-down photograph, high detail, many buildings and some green trees are around a "
+        "playground with a basketball field, several cars are parked beside the road")
+
+
+class Records(logging.Handler):
+    """Collects the records of the ``diffusers`` and ``transformers`` loggers (they do not
+    propagate to the root)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_long_prompt_is_cut_after_a_whole_word_within_clip_tokens(generator):
+    tok = generator.pipes["text2img"].tokenizer
+    assert clip_token_count(tok, LONG) > 77
+    fitted, cut = generator.fit_prompt(LONG)
+    assert cut and LONG.startswith(fitted) and clip_token_count(tok, fitted) <= 77
+    assert LONG[len(fitted)] in " ,", f"cut inside a word: {fitted!r}"
+    assert fitted.startswith("aerial top-down photograph, high detail, many buildings")
+    assert generator.fit_prompt("a red car on a road") == ("a red car on a road", False)
+
+
+def test_fit_prompt_prefers_a_clause_end_that_keeps_most_words(generator):
+    tok = generator.pipes["text2img"].tokenizer  # one token per character, "," one more
+    text = "aaaa bbbb, cccc dddd eeee ffff"
+    budget = clip_token_count(tok, "aaaa bbbb, cccc dddd")  # four words fit, the clause holds two
+    assert fit_prompt(text, [tok], budget) == ("aaaa bbbb", True)
+    late = "aaaa, bbbb cccc dddd eeee ffff"
+    assert fit_prompt(late, [tok], clip_token_count(tok, "aaaa, bbbb cccc dddd")) == ("aaaa, bbbb cccc dddd", True)
+
+
+def test_long_prompt_runs_without_the_pipelines_per_batch_warning(generator):
+    records, loggers = Records(), [logging.getLogger(n) for n in ("diffusers", "transformers")]
+    for lg in loggers:
+        lg.addHandler(records)
+    try:
+        out = generator([GenerateRequest(mode="text2img", prompt=LONG, seed=s) for s in (1, 2)])
+    finally:
+        for lg in loggers:
+            lg.removeHandler(records)
+    assert all(o.size == (32, 32) for o in out)
+    assert not [m for m in records.messages if "truncated" in m or "longer than" in m], records.messages
+    # what CLIP read is the whole-word cut, not the pipeline's mid-word truncation
+    fitted = generator.fit_prompt(LONG)[0]
+    cut = generator([GenerateRequest(mode="text2img", prompt=fitted, seed=s) for s in (1, 2)])
+    assert [c.tobytes() for c in cut] == [o.tobytes() for o in out]
