@@ -68,13 +68,15 @@ def _counts(kinds: Counter) -> dict:
 def _synthetic_stats(results: list[UnitResult], cfg: SyntheticBuildConfig) -> dict:
     by_mode: Counter = Counter()
     seconds: Counter = Counter()
-    checked = ok = 0
+    checked = ok = trimmed = 0
     for r in results:
         seconds.update(r.extra.get("stage_seconds") or {})
         by_mode.update(r.extra.get("by_mode") or r.by_kind)
         checked += r.extra.get("verify_checked", 0)
         ok += r.extra.get("verify_ok", 0)
+        trimmed += r.extra.get("prompts_trimmed", 0)
     return {"by_mode": dict(sorted(by_mode.items())), "verify_checked": checked, "verify_ok": ok,
+            "prompts_trimmed": trimmed,
             "source_images": sum(r.source_images for r in results),
             "per_image": cfg.modes.per_image,
             "stage_seconds_this_run": {k: round(v, 3) for k, v in seconds.items()},
@@ -144,6 +146,9 @@ def format_summary(summary: dict, out: str | Path) -> str:
              "  by mode: " + (", ".join(f"{k} {v}" for k, v in syn.get("by_mode", {}).items()) or "none"),
              f"  verified: {syn.get('verify_ok', 0)} of {syn.get('verify_checked', 0)} inpainted "
              f"objects as intended"]
+    if syn.get("prompts_trimmed"):
+        lines.append(f"  prompts cut to CLIP's token limit (after a whole word): {syn['prompts_trimmed']} "
+                     f"of {s['samples']}")
     if summary.get("preview"):
         lines.append(f"  preview: {summary['preview']}")
     if summary["skipped"]:

@@ -171,7 +171,10 @@ def run_generate(models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
     seg = work.read("segment")
     stacks: dict[str, np.ndarray] = {}  # parent -> its masks, decoded once for all its variants
     requests, order = [], []
+    generator = models.get("generate") if plans else None
+    trimmed: dict[str, bool] = {}  # the stage cuts a prompt longer than CLIP reads: recorded
     for k, p in plans.items():
+        trimmed[k] = generator.fit_prompt(p.prompt)[1] or generator.fit_prompt(p.negative_prompt)[1]
         image = work.load_image("upscale", p.parent) if p.mode != "text2img" else None
         mask = None
         if p.mode.startswith("inpaint"):
@@ -187,7 +190,7 @@ def run_generate(models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
             seed=p.seed, strength=p.strength, steps=p.steps, guidance=p.guidance,
             size=cfg.upscale.size))
         order.append(k)
-    out = models.get("generate")(requests) if requests else []
+    out = generator(requests) if requests else []
     results: dict = {}
     for k, r in zip(order, out):
         reason = _skip(r)
@@ -195,7 +198,7 @@ def run_generate(models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
             results[k] = {"skip": reason, "parent": plans[k].parent}
         else:
             work.save_image("generate", k, r.convert("RGB"))
-            results[k] = plans[k].to_dict()
+            results[k] = {**plans[k].to_dict(), "prompt_trimmed": trimmed[k]}
     work.write("generate", {"results": results, "plan_skips": planned["plan_skips"]})
 
 

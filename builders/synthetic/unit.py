@@ -118,6 +118,7 @@ def _sample(plan: dict, verify: dict | None, cls, img: Image.Image, mask: Image.
             "seed": plan["seed"], "strength": plan["strength"], "steps": plan["steps"],
             "guidance": plan["guidance"], "boxes": plan["boxes"], "label": plan["label"],
             "new_label": plan["new_label"], "fallback": plan["fallback"],
+            "prompt_trimmed": bool(plan.get("prompt_trimmed")),
             "captions": plan["captions"], "caption_sources": plan["caption_sources"],
             "generation_size": cfg.upscale.size, "verify": verify,
             "models": {s: model_id(cfg, s) for s in _MODEL_STAGES}}
@@ -134,7 +135,7 @@ def write_unit_shard(unit: SynthUnit, chunks: list[list[Source]], cfg, output: s
 
     The skip counts and tallies are written inside the shard's atomic window (before the tar's
     rename and stats), so a finished shard always has them."""
-    tallies = {"by_mode": Counter(), "verify_checked": 0, "verify_ok": 0}
+    tallies = {"by_mode": Counter(), "verify_checked": 0, "verify_ok": 0, "prompts_trimmed": 0}
     with ShardWriter(unit.path(output)) as wr:
         for i, chunk in enumerate(chunks):
             w = chunk_work(work_dir, unit.name, i)
@@ -147,6 +148,7 @@ def write_unit_shard(unit: SynthUnit, chunks: list[list[Source]], cfg, output: s
                 wr.write(_sample(plan, ver.get(k), cls[plan["parent"]], w.load_image("generate", k),
                                  mask, cfg))
                 tallies["by_mode"][plan["mode"]] += 1
+                tallies["prompts_trimmed"] += int(bool(plan.get("prompt_trimmed")))
                 if ver.get(k) and ver[k]["ok"] is not None:
                     tallies["verify_checked"] += 1
                     tallies["verify_ok"] += int(ver[k]["ok"])
@@ -194,5 +196,8 @@ def build_unit(unit: SynthUnit, cfg, output: str, work_dir: str) -> UnitResult:
     skips = dict(sorted((Counter(read_skips.counts) + count_skips(chunks, cfg, work_dir, unit)).items()))
     samples, by_kind, tallies = write_unit_shard(unit, chunks, cfg, output, work_dir, skips,
                                                  len(sources))
+    if tallies["prompts_trimmed"]:  # once per unit, not per batch as the pipeline would
+        log.info("%s: %d of %d prompts were longer than CLIP reads and were cut after a whole word",
+                 unit.name, tallies["prompts_trimmed"], samples)
     return UnitResult(unit.name, unit.split, len(sources), samples, by_kind,
                       skips, extra={**tallies, "stage_seconds": seconds})

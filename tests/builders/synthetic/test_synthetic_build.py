@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from builders.synthetic import unit as unit_mod
-from builders.synthetic.build import build_synthetic
+from builders.synthetic.build import build_synthetic, format_summary
 from builders.synthetic.sources import SplitRefused
 from tests.builders.synthetic.build_fixtures import REPO, TINY, model_overrides, real_shards, shard_hashes, syn_cfg  # noqa: F401
 from wds_tools.config import ConfigError
@@ -232,3 +232,23 @@ def test_image_folder_input_uses_the_real_builders_train_images_only(syn_cfg, tm
     assert summary["synthetic"]["source_images"] == len(train)
     assert {s["json"]["parent"] for s in samples} <= train
     assert {s["json"]["class"] for s in samples} <= {k.split("_")[0] for k in train}
+
+
+def test_prompts_cut_for_clip_are_counted_in_the_summary(built):
+    """Demo captions behind the style words pass the tiny tokenizer's 77 tokens (one a character),
+    as RSICD captions pass the real one: each cut is flagged on its sample and counted."""
+    from transformers import CLIPTokenizer
+
+    cfg, out, summary = built
+    tok = CLIPTokenizer.from_pretrained(Path(cfg.generate.model) / "tokenizer")
+
+    def too_long(text):
+        return len(tok(text, verbose=False)["input_ids"]) > 77
+
+    metas = [s["json"] for s in _samples(out)]
+    expected = [too_long(m["prompt"]) or too_long(m["negative_prompt"]) for m in metas]
+    assert 0 < sum(expected) and [m["prompt_trimmed"] for m in metas] == expected
+    on_disk = json.loads((out / "build_summary.json").read_text())
+    assert on_disk["synthetic"]["prompts_trimmed"] == summary["synthetic"]["prompts_trimmed"] == sum(expected)
+    assert f"prompts cut to CLIP's token limit (after a whole word): {sum(expected)} of" in \
+        format_summary(summary, out)
