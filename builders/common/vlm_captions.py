@@ -1,13 +1,21 @@
 """VLM captions with Qwen2-VL (or any AutoModelForImageTextToText chat model), batched.
 
 The model and processor load from a local path or hub id (``vlm.model``); bf16 on a GPU,
-float32 on CPU unless ``vlm.dtype`` says otherwise. The image processor's ``max_pixels`` is
-always set, so a large input cannot explode the number of vision tokens. Greedy decoding keeps
-captions reproducible. One captioner is cached per process (a worker loads the model once).
+float32 on CPU unless ``vlm.dtype`` says otherwise. For the Qwen2-VL family (the config's
+``model_type``, see :data:`QWEN_VL_TYPES`) the image processor's pixel budget is always set, so a
+large input cannot explode the number of vision tokens; any other processor keeps its own sizes
+(a CLIP-style processor given that budget as its resize edge would see a small centre crop).
+Greedy decoding keeps captions reproducible. One captioner is cached per process (a worker loads
+the model once).
+
+:meth:`VLMCaptioner.answers` gives the raw answers, line breaks kept, for a parser that reads a
+structure (the synthetic describe stage); :meth:`VLMCaptioner.caption` gives one clean caption per
+image: markdown and a leading label ("**Caption:**") removed, whitespace collapsed.
 """
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,23 +64,45 @@ def _pick_device_dtype(cfg: VLMConfig):
     return device, dtype
 
 
+# Model types whose image processor is Qwen2-VL's (a pixel budget, not a resize edge).
+QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen2_5_omni", "qwen3_vl", "qwen3_5", "qwen3_omni")
+
+
+def is_qwen_vl(model_type: str) -> bool:
+    """Whether ``model_type`` (a config's) belongs to the Qwen2-VL family of processors."""
+    return model_type.startswith(QWEN_VL_TYPES)
+
+
+def apply_pixel_budget(processor, model_type: str, cfg: VLMConfig) -> bool:
+    """Set ``cfg``'s min/max pixels on a Qwen2-VL-family processor; others are left as they are.
+
+    Returns whether the budget was applied."""
+    if not is_qwen_vl(model_type):
+        return False
+    ip = processor.image_processor
+    # Qwen2-VL reads the pixel budget from size (transformers 5); older names kept in step.
+    ip.size = {"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}
+    for name, value in (("min_pixels", cfg.min_pixels), ("max_pixels", cfg.max_pixels)):
+        if getattr(ip, name, None) is not None:
+            setattr(ip, name, value)
+    return True
+
+
 class VLMCaptioner:
     """Caption lists of PIL images with one prompt."""
 
     def __init__(self, cfg: VLMConfig):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         if not cfg.model:
             raise ValueError("vlm.model is empty: set a local path or hub id to enable VLM captions")
         self.cfg = cfg
         self.device, self.dtype = _pick_device_dtype(cfg)
         self.processor = AutoProcessor.from_pretrained(cfg.model)
-        ip = self.processor.image_processor
-        # Qwen2-VL reads the pixel budget from size (transformers 5); older names kept in step.
-        ip.size = {"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}
-        for name, value in (("min_pixels", cfg.min_pixels), ("max_pixels", cfg.max_pixels)):
-            if getattr(ip, name, None) is not None:
-                setattr(ip, name, value)
+        model_type = AutoConfig.from_pretrained(cfg.model).model_type
+        if not apply_pixel_budget(self.processor, model_type, cfg):
+            log.info("VLM %s is %s, not Qwen2-VL: its processor keeps its own image size "
+                     "(vlm.max_pixels/min_pixels not used)", cfg.model, model_type)
         tok = self.processor.tokenizer
         tok.padding_side = "left"  # generation appends on the right: pad on the left
         if tok.pad_token is None:
@@ -91,10 +121,14 @@ class VLMCaptioner:
         return _QWEN_PROMPT.format(prompt=self.cfg.prompt)
 
     def caption(self, images: list[Image.Image]) -> list[str | None]:
-        """One caption per image (None when the model produced only whitespace)."""
+        """One clean caption per image (None when nothing but markdown or whitespace came back)."""
+        return [clean_caption(a) for a in self.answers(images)]
+
+    def answers(self, images: list[Image.Image]) -> list[str]:
+        """The model's raw answer per image, line breaks and markdown kept."""
         import torch
 
-        out: list[str | None] = []
+        out: list[str] = []
         bs = self.cfg.batch_size
         tok = self.processor.tokenizer
         for i in range(0, len(images), bs):
@@ -106,14 +140,61 @@ class VLMCaptioner:
                                           do_sample=False, pad_token_id=tok.pad_token_id)
             texts = self.processor.batch_decode(gen[:, inputs["input_ids"].shape[1]:],
                                                 skip_special_tokens=True)
-            out += [_clean(t) for t in texts]
+            out += [_printable(t) for t in texts]
         return out
 
 
-def _clean(text: str) -> str | None:
-    """Collapse whitespace and drop control characters; None when nothing is left."""
-    text = "".join(ch for ch in text if ch.isprintable() or ch.isspace())
-    return " ".join(text.split()) or None
+def _printable(text: str) -> str:
+    """``text`` without control characters; line breaks kept (they carry an answer's structure)."""
+    return "".join(ch for ch in text if ch.isprintable() or ch in "\n\t ").strip()
+
+
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s*")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+\u2022\u2013]|\d{1,3}[.)])(?:\s+|$)")
+_EMPHASIS = re.compile(r"(\*{1,3}|_{2,3}|`+)(?=\S)(.+?)(?<=\S)\1")
+_LEFT_MARKERS = re.compile(r"\*{2,3}|_{2,3}|`+")
+
+
+def strip_markdown(line: str) -> str:
+    """One line of a chat answer as plain text: heading marks, a bullet or list number, bold /
+    italics / code markers and quote marks at the start are removed; the words stay."""
+    line = _HEADING.sub("", line)
+    line = re.sub(r"^\s*>\s*", "", line)
+    line = _LIST_ITEM.sub("", line)
+    line = _EMPHASIS.sub(r"\2", line)
+    line = _LEFT_MARKERS.sub("", line)  # an unpaired "**" (an answer cut by max_new_tokens)
+    return line.strip()
+
+
+_NAMES = r"caption|description|objects?(?:\s+in\s+(?:view|the\s+image))?|visible\s+objects"
+# A label alone on its line (a heading, "**Objects**"), or a label with a colon anywhere in a line
+# (the one-line "Caption: ... Objects: ..." form).
+_SECTION = re.compile(rf"^[ \t]*(?P<alone>{_NAMES})[ \t]*:?[ \t]*$|(?:^|(?<=\s))(?P<name>{_NAMES})\s*:",
+                      re.I | re.M)
+
+
+def answer_sections(raw: str) -> tuple[str, str | None]:
+    """(caption text, object-list text or None) of a chat answer, markdown removed line by line.
+
+    The first non-empty section of each kind is used; without a caption label the caption is the
+    text before the first label (the whole answer when it has none). Line breaks are kept in
+    both parts: an object list may be a bulleted or numbered column."""
+    text = "\n".join(strip_markdown(line) for line in _printable(raw).splitlines())
+    found: dict[str, str] = {}
+    marks = list(_SECTION.finditer(text))
+    for m, nxt in zip(marks, marks[1:] + [None]):
+        kind = "objects" if "object" in (m.group("alone") or m.group("name")).lower() else "caption"
+        body = text[m.end():nxt.start() if nxt else len(text)].strip()
+        if body and kind not in found:
+            found[kind] = body
+    lead = text[:marks[0].start()] if marks else text
+    return found.get("caption", lead), found.get("objects")
+
+
+def clean_caption(raw: str | None) -> str | None:
+    """The caption of a chat answer: markdown, labels ("**Caption:**") and any object-list
+    section removed, whitespace collapsed; None when nothing is left (the caller counts it)."""
+    return " ".join(answer_sections(raw or "")[0].split()).strip(" \"'") or None
 
 
 def get_captioner(cfg: VLMConfig) -> VLMCaptioner:

@@ -97,6 +97,9 @@ def build_unit(unit: Unit, cfg: RealBuildConfig, output: str) -> UnitResult:
                                      owned=owned, augs=augs)
                 if owned and not samples:
                     skips.add("no_caption", key=key, url=item.path)
+                elif owned and cfg.vlm.model and vcap is None:
+                    # an empty (or markdown-only) answer: the image keeps its other captions
+                    skips.add("vlm_no_caption", key=key, url=item.path)
                 for s in samples:
                     w.write(s)
         by_kind = dict(w.stats.by_kind)

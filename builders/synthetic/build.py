@@ -65,13 +65,30 @@ def _counts(kinds: Counter) -> dict:
     return {"synthetic": sum(kinds.values())}
 
 
+def inpaint_fallbacks(tally: Counter) -> dict:
+    """Per inpaint mode, from the planners' tally: variants that drew it, how many it could not
+    apply to (they fell back to ``modes.fallback``, or were skipped when that is empty), the
+    rate and the reasons."""
+    out = {}
+    for mode in ("inpaint_replace", "inpaint_remove"):
+        drawn = tally.get(f"drawn:{mode}", 0)
+        prefix = f"unapplied:{mode}:"
+        reasons = {k[len(prefix):]: v for k, v in sorted(tally.items()) if k.startswith(prefix)}
+        n = sum(reasons.values())
+        out[mode] = {"drawn": drawn, "fell_back": n, "rate": round(n / drawn, 4) if drawn else 0.0,
+                     "reasons": reasons}
+    return out
+
+
 def _synthetic_stats(results: list[UnitResult], cfg: SyntheticBuildConfig) -> dict:
     by_mode: Counter = Counter()
     seconds: Counter = Counter()
+    tally: Counter = Counter()
     checked = ok = trimmed = 0
     for r in results:
         seconds.update(r.extra.get("stage_seconds") or {})
         by_mode.update(r.extra.get("by_mode") or r.by_kind)
+        tally.update(r.extra.get("mode_tally") or {})
         checked += r.extra.get("verify_checked", 0)
         ok += r.extra.get("verify_ok", 0)
         trimmed += r.extra.get("prompts_trimmed", 0)
@@ -79,6 +96,7 @@ def _synthetic_stats(results: list[UnitResult], cfg: SyntheticBuildConfig) -> di
             "prompts_trimmed": trimmed,
             "source_images": sum(r.source_images for r in results),
             "per_image": cfg.modes.per_image,
+            "inpaint_fallbacks": inpaint_fallbacks(tally), "fallback_mode": cfg.modes.fallback,
             "stage_seconds_this_run": {k: round(v, 3) for k, v in seconds.items()},
             "models": {s: str(getattr(getattr(cfg, s), "model", "")) for s in STAGES if s != "verify"}}
 
@@ -135,6 +153,16 @@ def _build_locked(cfg: SyntheticBuildConfig, out: Path, *, progress: bool) -> di
     return summary
 
 
+def _fallback_line(fallbacks: dict, to: str) -> str:
+    """"inpaint modes not applied (-> img2img): inpaint_replace 3 of 10 (30.0%: no_boxes 3), ..."."""
+    parts = []
+    for mode, f in fallbacks.items():
+        why = ", ".join(f"{k} {v}" for k, v in f["reasons"].items())
+        parts.append(f"{mode} {f['fell_back']} of {f['drawn']}"
+                     + (f" ({100 * f['rate']:.1f}%: {why})" if f["fell_back"] else ""))
+    return f"  inpaint modes not applied (-> {to or 'skipped'}): " + ", ".join(parts)
+
+
 def format_summary(summary: dict, out: str | Path) -> str:
     """Human-readable end-of-build report."""
     s = summary["splits"].get("train", {"shards": 0, "samples": 0, "source_images": 0})
@@ -149,6 +177,8 @@ def format_summary(summary: dict, out: str | Path) -> str:
     if syn.get("prompts_trimmed"):
         lines.append(f"  prompts cut to CLIP's token limit (after a whole word): {syn['prompts_trimmed']} "
                      f"of {s['samples']}")
+    if syn.get("inpaint_fallbacks"):
+        lines.append(_fallback_line(syn["inpaint_fallbacks"], syn.get("fallback_mode", "")))
     if summary.get("preview"):
         lines.append(f"  preview: {summary['preview']}")
     if summary["skipped"]:

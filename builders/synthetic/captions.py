@@ -69,6 +69,8 @@ def singular(noun: str) -> str:
         out = _IRREGULAR_SINGULAR[low]
     elif low.endswith("ies") and len(low) > 4:
         out = last[:-3] + "y"
+    elif re.search(r"(ouse|ourse|ase)s$", low):
+        out = last[:-1]  # houses, warehouses, golf courses, bases: the singular ends in "e"
     elif re.search(r"(ses|xes|zes|ches|shes)$", low):
         out = last[:-2]
     elif low.endswith("s") and not low.endswith(("ss", "us", "is")):

@@ -16,13 +16,16 @@ the same plan. How each caption stays true of the new image:
 - ``text2img``: a new image from the enriched caption (describe caption + B2C layout caption);
   the layout is not kept, so the stored captions have their position phrases removed.
 
-An inpaint mode that cannot apply (no boxes, no caption left) falls back to ``modes.fallback``
-and the reason is counted.
+Grounded labels are reduced to the vocabulary noun they end in ("white car", "parked cars" ->
+"car"), so an object the VLM named with an adjective is still editable. An inpaint mode that
+cannot apply falls back to ``modes.fallback`` and the reason is counted: ``no_boxes``,
+``not_in_vocabulary``, ``box_too_large`` or ``no_caption_left``.
 """
 from __future__ import annotations
 
 import hashlib
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 from builders.real.b2c import spatial_phrase
@@ -82,6 +85,22 @@ def norm_label(label: str) -> str:
     return singular(" ".join(str(label).lower().split()))
 
 
+def vocabulary_noun(label: str, vocab: dict[str, list[str]]) -> str | None:
+    """The vocabulary noun that ends ``label`` (singular or plural), its modifiers dropped:
+    "white car", "parked cars" -> "car"; "small storage tanks" -> "storage tank"; None when
+    ``label`` ends in no vocabulary noun. Only the last words count: English puts the head noun
+    last, so a "car park" is not a car and a "house roof" is not a house."""
+    words = norm_label(label).split()
+    nouns = {norm_label(n) for ns in vocab.values() for n in ns}
+    return next((tail for i in range(len(words)) if (tail := " ".join(words[i:])) in nouns), None)
+
+
+def vocab_label(label: str, vocab: dict[str, list[str]]) -> str:
+    """``label`` as grounding and editing use it: its vocabulary noun when it ends in one (so a
+    "white car" can be edited as a car), else the label normalised."""
+    return vocabulary_noun(label, vocab) or norm_label(label)
+
+
 def draw_mode(rng: random.Random, cfg: ModesConfig) -> str:
     weights = [getattr(cfg.mix, m) for m in MODES]
     return rng.choices(MODES, weights=weights, k=1)[0]
@@ -122,9 +141,17 @@ def _area(b: dict) -> float:
 def editable_boxes(boxes: list[dict], cfg: ModesConfig) -> list[int]:
     """Boxes an inpaint mode may edit: objects of the vocabulary (not scene nouns such as
     "beach" or "farmland", whose box is the whole tile) no larger than ``max_box_area``."""
-    nouns = {norm_label(n) for ns in cfg.vocabulary.values() for n in ns}
     return [i for i, b in enumerate(boxes)
-            if norm_label(b["label"]) in nouns and 0 < _area(b) <= cfg.max_box_area]
+            if vocabulary_noun(b["label"], cfg.vocabulary) and 0 < _area(b) <= cfg.max_box_area]
+
+
+def not_editable_reason(boxes: list[dict], cfg: ModesConfig) -> str:
+    """Why no box of ``boxes`` is editable (the counted reason of an inpaint mode's fallback)."""
+    if not boxes:
+        return "no_boxes"                  # nothing grounded (or every mask came out empty)
+    if not any(vocabulary_noun(b["label"], cfg.vocabulary) for b in boxes):
+        return "not_in_vocabulary"         # only scene nouns or objects modes.vocabulary lacks
+    return "box_too_large"                 # vocabulary objects, each over modes.max_box_area
 
 
 def _pick_label(boxes: list[dict], captions: list[str], rng: random.Random) -> str | None:
@@ -169,7 +196,7 @@ def _replace(src: SourceText, boxes: list[dict], rng: random.Random, cfg: ModesC
     ok = editable_boxes(boxes, cfg)
     label = _pick_label([boxes[i] for i in ok], caps, rng)
     if label is None:
-        return "no_editable_object"
+        return not_editable_reason(boxes, cfg)
     idx = [i for i in ok if norm_label(boxes[i]["label"]) == label]
     new = norm_label(pick_replacement(label, rng, cfg.vocabulary))
     out_c, out_s = [], []
@@ -196,7 +223,7 @@ def _remove(src: SourceText, boxes: list[dict], rng: random.Random, cfg: ModesCo
     ok = editable_boxes(boxes, cfg)
     label = _pick_label([boxes[i] for i in ok], caps, rng)
     if label is None:
-        return "no_editable_object"
+        return not_editable_reason(boxes, cfg)
     idx = [i for i in ok if norm_label(boxes[i]["label"]) == label]
     gone = sorted(idx, key=lambda j: (-float(boxes[j].get("score", 0.0)), j))[:cfg.remove_count]
     out_c, out_s = [], []
@@ -263,19 +290,25 @@ _PLANNERS = {"inpaint_replace": _replace, "inpaint_remove": _remove, "img2img": 
 
 
 def plan_variants(src: SourceText, boxes: list[dict], cfg: ModesConfig, *, seed: int,
-                  out_key) -> tuple[list[VariantPlan], list[str]]:
+                  out_key, tally: Counter | None = None) -> tuple[list[VariantPlan], list[str]]:
     """Plans for ``cfg.per_image`` variants of one source, and the reasons of the ones skipped.
 
-    ``out_key(parent, variant)`` names each synthetic sample.
+    ``out_key(parent, variant)`` names each synthetic sample. ``tally``, when given, counts each
+    drawn mode (``drawn:<mode>``) and each inpaint mode that could not apply
+    (``unapplied:<mode>:<reason>``), whether it then fell back or was skipped.
     """
     plans, skips = [], []
-    boxes = [{**b, "label": norm_label(b["label"])} for b in boxes]
+    tally = Counter() if tally is None else tally
+    boxes = [{**b, "label": vocab_label(b["label"], cfg.vocabulary)} for b in boxes]
     for v in range(cfg.per_image):
         s = variant_seed(seed, src.key, v)
         rng = random.Random(s)
         mode = draw_mode(rng, cfg)
+        tally[f"drawn:{mode}"] += 1
         got = _PLANNERS[mode](src, boxes, rng, cfg)
         fallback = None
+        if isinstance(got, str) and mode.startswith("inpaint"):
+            tally[f"unapplied:{mode}:{got}"] += 1
         if isinstance(got, str) and mode.startswith("inpaint") and cfg.fallback:
             fallback = f"{mode}:{got}"
             mode = cfg.fallback

@@ -9,6 +9,7 @@ later stages can do without it (no caption, no boxes), or is dropped (no upscale
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from builders.synthetic.models import StageModels
-from builders.synthetic.modes import SourceText, VariantPlan, norm_label, plan_variants
+from builders.synthetic.modes import SourceText, VariantPlan, norm_label, plan_variants, vocab_label
 from builders.synthetic.work import ChunkWork
 
 log = logging.getLogger(__name__)
@@ -77,13 +78,15 @@ def run_describe(models: StageModels, chunk: list[Source], work: ChunkWork) -> N
 
 
 def objects_of(desc: dict | None, source: Source, cfg) -> list[str]:
-    """The describe stage's objects, then the aerial nouns the parent's own captions name."""
+    """The describe stage's objects, then the aerial nouns the parent's own captions name; each
+    reduced to the editable vocabulary's noun it ends in ("white car" -> "car"), so what is
+    grounded under that label can be edited."""
     objs = [] if not desc or "skip" in desc else [str(o) for o in desc.get("objects", [])]
     if cfg.objects_from_captions:
         from builders.synthetic.stages.describe import nouns_in
 
         objs += [n for c in source.captions for n in nouns_in(c, cfg.describe.nouns)]
-    seen = dict.fromkeys(norm_label(o) for o in objs if str(o).strip())
+    seen = dict.fromkeys(vocab_label(o, cfg.modes.vocabulary) for o in objs if str(o).strip())
     return list(seen)[:cfg.describe.max_objects]
 
 
@@ -143,6 +146,7 @@ def plan_chunk(chunk: list[Source], work: ChunkWork, cfg, out_key: Callable) -> 
     alive = set(_alive(work.read("upscale")))
     plans: dict = {}
     skipped: dict = {}
+    tally: Counter = Counter()  # modes drawn, inpaint modes that could not apply (and why)
     for s in chunk:
         if s.key not in alive:
             continue
@@ -151,14 +155,14 @@ def plan_chunk(chunk: list[Source], work: ChunkWork, cfg, out_key: Callable) -> 
         index = [i for i in range(len(boxes)) if "skip" not in sg and i < sg.get("masks", 0)
                  and i not in sg.get("empty", [])]
         got, why = plan_variants(_source_text(s, desc.get(s.key)), [boxes[i] for i in index],
-                                 cfg.modes, seed=cfg.seed, out_key=out_key)
+                                 cfg.modes, seed=cfg.seed, out_key=out_key, tally=tally)
         # mask_boxes index the usable boxes; map them back to the mask files
         for p in got:
             p.mask_boxes = [index[j] for j in p.mask_boxes]
             plans[p.key] = p
         if why:
             skipped[s.key] = why
-    return {"plans": plans, "plan_skips": skipped}
+    return {"plans": plans, "plan_skips": skipped, "mode_tally": dict(sorted(tally.items()))}
 
 
 def run_generate(models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
@@ -199,7 +203,8 @@ def run_generate(models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
         else:
             work.save_image("generate", k, r.convert("RGB"))
             results[k] = {**plans[k].to_dict(), "prompt_trimmed": trimmed[k]}
-    work.write("generate", {"results": results, "plan_skips": planned["plan_skips"]})
+    work.write("generate", {"results": results, "plan_skips": planned["plan_skips"],
+                            "mode_tally": planned["mode_tally"]})
 
 
 def run_verify(models: StageModels, chunk: list[Source], work: ChunkWork, cfg) -> None:

@@ -135,11 +135,14 @@ def write_unit_shard(unit: SynthUnit, chunks: list[list[Source]], cfg, output: s
 
     The skip counts and tallies are written inside the shard's atomic window (before the tar's
     rename and stats), so a finished shard always has them."""
-    tallies = {"by_mode": Counter(), "verify_checked": 0, "verify_ok": 0, "prompts_trimmed": 0}
+    tallies = {"by_mode": Counter(), "verify_checked": 0, "verify_ok": 0, "prompts_trimmed": 0,
+               "mode_tally": Counter()}
     with ShardWriter(unit.path(output)) as wr:
         for i, chunk in enumerate(chunks):
             w = chunk_work(work_dir, unit.name, i)
-            gen, ver = w.read("generate")["results"], w.read("verify")
+            generate, ver = w.read("generate"), w.read("verify")
+            gen = generate["results"]
+            tallies["mode_tally"].update(generate.get("mode_tally", {}))  # absent: older work
             cls = {s.key: s.cls for s in chunk}
             for k, plan in gen.items():
                 if "skip" in plan:
@@ -153,6 +156,7 @@ def write_unit_shard(unit: SynthUnit, chunks: list[list[Source]], cfg, output: s
                     tallies["verify_checked"] += 1
                     tallies["verify_ok"] += int(ver[k]["ok"])
         tallies["by_mode"] = dict(sorted(tallies["by_mode"].items()))
+        tallies["mode_tally"] = dict(sorted(tallies["mode_tally"].items()))
         tallies["source_images"] = source_images
         write_json(unit_work(work_dir, unit.name) / "summary.json", tallies)
         if skips:

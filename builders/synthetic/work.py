@@ -7,7 +7,8 @@ Layout (one folder per output shard, one per chunk of its source images)::
         describe.json          {key: {"caption", "objects", "raw", "fallback"} | {"skip": reason}}
         ground.json            {key: [box, ...] | {"skip": reason}}
         segment/<key>.png      segment.json   {key: {"masks": n, "empty": [i, ...]} | {"skip": reason}}
-        generate/<out key>.png generate.json  {out key: plan dict | {"skip": reason}}
+        generate/<out key>.png generate.json  {"results": {out key: plan dict | {"skip": reason}},
+                                               "plan_skips": {key: [reason]}, "mode_tally": {...}}
         verify.json            {out key: verify dict | null}
 
 A stage's JSON is written atomically after all its files, so it is the stage's "done" mark; a

@@ -1,4 +1,4 @@
-"""Fixtures for builder tests: tiny demo trees, caption files, a tiny random-weight Qwen2-VL."""
+"""Fixtures for builder tests: tiny demo trees, caption files, tiny random-weight VLMs (Qwen2-VL, LLaVA)."""
 from __future__ import annotations
 
 import json
@@ -85,3 +85,78 @@ def make_tiny_qwen2vl(out: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory) -> Path:
     return make_tiny_qwen2vl(tmp_path_factory.mktemp("tiny_qwen2vl"))
+
+
+def make_tiny_llava(out: Path) -> Path:
+    """Save a random-weight LLaVA (CLIP vision tower, 1-layer Llama, width 32): a non-Qwen
+    ``AutoModelForImageTextToText`` whose CLIP image processor resizes its shortest edge to 32 px
+    and centre-crops 32 x 32, with a chat template, all built offline."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for s in specials:
+        vocab[s] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens(specials)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>", unk_token="<unk>")
+    template = ("{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}"
+                "<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %} ASSISTANT:")
+    proc = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                             crop_size={"height": 32, "width": 32}),
+                          tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1, chat_template=template, image_token="<image>")
+    ids = {s: tok.convert_tokens_to_ids(s) for s in specials}
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, image_size=32, patch_size=8,
+                                       projection_dim=32),
+        text_config=LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                max_position_embeddings=256, bos_token_id=ids["<s>"],
+                                eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"]),
+        image_token_id=ids["<image>"], vision_feature_layer=-1, vision_feature_select_strategy="default")
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(cfg).save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> Path:
+    return make_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
+
+
+@pytest.fixture
+def script_vlm(monkeypatch):
+    """``script_vlm(captioner, answers)``: the loaded VLM's ``generate`` writes ``answers`` (in
+    order, across batches) after each prompt, tokenised by its own tokenizer, as trained weights
+    would answer; random weights cannot. Processor, decoding and parsing stay the real path."""
+    def install(captioner, answers: list[str]) -> None:
+        import torch
+
+        tok = captioner.processor.tokenizer
+        todo = list(answers)
+
+        def generate(input_ids, **_):
+            ids = [tok(todo.pop(0), add_special_tokens=False)["input_ids"] for _ in input_ids]
+            width = max(map(len, ids))
+            tail = torch.tensor([a + [tok.pad_token_id] * (width - len(a)) for a in ids],
+                                dtype=input_ids.dtype)
+            return torch.cat([input_ids, tail], dim=1)
+
+        monkeypatch.setattr(captioner.model, "generate", generate)
+    return install

@@ -8,6 +8,8 @@ two-line answer::
     Objects: <comma-separated list>
 
 and :func:`parse_description` also accepts a JSON object ``{"caption": ..., "objects": [...]}``.
+It reads the raw answer, line breaks kept, and drops chat markdown (``**Caption:**``, ``###``,
+bullets, numbered lists) per line, so an object list may be a bulleted or numbered column too.
 An answer in neither form (or with no usable object list) falls back to the aerial nouns found in
 the caption (``nouns``; ``fallback=True`` records that). An empty answer is ``Skip("no caption")``.
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from builders.common.vlm_captions import answer_sections
 from builders.synthetic.stages.base import Skip, Stage
 
 log = logging.getLogger(__name__)
@@ -125,9 +128,16 @@ def nouns_in(caption: str, vocabulary: list[str]) -> list[str]:
     return list(dict.fromkeys(n for _, n in sorted(found)))
 
 
+_NOT_OBJECTS = {"none", "nothing", "etc", "other", "others", "n a", "no objects", "not visible"}
+
+
 def _split_objects(text: str) -> list[str]:
-    parts = re.split(r",|;|\n|\band\b|\.(?:\s|$)", text)
-    return [c for c in (clean_object(p) for p in parts) if c]
+    """An object list as written: one per line or bullet, or separated by commas, semicolons,
+    "and", slashes or sentence ends; parenthesised remarks ("(many)") dropped."""
+    text = re.sub(r"\([^)]*\)", " ", text)
+    parts = re.split(r",|;|/|\n|\band\b|\.(?:\s|$)", text)
+    out = [clean_object(p) for p in parts]
+    return [c for c in out if c and c not in _NOT_OBJECTS]
 
 
 def _parse_json(raw: str) -> tuple[str, list[str]] | None:
@@ -145,23 +155,23 @@ def _parse_json(raw: str) -> tuple[str, list[str]] | None:
     return obj["caption"], [c for c in (clean_object(str(x)) for x in items) if c]
 
 
-_FORMAT = re.compile(r"caption\s*:\s*(?P<cap>.*?)\s*objects?(?: in view)?\s*:\s*(?P<obj>.*)$", re.I | re.S)
-
-
 def parse_description(raw: str | None, *, nouns: list[str], max_objects: int = 8) -> Description | None:
-    """The caption and objects of a VLM answer; None when the answer holds no caption at all."""
+    """The caption and objects of a VLM answer; None when the answer holds no caption at all.
+
+    The raw answer is parsed line by line: markdown (headings, bullets, list numbers, bold and
+    italics) is removed from each line before its section is found, so a bulleted object list
+    splits on its line breaks; whitespace is normalised last."""
     raw = (raw or "").strip()
     parsed = _parse_json(raw)
-    if parsed is None and (m := _FORMAT.search(raw)):
-        parsed = m.group("cap"), _split_objects(m.group("obj"))
     if parsed is None:
-        caption, objects = re.sub(r"^\s*caption\s*:\s*", "", raw, flags=re.I), []
+        caption, obj_text = answer_sections(raw)
+        objects = _split_objects(obj_text) if obj_text else []
     else:
         caption, objects = parsed
     caption = " ".join(caption.split()).strip(" \"'")
     if not re.search(r"[A-Za-z]{2}", caption):
         return None
-    fallback = parsed is None or not objects
+    fallback = not objects
     if fallback:
         objects = nouns_in(caption, nouns)
     return Description(caption=caption, objects=list(dict.fromkeys(objects))[:max_objects], raw=raw,
@@ -183,7 +193,7 @@ class Describer(Stage):
             device=str(self.device), dtype=dtype, max_pixels=c.max_pixels, min_pixels=c.min_pixels))
 
     def _batch(self, batch: list[Image.Image]) -> list:
-        answers = self.captioner.caption(batch)
+        answers = self.captioner.answers(batch)  # raw: the object list's line breaks matter
         out: list = []
         for raw in answers:
             d = parse_description(raw, nouns=self.cfg.nouns, max_objects=self.cfg.max_objects)

@@ -17,7 +17,9 @@ from builders.synthetic.captions import (
 @pytest.mark.parametrize("noun,pl", [("car", "cars"), ("bus", "buses"), ("storage tank", "storage tanks"),
                                      ("factory", "factories"), ("church", "churches"),
                                      ("person", "people"), ("swimming pool", "swimming pools"),
-                                     ("roof", "roofs"), ("greenhouse", "greenhouses")])
+                                     ("roof", "roofs"), ("greenhouse", "greenhouses"),
+                                     ("house", "houses"), ("warehouse", "warehouses"),
+                                     ("golf course", "golf courses")])
 def test_plural_and_singular_round_trip(noun, pl):
     assert plural(noun) == pl
     assert singular(pl) == noun
@@ -87,6 +89,7 @@ def test_replace_of_an_unnamed_label_adds_a_clause_with_its_position():
     ("a beach with sand and two boats", "boat", 1, 2, "A beach with sand and a boat"),
     ("Two houses, one car and a pool.", "car", 1, 1, "Two houses and a pool."),
     ("A forest with a lake.", "car", 1, 2, "A forest with a lake."),     # not named: unchanged
+    ("Two small houses by a road.", "house", 1, 2, "A small house by a road."),
 ])
 def test_remove_decreases_counts(caption, label, removed, detected, expected):
     assert remove_object(caption, label, removed=removed, detected=detected) == expected

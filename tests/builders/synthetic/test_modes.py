@@ -1,9 +1,18 @@
 """Variant planning: modes from the mix, seeds from (seed, key, variant), captions per mode."""
+from collections import Counter
+
 import pytest
 
 from builders.synthetic.captions import find_mentions, plural
 from builders.synthetic.config import ModesConfig
-from builders.synthetic.modes import SourceText, plan_variants, variant_seed
+from builders.synthetic.modes import (
+    SourceText,
+    norm_label,
+    plan_variants,
+    variant_seed,
+    vocab_label,
+    vocabulary_noun,
+)
 from wds_tools.config import load_config
 
 CARS = [{"box": [0.1, 0.1, 0.2, 0.2], "label": "car", "score": 0.9, "source": "grounding_dino"},
@@ -66,13 +75,61 @@ def test_inpaint_remove_lowers_the_count_and_drops_the_box():
 
 def test_no_editable_object_falls_back_and_is_counted():
     lot_only = [CARS[2]]   # scenery covering the tile: never edited
-    plans, skips = plan_variants(SRC, lot_only, _modes(inpaint_remove=1), seed=0, out_key=_key)
+    tally = Counter()
+    plans, skips = plan_variants(SRC, lot_only, _modes(inpaint_remove=1), seed=0, out_key=_key,
+                                 tally=tally)
     assert [p.mode for p in plans] == ["img2img"] * 3
-    assert all(p.fallback == "inpaint_remove:no_editable_object" for p in plans)
+    assert all(p.fallback == "inpaint_remove:box_too_large" for p in plans)
+    assert tally == {"drawn:inpaint_remove": 3, "unapplied:inpaint_remove:box_too_large": 3}
     cfg = _modes(inpaint_remove=1)
     cfg.fallback = ""
     plans, skips = plan_variants(SRC, lot_only, cfg, seed=0, out_key=_key)
-    assert plans == [] and skips == ["inpaint_remove:no_editable_object"] * 3
+    assert plans == [] and skips == ["inpaint_remove:box_too_large"] * 3
+
+
+@pytest.mark.parametrize("boxes,reason", [
+    ([], "no_boxes"),
+    ([{**CARS[0], "label": "beach"}, {**CARS[0], "label": "car park"}], "not_in_vocabulary"),
+    ([CARS[2]], "box_too_large")])
+def test_a_fallback_says_why(boxes, reason):
+    tally = Counter()
+    plans, _ = plan_variants(SRC, boxes, _modes(inpaint_replace=1), seed=0, out_key=_key, tally=tally)
+    assert {p.fallback for p in plans} == {f"inpaint_replace:{reason}"}
+    assert tally[f"unapplied:inpaint_replace:{reason}"] == tally["drawn:inpaint_replace"] == 3
+
+
+@pytest.mark.parametrize("label,noun", [
+    ("white car", "car"), ("parked cars", "car"), ("Small House", "house"), ("small houses", "house"),
+    ("red-roofed warehouses", "warehouse"), ("large storage tanks", "storage tank"),
+    ("two buses", "bus"), ("car", "car"),
+    ("car park", None), ("house roof", None), ("beach", None), ("sandy beach", None)])
+def test_a_label_reduces_to_the_vocabulary_noun_it_ends_in(label, noun):
+    vocab = ModesConfig().vocabulary
+    assert vocabulary_noun(label, vocab) == noun
+    assert vocab_label(label, vocab) == (noun or norm_label(label))
+
+
+def test_objects_named_with_adjectives_are_edited_not_fallen_back():
+    named = [{**CARS[0], "label": "white car"}, {**CARS[1], "label": "parked cars"}, CARS[2]]
+    tally = Counter()
+    plans, skips = plan_variants(SRC, named, _modes(inpaint_replace=1), seed=0, out_key=_key,
+                                 tally=tally)
+    assert not skips and [p.mode for p in plans] == ["inpaint_replace"] * 3
+    assert all(p.fallback is None and p.label == "car" and p.mask_boxes == [0, 1] for p in plans)
+    assert tally == {"drawn:inpaint_replace": 3}
+    removed, _ = plan_variants(SRC, named, _modes(inpaint_remove=1), seed=0, out_key=_key)
+    assert removed[0].captions[0] == "A parking lot with a car in the upper left."
+
+
+def test_objects_are_grounded_under_their_vocabulary_noun():
+    from builders.synthetic.config import SyntheticBuildConfig
+    from builders.synthetic.pipeline import Source, objects_of
+
+    cfg = SyntheticBuildConfig()
+    src = Source(key="k", image=None, cls=None, captions=["two small houses by a road"],
+                 caption_sources=["original"])
+    desc = {"objects": ["white car", "parked cars", "car park", "small storage tanks"]}
+    assert objects_of(desc, src, cfg) == ["car", "car park", "storage tank", "house", "road"]
 
 
 def test_img2img_adds_the_variant_phrase_and_drops_colour_captions():

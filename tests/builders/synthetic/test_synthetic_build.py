@@ -88,6 +88,49 @@ def test_layout_contract_and_index(built, real_shards):  # noqa: F811
     assert all(":" in k for k in summary["skipped"])
 
 
+def _check_fallbacks(summary: dict, out: Path) -> dict:
+    """The summary's per-mode fallback counts agree with the samples and the last log lines."""
+    from builders.synthetic.build import format_summary
+
+    fallbacks = summary["synthetic"]["inpaint_fallbacks"]
+    on_disk = json.loads((out / "build_summary.json").read_text())["synthetic"]
+    assert on_disk["inpaint_fallbacks"] == fallbacks and on_disk["fallback_mode"] == "img2img"
+    samples = [s["json"] for s in _samples(out)]
+    assert not any(k.startswith(("generate:", "plan:")) for k in summary["skipped"])
+    # every variant drew one mode; what an inpaint mode could not take became an img2img sample
+    # whose fallback names the mode and the reason
+    drawn_elsewhere = sum(m["mode"] in ("img2img", "text2img") and not m["fallback"] for m in samples)
+    assert sum(f["drawn"] for f in fallbacks.values()) + drawn_elsewhere == len(samples)
+    for mode, f in fallbacks.items():
+        fell = [m["fallback"].split(":", 1)[1] for m in samples if (m["fallback"] or "").startswith(mode)]
+        assert f["fell_back"] == len(fell) == sum(f["reasons"].values())
+        assert f["reasons"] == {r: fell.count(r) for r in sorted(set(fell))}
+        assert f["drawn"] == f["fell_back"] + sum(m["mode"] == mode for m in samples)
+        assert f["rate"] == (round(f["fell_back"] / f["drawn"], 4) if f["drawn"] else 0.0)
+    line = next(x for x in format_summary(summary, out).splitlines()
+                if x.startswith("  inpaint modes not applied (-> img2img): "))
+    assert all(f"{mode} {f['fell_back']} of {f['drawn']}" in line for mode, f in fallbacks.items())
+    return fallbacks
+
+
+def test_summary_reports_inpaint_fallbacks_per_mode(built, syn_cfg, real_shards, tmp_path):  # noqa: F811
+    _, ref, summary = built
+    assert sum(f["drawn"] for f in _check_fallbacks(summary, ref).values()) > 0
+    # no box small enough to edit: every inpaint draw falls back to img2img, and says why
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    summary = build_synthetic(syn_cfg(real_shards / "train", out, "stages=[generate]",
+                                      "modes.max_box_area=0.0", "modes.mix.img2img=0",
+                                      "modes.mix.text2img=0"), progress=False)
+    fallbacks = _check_fallbacks(summary, out)
+    assert sum(f["drawn"] for f in fallbacks.values()) == len(_samples(out)) > 0
+    for f in fallbacks.values():
+        assert f["fell_back"] == f["drawn"] and (f["rate"] == 1.0 or not f["drawn"])
+    why = {r for f in fallbacks.values() for r in f["reasons"]}
+    # the parents edited in the first build have vocabulary objects: now too large to edit
+    assert "box_too_large" in why and why <= {"no_boxes", "not_in_vocabulary", "box_too_large"}
+
+
 def test_rerun_keeps_shards_and_overwrite_is_byte_identical(built, syn_cfg, real_shards):  # noqa: F811
     cfg, out, _ = built
     before = shard_hashes(out)

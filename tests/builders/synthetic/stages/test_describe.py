@@ -75,3 +75,46 @@ def test_tiny_qwen2vl_end_to_end_is_deterministic(tiny_vlm):
     assert mixed[1].reason == "error: AttributeError" and [mixed[0], mixed[2]] == [out[0], out[2]]
     stage.unload()
     assert stage.captioner is None
+
+
+# Qwen2-VL-style answers to the describe prompt: (answer, caption, objects, objects fell back)
+QWEN_ANSWERS = [
+    ("Caption: A dense residential area with houses and trees.\nObjects:\n- houses\n- trees",
+     "A dense residential area with houses and trees.", ["house", "tree"], False),
+    ("**Caption:** A residential area with red-roofed houses along a road.\n\n**Objects:**\n"
+     "1. Houses\n2. Trees\n3. A road\n4. Cars (parked)",
+     "A residential area with red-roofed houses along a road.", ["house", "tree", "road", "car"], False),
+    ("### Caption\nAn airport with two airplanes on the apron.\n\n### Objects\n* airplanes\n"
+     "* runway\n* **terminal building**",
+     "An airport with two airplanes on the apron.", ["airplane", "runway", "terminal building"], False),
+    ("Caption: A harbor with boats. Objects: boats, a pier and storage tanks",
+     "A harbor with boats.", ["boat", "pier", "storage tank"], False),
+    ("A harbor with *many* boats beside a pier.\nObjects: boats, cranes and containers",
+     "A harbor with many boats beside a pier.", ["boat", "crane", "container"], False),
+    ("**Caption:** A bare field.\n**Objects:** none",
+     "A bare field.", ["field"], True),
+]
+
+
+@pytest.mark.parametrize("answer,caption,objects,fallback", QWEN_ANSWERS)
+def test_chat_markdown_answers_split_into_caption_and_objects(answer, caption, objects, fallback):
+    d = parse(answer)
+    assert (d.caption, d.objects, d.fallback) == (caption, objects, fallback)
+    assert d.raw == answer
+
+
+@pytest.mark.parametrize("answer", ["", "   \n", "**Caption:**\n**Objects:**", "Objects: cars, trees"])
+def test_an_answer_without_a_caption_is_none_not_markdown(answer):
+    assert parse(answer) is None   # the stage counts it: Skip("no caption") -> describe:no_caption
+
+
+def test_describer_parses_the_raw_answer_with_its_line_breaks(tiny_vlm, script_vlm):
+    cfg = DescribeConfig(model=str(tiny_vlm), batch_size=2, max_new_tokens=8, max_pixels=112 * 112)
+    images = [Image.new("RGB", (64, 64), (30 * i, 80, 50)) for i in range(3)]
+    stage = Describer(cfg, device="cpu").load()
+    script_vlm(stage.captioner, [QWEN_ANSWERS[0][0], QWEN_ANSWERS[1][0], ""])
+    first, second, empty = stage(images)
+    assert (first.caption, first.objects) == QWEN_ANSWERS[0][1:3]
+    assert (second.caption, second.objects) == QWEN_ANSWERS[1][1:3]
+    assert isinstance(empty, Skip) and empty.reason == "no caption"
+    stage.unload()
