@@ -10,7 +10,9 @@ spawned, never forked, and each interpreter starts with ``CUDA_VISIBLE_DEVICES``
 its one GPU, so nothing it imports (diffusers asks ``torch.cuda.is_available()`` at import) can
 see another device; this process never calls into CUDA (GPUs are found with NVML, see
 :mod:`builders.common.gpus`). CPU pools fork workers from a fork server that preloads the
-libraries once. Ray tasks request ``num_gpus=gpus_per_task`` (fractions share a device).
+libraries once. Ray tasks request ``num_gpus=gpus_per_task`` (fractions share a device). A
+script (not ``python -m``) that runs a GPU pool needs an ``if __name__ == "__main__":`` guard:
+spawned workers import it again.
 
 With Ray on more than one machine, every node must see the input images and the output folder
 at the same paths (a shared file system), and this repository on its PYTHONPATH.
@@ -51,7 +53,7 @@ def resolve_workers(workers: int) -> int:
 def exit_with_parent(pid: int, start_time: int | None, interval: float = 0.5) -> None:
     """Pool-worker initializer: end this worker soon after the process ``pid`` is gone.
 
-    A worker's parent is the fork server, which lives as long as its workers do, so after a
+    A CPU worker's parent is the fork server, which lives as long as its workers do, so after a
     kill -9 of the builder nothing would end them: each would wait for work forever.
     """
     def watch() -> None:

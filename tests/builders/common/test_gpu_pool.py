@@ -42,7 +42,7 @@ visible_gpus()
 got = []
 run_local(_pinned_cuda_check, [0, 1], (sys.argv[1],), workers=2, on_done=got.append,
           gpus=["0", "1"], preload=("diffusers.utils.torch_utils",))
-print(json.dumps({"parent": os.getpid(), "workers": got}))
+print(json.dumps({"parent": os.getpid(), "workers": got, "after": os.environ.get("CUDA_VISIBLE_DEVICES")}))
 """
 
 
@@ -57,6 +57,7 @@ def test_no_process_calls_cuda_before_its_device_is_pinned(tmp_path):
     run = json.loads(proc.stdout.strip().splitlines()[-1])
     pinned = {pid: visible for pid, visible in run["workers"]}
     assert sorted(pinned.values()) == ["0", "1"], run  # one worker per GPU, each its own
+    assert run["after"] is None  # the builder's own environment is as it was
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert pinned.keys() <= {c["pid"] for c in calls}, "the probe must record in every worker"
     assert [c for c in calls if c["pid"] == run["parent"]] == [], "the builder touched CUDA"
