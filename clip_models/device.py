@@ -13,10 +13,17 @@ if TYPE_CHECKING:
     import torch
 
 
-def _cuda_devices() -> str:
+def _cuda_count() -> int:
+    """CUDA devices here. ``torch.cuda.device_count()`` asks NVML first, where
+    ``is_available()`` initialises the CUDA runtime in this process (a builder's process hands
+    GPUs to its workers and must not fix its own device list)."""
     import torch
 
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return torch.cuda.device_count()
+
+
+def _cuda_devices() -> str:
+    n = _cuda_count()
     if not n:
         return "this machine has no CUDA device (use auto or cpu)"
     names = ", ".join(f"cuda:{i}" for i in range(n))
@@ -39,7 +46,7 @@ def check_device(device: str, *, where: str = "device") -> str:
         raise ValueError(f"{where} {device!r} is not a device: give auto, cpu, cuda or cuda:N; "
                          f"{_cuda_devices()}") from e
     if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        count = _cuda_count()
         if (dev.index or 0) >= count:
             raise ValueError(f"{where} {device!r} does not exist: {_cuda_devices()}")
     elif dev.type == "mps" and not torch.backends.mps.is_available():

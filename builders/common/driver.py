@@ -143,11 +143,13 @@ def save_build_files(cfg, out: Path, *, digest: str, units: Sequence) -> None:
 def run_with_progress(fn: Callable, units: Sequence, *args, executor: str, workers: int,
                       address: str = "", desc: str = "build", progress: bool = True,
                       gpus_per_task: float = 0.0, keep_going: bool = False,
-                      preload: Sequence[str] = ()) -> tuple[list[UnitResult], list[UnitFailure]]:
+                      preload: Sequence[str] = (), gpus: Sequence[str] | None = None,
+                      ) -> tuple[list[UnitResult], list[UnitFailure]]:
     """Run ``fn(unit, *args)`` for every unit with a progress bar; results sorted by name.
 
     With ``keep_going`` a failing unit is logged and recorded and the others go on. ``preload``:
-    modules a local worker pool imports once for all its workers.
+    modules every local worker starts with; ``gpus``: a local GPU pool's device ids (default:
+    the visible ones), see :func:`builders.common.executors.run_units`.
     """
     results: list[UnitResult] = []
     failures: list[UnitFailure] = []
@@ -167,7 +169,7 @@ def run_with_progress(fn: Callable, units: Sequence, *args, executor: str, worke
     try:
         run_units(fn, units, *args, executor=executor, workers=workers, address=address,
                   on_done=done, on_error=failed if keep_going else None,
-                  gpus_per_task=gpus_per_task, preload=preload)
+                  gpus_per_task=gpus_per_task, preload=preload, gpus=gpus)
     finally:
         bar.close()
     return sorted(results, key=lambda r: r.name), sorted(failures, key=lambda f: f.name)

@@ -22,10 +22,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from builders.common import driver
 from builders.common.driver import CONFIG_NAME, PLAN_NAME, PREVIEW_NAME, SUMMARY_NAME, UnitResult  # noqa: F401
+from builders.common.gpus import Placement, place_model
 from builders.common.inputs import SPLITS, read_items
 from builders.common.output import check_output_dir, lock_output, refuse_empty_build, remove_killed_temps
 from builders.common.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
@@ -69,6 +72,19 @@ def write_indexes(out: Path, results: list[UnitResult], cfg: RealBuildConfig) ->
     return summary
 
 
+def place_vlm(cfg: RealBuildConfig, *, gpus: Sequence[str] | None = None,
+              ) -> tuple[RealBuildConfig, Placement]:
+    """The config the workers get and where they run: a VLM on CUDA (``cuda``, or ``auto`` with
+    a GPU here) gets one worker per GPU, each pinned to its own, not one model copy per CPU core
+    on GPU 0; ``auto`` without a GPU runs on the CPU. ``gpus``: the GPU ids found here (default:
+    the visible ones, found without touching CUDA in this process)."""
+    if not cfg.vlm.model:
+        return cfg, Placement(cfg.vlm.device, 0.0, None, cfg.workers)
+    place = place_model(cfg.vlm.device, workers=cfg.workers, executor=cfg.executor,
+                        ray_address=cfg.ray_address, gpus=gpus, what=f"VLM captions ({cfg.vlm.model})")
+    return replace(cfg, workers=place.workers, vlm=replace(cfg.vlm, device=place.device)), place
+
+
 def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
     """Run the whole build for ``cfg``; returns the summary also written to build_summary.json."""
     if not cfg.input or not cfg.output:
@@ -91,9 +107,11 @@ def _build_locked(cfg: RealBuildConfig, out: Path, *, progress: bool) -> dict:
     prepare_output(units, out, overwrite=cfg.overwrite)
     driver.save_build_files(cfg, out, digest=plan_digest(units), units=units)
     start = time.perf_counter()
-    results, _ = driver.run_with_progress(build_unit, units, cfg, str(out), executor=cfg.executor,
-                                          workers=cfg.workers, address=cfg.ray_address,
-                                          desc="real build", progress=progress)
+    run_cfg, place = place_vlm(cfg)
+    results, _ = driver.run_with_progress(build_unit, units, run_cfg, str(out), executor=cfg.executor,
+                                          workers=run_cfg.workers, address=cfg.ray_address,
+                                          desc="real build", progress=progress,
+                                          gpus_per_task=place.gpus_per_task, gpus=place.gpus)
     refuse_empty_build(results, units, out, image_root=cfg.image_root, source=cfg.input,
                        build_files=(CONFIG_NAME, PLAN_NAME))
     summary = write_indexes(out, results, cfg)

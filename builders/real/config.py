@@ -103,7 +103,9 @@ class RealBuildConfig:
     shard_order: Literal["permuted", "sorted"] = "permuted"
     class_caption: str = "an aerial image of {cls}"   # used when the input has no caption
     executor: Literal["local", "ray"] = "local"
-    workers: int = 0                # 0: one per CPU; with executor=local, 1 runs in-process
+    # 0: one per CPU (with a VLM on CUDA: one per GPU, each pinned to its own; N: at most N);
+    # with executor=local, 1 runs in-process
+    workers: int = 0
     ray_address: str = ""           # empty: join RAY_ADDRESS if set, else start a local cluster
     preview: bool = True            # write OUT/preview.png from the first train shard
     splits: SplitConfig = field(default_factory=SplitConfig)

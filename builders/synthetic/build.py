@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter
 from pathlib import Path
 
 from builders.common import driver
+from builders.common import gpus as gpu_choice
 from builders.common.driver import PREVIEW_NAME, UnitResult
-from builders.common.executors import visible_gpus
 from builders.common.output import check_output_dir, lock_output, remove_killed_temps
 from builders.synthetic import sources
 from builders.synthetic.config import STAGES, SyntheticBuildConfig
@@ -54,11 +53,8 @@ def run_only_keys(cfg: SyntheticBuildConfig) -> tuple[str, ...]:
 def gpus_per_task(cfg: SyntheticBuildConfig) -> float:
     """GPUs a unit asks for: none on a CPU device or a machine without GPUs (a Ray task asking
     for a GPU no node has would wait forever), unless joining a cluster that may have them."""
-    if cfg.device == "cpu" or cfg.gpus_per_task == 0:
-        return 0.0
-    if cfg.executor == "ray" and (cfg.ray_address or os.environ.get("RAY_ADDRESS")):
-        return cfg.gpus_per_task
-    return cfg.gpus_per_task if visible_gpus() else 0.0
+    return gpu_choice.gpus_per_task(cfg.device, cfg.gpus_per_task, executor=cfg.executor,
+                                    ray_address=cfg.ray_address)
 
 
 def _counts(kinds: Counter) -> dict:
