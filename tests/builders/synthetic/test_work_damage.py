@@ -118,3 +118,18 @@ def test_unreadable_work_files_name_the_file(tmp_path):
         w.load_masks("k", 2, shape=(8, 6))
     with pytest.raises(DamagedWork, match=r"upscale/gone\.png"):
         w.load_image("upscale", "gone")
+
+
+@pytest.mark.slow
+def test_a_shard_short_of_its_plan_says_so(reference, syn_cfg, real_shards, tmp_path, caplog):  # noqa: F811
+    chunk = _copy_without_shard(reference, tmp_path / "out")
+    doc = json.loads((chunk / "generate.json").read_text())
+    victim = sorted(doc["results"])[0]
+    doc["results"][victim] = {"skip": "error_RuntimeError", "parent": doc["results"][victim]["parent"]}
+    (chunk / "generate.json").write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING, logger="builders.synthetic.unit"):
+        build_synthetic(syn_cfg(real_shards / "train", tmp_path / "out"), progress=False)
+    written = json.loads((tmp_path / "out" / "train" / f"{UNIT}.stats.json").read_text())["samples"]
+    warned = [r.getMessage() for r in caplog.records if "planned" in r.getMessage()]
+    assert len(warned) == 1 and f"{UNIT}.tar: {written} of {written + 1} planned" in warned[0], warned
+    assert "'generate:error_RuntimeError': 1" in warned[0]
