@@ -124,3 +124,19 @@ def test_byte_order_mark_is_dropped_and_zero_width_captions_are_empty(tmp_path, 
     items = {it.rel: it for it in read_items(path)}
     assert items["a/one.png"].captions == ["a real caption"]
     assert items["a/two.png"].captions == [] and items["a/two.png"].cls is None
+
+
+@pytest.mark.slow  # imports the synthetic builder's model stages
+def test_zero_width_captions_of_input_shards_are_no_captions(tmp_path):
+    from builders.synthetic.config import SyntheticBuildConfig
+    from builders.synthetic.sources import SynthUnit, iter_shard_sources
+    from wds_tools.skips import SkipLog
+
+    caps = ["\u200b\u200b", "a runway beside a hangar", "\ufeff "]
+    sample = make_sample(key="s_0", image=encode_image(texture(0)), caption=caps[1],
+                         meta={"source": "real", "class": "airport", "split": "train", "kind": "original",
+                               "captions": caps, "caption_sources": ["original", "vlm", "original"]})
+    write_shard(tmp_path / shard_name("real-train", 0), [sample])
+    unit = SynthUnit(index=0, shard=str(tmp_path / shard_name("real-train", 0)))
+    (rec,) = iter_shard_sources(unit, load_config(SyntheticBuildConfig, None, ["size=32"]), SkipLog())
+    assert rec["captions"] == ["a runway beside a hangar"] and rec["caption_sources"] == ["vlm"]
