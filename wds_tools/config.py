@@ -10,20 +10,23 @@ must be finite (NaN and inf are refused, naming the key). A dataclass may define
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import logging
 import math
 import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
 from wds_tools.atomic import atomic_open
+from wds_tools.user_yaml import YAMLInputError, cap, load_yaml, show
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -57,41 +60,41 @@ def _coerce(value: Any, tp, where: str):
                 errors.append(str(e))
         if len(errors) == 1:  # ``X | None``: X's own message says more (e.g. "must be finite")
             raise ConfigError(errors[0])
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {show(value)}")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of the valid choices {list(args)}")
+            raise ConfigError(f"{where}: {show(value)} is not one of the valid choices {list(args)}")
         return value
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {show(value)}")
         inner = args[0] if args else Any
         items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {show(value)}")
         vt = args[1] if len(args) == 2 else Any
         return {str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected bool (true/false), got {value!r}")
+        raise ConfigError(f"{where}: expected bool (true/false), got {show(value)}")
     if tp is float:
         return _finite_float(value, where)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected int, got {value!r}")
+        raise ConfigError(f"{where}: expected int, got {show(value)}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{where}: expected str, got {value!r}")
+        raise ConfigError(f"{where}: expected str, got {show(value)}")
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {show(value)}")
 
 
 def _finite_float(value: Any, where: str) -> float:
@@ -107,9 +110,9 @@ def _finite_float(value: Any, where: str) -> float:
         except ValueError:
             pass
     if number is None:
-        raise ConfigError(f"{where}: expected float, got {value!r}")
+        raise ConfigError(f"{where}: expected float, got {show(value)}")
     if not math.isfinite(number):
-        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+        raise ConfigError(f"{where}: must be a finite number, got {show(value)}")
     return number
 
 
@@ -117,7 +120,7 @@ def _build(cls, data: Any, where: str = ""):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping for {cls.__name__}, got {data!r}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping for {cls.__name__}, got {show(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     if hasattr(cls, "check_keys"):  # keys of older configs, rejected with what to write instead
@@ -128,7 +131,7 @@ def _build(cls, data: Any, where: str = ""):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ConfigError(f"unknown config key {key!r}; valid keys here: {sorted(fields)}")
+        raise ConfigError(f"unknown config key {show(key)}; valid keys here: {sorted(fields)}")
     kwargs = {
         name: _coerce(value, hints[name], f"{where}.{name}" if where else name) for name, value in data.items()
     }
@@ -147,19 +150,23 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+            raise ConfigError(f"override {show(dotted)}: {show(p)} is not a section")
     node[parts[-1]] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``"a.b=3"`` -> ``("a.b", 3)``; the value is parsed as a YAML scalar or list."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.sub=value")
+        raise ConfigError(f"override {show(text)} must look like key.sub=value")
     key, raw = text.split("=", 1)
+    if not raw.strip():
+        return key.strip(), ""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = load_yaml(raw, f"override {show(key.strip())}")
+    except YAMLInputError as e:
+        if e.refused:
+            raise ConfigError(str(e)) from None
+        value = raw  # not YAML (a glob, a path with odd characters): the text itself
     return key.strip(), value
 
 
@@ -177,7 +184,10 @@ def load_config(
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file not found: {str(path)!r}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = load_yaml(_read_text(path), f"config file {str(path)!r}") or {}
+        except YAMLInputError as e:
+            raise ConfigError(str(e)) from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping at top level")
     for key, value in (values or {}).items():
@@ -185,6 +195,16 @@ def load_config(
     for text in overrides:
         _set_dotted(data, *parse_override(text))
     return _build(cls, data)
+
+
+def _read_text(path: Path) -> str:
+    """A config file's text; a byte-order mark is dropped, undecodable bytes are a ConfigError."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {e.start})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a folder") from None
 
 
 def config_to_dict(cfg) -> dict:
@@ -281,17 +301,70 @@ def prog_name(module: str) -> str:
     return name if name and not name.endswith(".py") and name != "-c" else f"python -m {module}"
 
 
+# OS errors a user fixes by choosing another path or freeing space: one line naming the path.
+_PATH_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
+                errno.EDQUOT: "disk quota exceeded"}
+
+
+def path_error(e: BaseException) -> OSError | None:
+    """The permission, read-only or disk-full OSError behind ``e`` (``e`` itself or an explicit
+    ``raise ... from`` cause), else None."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _PATH_ERRNOS:
+            return e
+        e = e.__cause__
+    return None
+
+
+def path_error_message(e: OSError) -> str:
+    """``'/out/x.tar': read-only file system`` (both paths of a rename); for an error that names no
+    file (a failed ``write()``), the folders :func:`writing_under` gave."""
+    reason = _PATH_ERRNOS.get(e.errno, e.strerror or type(e).__name__)
+    names = [repr(str(n)) for n in (e.filename, e.filename2) if n is not None]
+    if names:
+        return f"{' -> '.join(names)}: {reason}"
+    where = getattr(e, "writing_under", None)
+    if where:
+        return f"{reason} while writing under {' or '.join(repr(str(p)) for p in where)}"
+    return f"{reason} (the system named no file)"
+
+
+@contextlib.contextmanager
+def writing_under(*folders: str | Path) -> Iterator[None]:
+    """Around a job's writes: a permission, read-only or disk-full error that names no file (a
+    ``write()`` or ``close()`` on a full disk) is told the ``folders`` it was writing under, so
+    :func:`run_main`'s one line still names a path."""
+    try:
+        yield
+    except Exception as e:
+        err = path_error(e)
+        if err is not None and err.filename is None and not getattr(err, "writing_under", None):
+            err.writing_under = tuple(dict.fromkeys(str(f) for f in folders if f))
+        raise
+
+
 def run_main(fn: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None, *,
              prog: str) -> int:
     """Run an entry point's body: a user error (:data:`USER_ERRORS`, config errors included) prints
-    one line ``prog: error: ...`` and returns 2; any other exception propagates with its traceback.
+    one line ``prog: error: ...`` and returns 2; so does a permission, read-only or disk-full
+    error, naming the path (:func:`path_error`); any other exception propagates with its traceback.
 
     The traceback of a user error is still logged at DEBUG level.
     """
     try:
         return int(fn(argv) or 0)
-    except USER_ERRORS as e:
+    except Exception as e:
+        os_error = path_error(e)
+        if os_error is not None:
+            message = path_error_message(os_error)
+        elif isinstance(e, USER_ERRORS):
+            message = str(e) or type(e).__name__
+        else:
+            raise
         log.debug("%s failed", prog, exc_info=True)
-        message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message held
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        message = " ".join(message.split())  # one line, whatever the message held
+        print(f"{prog}: error: {cap(message, 2000)}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from pathlib import Path
 import msgpack
 
 from wds_tools import quality_record
-from wds_tools.config import parse_cli, prog_name, run_main, save_config
+from wds_tools.config import parse_cli, prog_name, run_main, save_config, writing_under
 from wds_tools.manifest import stats_path, write_index
 from wds_tools.progress import progress
 from wds_tools.reader import SkipLog, iter_shard
@@ -165,7 +165,8 @@ def _main(argv: Sequence[str] | None) -> int:
         MaterializeConfig, argv, prog=prog_name("wds_tools.materialize"), description=__doc__.split("\n")[0],
         flags={"--input": "input", "--output": "output"},
     )
-    m = materialize(cfg)
+    with writing_under(cfg.output):  # a full disk's write() names no file
+        m = materialize(cfg)
     print(f"wrote {m['num_shards']} shard(s), {m['kept']} samples kept, dropped {m['dropped']} -> {cfg.output}")
     return 0
 

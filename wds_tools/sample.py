@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import unicodedata
 from typing import Any
 
 from PIL import Image
@@ -35,15 +36,20 @@ META_FIELDS = {
     "boxes": "[{'box': [x0, y0, x1, y1] normalised to 0..1, 'label', 'score', 'source'}]",
 }
 
-_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+# Kept in keys: letters and digits of any script (``\w`` is Unicode-aware: str.isalnum() or "_")
+# and "-"; every run of anything else (dots, slashes, spaces, punctuation, controls) becomes one
+# "-". For ASCII this is exactly the earlier [^A-Za-z0-9_-]+ rule, so ASCII keys never change.
+_BAD_KEY_CHARS = re.compile(r"[^\w-]+")
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
 def make_key(*parts: str | int) -> str:
-    """Join ``parts`` into a key safe for WebDataset (which splits member names at the first dot)."""
+    """Join ``parts`` with ``_`` into a key safe for WebDataset (which splits member names at the
+    first dot): letters and digits of any script are kept (NFC-normalised, so a decomposed accent
+    stays a letter), each run of other characters becomes ``-``."""
     if not parts:
         raise ValueError("make_key needs at least one part")
-    key = "_".join(_BAD_KEY_CHARS.sub("-", str(p)) for p in parts)
+    key = "_".join(_BAD_KEY_CHARS.sub("-", unicodedata.normalize("NFC", str(p))) for p in parts)
     return check_key(key)
 
 

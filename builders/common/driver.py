@@ -20,7 +20,7 @@ from pathlib import Path
 from builders.common.executors import run_units
 from builders.common.inputs import SPLITS
 from wds_tools.atomic import write_json
-from wds_tools.config import ConfigError, config_to_dict, load_config, save_config
+from wds_tools.config import ConfigError, config_to_dict, load_config, path_error, save_config
 from wds_tools.manifest import read_stats, write_index
 from wds_tools.progress import progress as progress_bar
 
@@ -162,6 +162,8 @@ def run_with_progress(fn: Callable, units: Sequence, *args, executor: str, worke
         bar.set_postfix(shards=len(results), samples=sum(x.samples for x in results))
 
     def failed(unit, exc: BaseException) -> None:
+        if path_error(exc) is not None:  # a read-only or full output: every other unit would fail alike
+            raise exc
         log.error("unit %s failed: %s: %s", unit.name, type(exc).__name__, exc)
         failures.append(UnitFailure(unit.name, f"{type(exc).__name__}: {exc}"))
         bar.update(unit_size(unit))

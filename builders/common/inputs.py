@@ -21,6 +21,7 @@ import csv
 import json
 import logging
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,12 +70,30 @@ def normalise_split(value: str | None, *, where: str) -> str | None:
     return _SPLIT_ALIASES[key]
 
 
+def _blank(ch: str) -> bool:
+    # zero-width spaces, joiners and BOMs are format characters (Cf), not whitespace to str.split()
+    return ch.isspace() or unicodedata.category(ch) == "Cf"
+
+
+def clean_text(value: object) -> str:
+    """Whitespace runs collapsed to one space, and whitespace and invisible format characters
+    (zero-width space U+200B, U+FEFF, ...) cut from both ends: a caption of only those is empty.
+    Inner ones stay (a zero-width non-joiner spells Persian words)."""
+    text = " ".join(str(value).split())
+    start, end = 0, len(text)
+    while start < end and _blank(text[start]):
+        start += 1
+    while end > start and _blank(text[end - 1]):
+        end -= 1
+    return text[start:end]
+
+
 def _clean_captions(values) -> list[str]:
     if values is None:
         return []
     if isinstance(values, str):
         values = [values]
-    return [" ".join(str(v).split()) for v in values if v is not None and str(v).strip()]
+    return [c for c in (clean_text(v) for v in values if v is not None) if c]
 
 
 def _item(root: Path, image: str, *, captions=(), cls=None, split=None, boxes=(),
@@ -88,7 +107,7 @@ def _item(root: Path, image: str, *, captions=(), cls=None, split=None, boxes=()
     except ValueError:
         rel = p.as_posix().lstrip("/")
     return SourceItem(rel=rel, path=str(path), captions=_clean_captions(captions),
-                      cls=(str(cls).strip() or None) if cls is not None else None,
+                      cls=(clean_text(cls) or None) if cls is not None else None,
                       split=normalise_split(split, where=where), boxes=list(boxes or []))
 
 
@@ -138,7 +157,7 @@ def _from_record(rec: dict, root: Path, where: str) -> SourceItem:
 
 
 def read_json(path: Path, root: Path) -> list[SourceItem]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a leading BOM is dropped
     if isinstance(data, dict) and "images" in data:
         return read_karpathy(data, root, str(path))
     if isinstance(data, list):
@@ -148,7 +167,7 @@ def read_json(path: Path, root: Path) -> list[SourceItem]:
 
 def read_jsonl(path: Path, root: Path) -> list[SourceItem]:
     items = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a leading BOM is dropped
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
@@ -160,7 +179,7 @@ def read_jsonl(path: Path, root: Path) -> list[SourceItem]:
 
 
 def read_table(path: Path, root: Path, *, delimiter: str) -> list[SourceItem]:
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a BOM would join the first column name
         reader = csv.DictReader(f, delimiter=delimiter)
         cols = [c.strip().lower() for c in reader.fieldnames or []]
         image_col = next((c for c in _IMAGE_COLUMNS if c in cols), None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import io
+import logging
 import math
 import textwrap
 from collections import Counter, defaultdict
@@ -23,6 +24,7 @@ from wds_tools.atomic import atomic_open  # noqa: E402
 from wds_tools.images import check_image_pixels  # noqa: E402
 from wds_tools.reader import iter_tar_samples  # noqa: E402
 
+log = logging.getLogger(__name__)
 SCORES = ("clip", "sanity", "sanity_count", "sanity_spatial", "brightness", "contrast", "blur",
           "border_fraction", "blank_fraction", "quality", "composite")
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -99,6 +101,12 @@ def summarise(records: list[dict], threshold: float | None, *, warn_below: float
     }
 
 
+def plain(text: object) -> str:
+    """User text (a class name, a caption) for matplotlib, shown as typed: an unescaped ``$`` pair
+    would be parsed as math text, and a malformed formula raises at draw time."""
+    return str(text).replace("$", r"\$")
+
+
 def plot_histograms(records: list[dict], path: Path, *, threshold: float | None, bins: int) -> Path:
     """One panel per score, one histogram per source; the composite panel marks the threshold."""
     sources = sorted({str(r.get("source")) for r in records})
@@ -110,7 +118,7 @@ def plot_histograms(records: list[dict], path: Path, *, threshold: float | None,
             vals = [_value(r, name) for r in records if str(r.get("source")) == src]
             vals = [v for v in vals if v is not None]
             if vals:
-                ax.hist(vals, bins=bins, alpha=0.55, label=f"{src} ({len(vals)})")
+                ax.hist(vals, bins=bins, alpha=0.55, label=f"{plain(src)} ({len(vals)})")
         if name == "composite" and threshold is not None:
             ax.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:.3f}")
         ax.set_title(name)
@@ -134,7 +142,7 @@ def plot_kept_shares(report: dict, path: Path) -> Path:
     names = list(classes)
     shares = [classes[n]["kept_share"] for n in names]
     ax = axes[0][0]
-    ax.barh(names, shares, color=["tab:red" if v < warn else "tab:blue" for v in shares])
+    ax.barh([plain(n) for n in names], shares, color=["tab:red" if v < warn else "tab:blue" for v in shares])
     for y, n in enumerate(names):
         ax.text(0.01, y, f"{classes[n]['kept']}/{classes[n]['total']}", va="center", fontsize=7, color="white")
     ax.axvline(warn, color="red", linestyle=":", label=f"warning below {warn:.0%}")
@@ -143,8 +151,8 @@ def plot_kept_shares(report: dict, path: Path) -> Path:
     ax.set_xlim(0, 1), ax.set_title("kept share by class"), ax.legend(fontsize=7)
     ax = axes[0][1]
     cap_names = list(caps)
-    ax.barh(cap_names, [caps[n]["kept"] / caps[n]["total"] if caps[n]["total"] else 0 for n in cap_names],
-            color="tab:green")
+    ax.barh([plain(n) for n in cap_names],
+            [caps[n]["kept"] / caps[n]["total"] if caps[n]["total"] else 0 for n in cap_names], color="tab:green")
     for y, n in enumerate(cap_names):
         ax.text(0.01, y, f"{caps[n]['kept']}/{caps[n]['total']}", va="center", fontsize=7)
     ax.set_xlim(0, 1), ax.set_title("kept share of captions by caption source")
@@ -205,7 +213,7 @@ def plot_grid(best: list[dict], worst: list[dict], path: Path, *, thumb_size: in
                 ax.imshow(img)
             s = r["scores"]
             fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-            caption = textwrap.fill(caption or "(no caption)", 30)
+            caption = plain(textwrap.fill(caption or "(no caption)", 30))
             ax.set_title(
                 f"{label} {col + 1}: comp {fmt(r['composite'])}\nclip {fmt(s.get('clip'))} "
                 f"san {fmt(s.get('sanity'))} q {fmt(s.get('quality'))}\n{caption}",
@@ -213,6 +221,32 @@ def plot_grid(best: list[dict], worst: list[dict], path: Path, *, thumb_size: in
             )
     fig.tight_layout()
     return _save(fig, path)
+
+
+def draw_pictures(report: dict, records: list[dict], report_dir: Path, *, threshold: float | None,
+                  bins: int, thumb_size: int, grid_samples: int) -> dict[str, str]:
+    """The three report pictures, ``{title: file name}`` of those drawn. A picture that fails is
+    one logged warning and left out: the pictures come after the selection and never block it."""
+    ranked = sorted((r for r in records if r["composite"] is not None), key=lambda r: r["composite"], reverse=True)
+    best, worst = ranked[:grid_samples], ranked[::-1][:grid_samples] if len(ranked) > grid_samples else []
+    classes, histograms, grid = (report_dir / f"quality_{n}.png" for n in ("classes", "histograms", "grid"))
+    jobs = {
+        "Kept share by class and by caption source": (classes, lambda: plot_kept_shares(report, classes)),
+        "Score histograms by source": (histograms, lambda: plot_histograms(records, histograms, threshold=threshold,
+                                                                            bins=bins)),
+        "Best (top) and worst (bottom) samples": (grid, lambda: plot_grid(best, worst, grid, thumb_size=thumb_size)),
+    }
+    drawn = {}
+    for title, (path, draw) in jobs.items():
+        try:
+            with plt.rc_context({"text.usetex": False}):  # a user's matplotlibrc must not turn on LaTeX
+                drawn[title] = draw().name
+        except Exception as e:  # noqa: BLE001 - a picture is a view of the selection, not part of it
+            plt.close("all")
+            log.debug("report picture %s failed", path, exc_info=True)
+            log.warning("report picture %s not drawn (the selection is written): %s: %s", path,
+                        type(e).__name__, " ".join(str(e).split())[:300])
+    return drawn
 
 
 def _table(header: list[str], rows: list[list]) -> str:

@@ -31,14 +31,14 @@ from builders.quality.clip_score import ClipScorer
 from builders.quality.config import QualityConfig
 from builders.quality.guard import guard_outputs
 from builders.quality.loader import QualityStream, ShardPart, fill_image_quality, plan_parts, score_batches
-from builders.quality.report import plot_grid, plot_histograms, plot_kept_shares, summarise, write_html
+from builders.quality.report import draw_pictures, summarise, write_html
 from builders.quality.selection import PENDING, class_key, class_thresholds, decide, rescore
 from builders.quality.selection_file import finalised_entries, selection_doc
 from clip_models.device import resolve_device
 from clip_models.loading import load_clip
 from clip_models.text_tower import CachedTokenizer
 from wds_tools.atomic import write_json
-from wds_tools.config import config_to_dict, save_config
+from wds_tools.config import config_to_dict, save_config, writing_under
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_stats
 from wds_tools.progress import progress
@@ -251,16 +251,8 @@ def write_report(cfg: QualityConfig, report_dir: Path, selected: dict, phase1: d
     )
     for w in report["warnings"]:
         log.warning("%s", w)
-    ranked = sorted((r for r in records if r["composite"] is not None), key=lambda r: r["composite"], reverse=True)
-    n = cfg.report.grid_samples
-    best, worst = ranked[:n], ranked[::-1][:n] if len(ranked) > n else []
-    pictures = {
-        "Kept share by class and by caption source": plot_kept_shares(report, report_dir / "quality_classes.png").name,
-        "Score histograms by source": plot_histograms(records, report_dir / "quality_histograms.png",
-                                                      threshold=threshold, bins=cfg.report.bins).name,
-        "Best (top) and worst (bottom) samples": plot_grid(best, worst, report_dir / "quality_grid.png",
-                                                          thumb_size=cfg.report.thumb_size).name,
-    }
+    pictures = draw_pictures(report, records, report_dir, threshold=threshold, bins=cfg.report.bins,
+                             thumb_size=cfg.report.thumb_size, grid_samples=cfg.report.grid_samples)
     report["pictures"] = list(pictures.values()) + ["quality_report.html"]
     write_html(report, report_dir / "quality_report.html", pictures)
     write_json(report_dir / REPORT_NAME, report)
@@ -298,7 +290,9 @@ def run(cfg: QualityConfig) -> dict:
     if not cfg.output and is_remote(urls[0]):
         raise ValueError(f"the shards are remote ({urls[0]!r}): set output= to a local report directory")
     report_dir = Path(cfg.output) if cfg.output else Path(urls[0]).parent
-    with guard_outputs(urls, report_dir=report_dir, break_lock=cfg.break_lock):
+    # a full disk's write() names no file: say where this job writes (report, sidecars)
+    with writing_under(report_dir, *selection_folders(urls)), \
+            guard_outputs(urls, report_dir=report_dir, break_lock=cfg.break_lock):
         sidecars, damaged = ({}, {}) if cfg.rescore else load_sidecars(urls)
         for problem in damaged.values():
             log.warning("sidecar unusable, scoring the shard again: %s", problem)
@@ -315,7 +309,9 @@ def run(cfg: QualityConfig) -> dict:
             log.error("%d shards have no whole sidecar and are left out of the selection (rerun to retry): %s",
                       len(missing), "; ".join(f"{u}: {unusable[u]}" for u in missing[:5]))
         selected = select_global(cfg, sidecars)
+        # the selection first: it is what Stage 2 needs, and a report problem must never block it
+        selection_files = write_selections(cfg, report_dir, selected, urls)
         report = write_report(cfg, report_dir, selected, phase1, urls, unusable)
-        report["selection_files"] = write_selections(cfg, report_dir, selected, urls)
+        report["selection_files"] = selection_files
         write_json(report_dir / REPORT_NAME, report)
         return report

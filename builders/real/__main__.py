@@ -12,7 +12,7 @@ import sys
 
 from builders.real.build import build_real, format_summary
 from builders.real.config import RealBuildConfig
-from wds_tools.config import parse_cli, prog_name, run_main
+from wds_tools.config import parse_cli, prog_name, run_main, writing_under
 
 FLAGS = {"--input": "input", "--output": "output", "--image-root": "image_root",
          "--executor": "executor", "--workers": "workers", "--vlm-model": "vlm.model",
@@ -30,7 +30,8 @@ def _main(argv: list[str] | None) -> int:
                                 "Finished shards are kept on rerun; --overwrite rebuilds them.",
                     flags=FLAGS, default_config=None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = build_real(cfg)  # bad input or a held lock (FileExistsError): one line via run_main
+    with writing_under(cfg.output):  # a full disk's write() names no file
+        summary = build_real(cfg)  # bad input, a held lock, a read-only output: one line via run_main
     print(format_summary(summary, cfg.output))
     return 0
 

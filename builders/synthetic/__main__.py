@@ -13,7 +13,7 @@ import sys
 
 from builders.synthetic.build import build_synthetic, format_summary
 from builders.synthetic.config import SyntheticBuildConfig
-from wds_tools.config import parse_cli, prog_name, run_main
+from wds_tools.config import parse_cli, prog_name, run_main, writing_under
 
 FLAGS = {"--input": "input", "--output": "output", "--executor": "executor",
          "--workers": "workers", "--stages": "stages", "--overwrite": "overwrite"}
@@ -33,7 +33,8 @@ def _main(argv: list[str] | None) -> int:
                                 "generation only.",
                     flags=FLAGS, default_config=None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = build_synthetic(cfg)
+    with writing_under(cfg.output, cfg.work_dir):  # a full disk's write() names no file
+        summary = build_synthetic(cfg)
     print(format_summary(summary, cfg.output))
     return 1 if summary.get("failed_units") else 0
 

@@ -183,7 +183,8 @@ def run_generate(models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
         mask = None
         if p.mode.startswith("inpaint"):
             if p.parent not in stacks:
-                stacks[p.parent] = work.load_masks(p.parent, seg[p.parent]["masks"])
+                stacks[p.parent] = work.load_masks(p.parent, seg[p.parent]["masks"],
+                                                   shape=(image.height, image.width))
             binary = stacks[p.parent][p.mask_boxes].any(axis=0)
             mask = seg_mod.inpaint_mask(binary, dilate_px=cfg.segment.dilate_px,
                                         feather_px=cfg.segment.feather_px)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 
-from builders.common.inputs import UnreadableImage, load_rgb, read_items
+from builders.common.inputs import UnreadableImage, clean_text, load_rgb, read_items
 from builders.common.plan import plan_units
 from wds_tools.reader import decode_sample, iter_tar_samples
 from wds_tools.skips import SkipLog
@@ -173,6 +173,8 @@ def iter_shard_sources(unit: SynthUnit, cfg, skips: SkipLog) -> Iterator[dict]:
             continue
         caps = list(meta.get("captions") or ([s["txt"]] if s.get("txt") else []))
         srcs = list(meta.get("caption_sources") or ["original"] * len(caps))
+        kept = [i for i, c in enumerate(caps) if clean_text(c)]  # zero-width-only text is no caption
+        caps, srcs = [caps[i] for i in kept], [srcs[i] for i in kept if i < len(srcs)]
         b2c = next((c for c, src in zip(caps, srcs) if src == "m2b_b2c"), None)
         yield dict(key=s["__key__"], image=img.convert("RGB"), cls=meta.get("class"),
                    captions=caps, caption_sources=srcs, b2c=b2c or _m2b_caption(img, cfg.size))

@@ -1,5 +1,9 @@
 """Build one synthetic shard: sources -> five stages chunk by chunk (work folder) -> shard.
 
+A work file that cannot be read back (``DamagedWork``) is logged, naming the file, and its stage
+and every later one run again for that chunk; the same file damaged again after that is an error
+naming it. A shard with fewer samples than its chunks planned says so in a warning.
+
 Skips are counted from the work folder's stage files, not from what this process happened to
 run, so a resumed unit reports the same counts as an uninterrupted one. The unit's mode and
 verification tallies are kept beside its work (``summary.json``) for the dataset index.
@@ -21,7 +25,7 @@ from builders.synthetic.config import STAGES
 from builders.synthetic.models import StageModels, model_id
 from builders.synthetic.pipeline import Source
 from builders.synthetic.sources import SynthUnit, iter_image_sources, iter_shard_sources
-from builders.synthetic.work import chunk_work, drain, unit_work
+from builders.synthetic.work import ChunkWork, DamagedWork, chunk_work, drain, unit_work
 from wds_tools.atomic import write_json
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import stats_path
@@ -137,11 +141,13 @@ def write_unit_shard(unit: SynthUnit, chunks: list[list[Source]], cfg, output: s
     rename and stats), so a finished shard always has them."""
     tallies = {"by_mode": Counter(), "verify_checked": 0, "verify_ok": 0, "prompts_trimmed": 0,
                "mode_tally": Counter()}
+    planned = 0
     with ShardWriter(unit.path(output)) as wr:
         for i, chunk in enumerate(chunks):
             w = chunk_work(work_dir, unit.name, i)
             generate, ver = w.read("generate"), w.read("verify")
             gen = generate["results"]
+            planned += len(gen)
             tallies["mode_tally"].update(generate.get("mode_tally", {}))  # absent: older work
             cls = {s.key: s.cls for s in chunk}
             for k, plan in gen.items():
@@ -161,7 +167,25 @@ def write_unit_shard(unit: SynthUnit, chunks: list[list[Source]], cfg, output: s
         write_json(unit_work(work_dir, unit.name) / "summary.json", tallies)
         if skips:
             write_json(skips_path(unit.path(output)), skips)
+    if wr.stats.samples < planned:
+        generation = {k: n for k, n in skips.items() if k.startswith("generate:")}
+        log.warning("%s: %d of %d planned variants written; generation skipped %s (counts in %s)", unit.name,
+                    wr.stats.samples, planned, generation or "none", skips_path(unit.path(output)).name)
     return wr.stats.samples, dict(wr.stats.by_kind), tallies
+
+
+def _redo_damaged(unit: SynthUnit, damage: DamagedWork, redone: set) -> None:
+    """Clear the damaged file's stage and every later stage of its chunk, so they run again; the
+    same file damaged a second time is a ValueError naming it (redoing did not help)."""
+    if damage.path in redone:
+        raise ValueError(f"{unit.name}: {damage} again after its stage {damage.stage!r} ran again "
+                         f"for {damage.chunk.name}; delete {damage.chunk} or check the disk") from damage
+    redone.add(damage.path)
+    again = STAGES[STAGES.index(damage.stage):]
+    log.warning("%s: %s; running %s again for %s", unit.name, damage, ", ".join(again), damage.chunk.name)
+    w = ChunkWork(damage.chunk)
+    for stage in again:
+        w.clear(stage)
 
 
 def _prepare_rerun(unit: SynthUnit, cfg, output: str, work_dir: str) -> None:
@@ -196,12 +220,19 @@ def build_unit(unit: SynthUnit, cfg, output: str, work_dir: str) -> UnitResult:
     read_skips = SkipLog()
     sources = load_sources(unit, cfg, read_skips)
     chunks = _chunks(sources, cfg.chunk_size)
-    seconds = _run_stages(unit, chunks, cfg, work_dir)
-    skips = dict(sorted((Counter(read_skips.counts) + count_skips(chunks, cfg, work_dir, unit)).items()))
-    samples, by_kind, tallies = write_unit_shard(unit, chunks, cfg, output, work_dir, skips,
-                                                 len(sources))
+    seconds: Counter = Counter()
+    redone: set = set()
+    while True:
+        try:
+            seconds.update(_run_stages(unit, chunks, cfg, work_dir))
+            skips = dict(sorted((Counter(read_skips.counts) + count_skips(chunks, cfg, work_dir, unit)).items()))
+            samples, by_kind, tallies = write_unit_shard(unit, chunks, cfg, output, work_dir, skips,
+                                                         len(sources))
+            break
+        except DamagedWork as damage:
+            _redo_damaged(unit, damage, redone)
     if tallies["prompts_trimmed"]:  # once per unit, not per batch as the pipeline would
         log.info("%s: %d of %d prompts were longer than CLIP reads and were cut after a whole word",
                  unit.name, tallies["prompts_trimmed"], samples)
     return UnitResult(unit.name, unit.split, len(sources), samples, by_kind,
-                      skips, extra={**tallies, "stage_seconds": seconds})
+                      skips, extra={**tallies, "stage_seconds": {k: round(v, 3) for k, v in seconds.items()}})

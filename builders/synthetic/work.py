@@ -12,7 +12,10 @@ Layout (one folder per output shard, one per chunk of its source images)::
         verify.json            {out key: verify dict | null}
 
 A stage's JSON is written atomically after all its files, so it is the stage's "done" mark; a
-chunk whose JSON is missing runs that stage again from the previous stage's files. Every image
+chunk whose JSON is missing runs that stage again from the previous stage's files. A work file
+that cannot be read back (garbage JSON, a cut PNG, a mask stack of the wrong size) raises
+:class:`DamagedWork`, naming the file and its stage: the unit then runs that stage and every later
+one again for that chunk (``builders.synthetic.unit``). Every image
 is stored losslessly (PNG) and read back as it was written, so a resumed run ends with the same
 bytes as an uninterrupted one. An image's masks are one PNG, stacked top to bottom: a file per
 box made 16 files per source image with the tiny models' many boxes, and creating files was
@@ -38,6 +41,17 @@ from PIL import Image
 from wds_tools.atomic import temp_path_for, write_json
 
 _IMAGE_STAGES = {"upscale": "upscale", "segment": "segment", "generate": "generate"}
+# What a damaged PNG raises in PIL: UnidentifiedImageError and "truncated" are OSErrors, a broken
+# chunk a SyntaxError, a cut stream EOFError or ValueError.
+_UNREADABLE = (OSError, SyntaxError, EOFError, ValueError)
+
+
+class DamagedWork(ValueError):
+    """A work file of ``stage`` in chunk folder ``chunk`` that cannot be read back."""
+
+    def __init__(self, chunk: Path, stage: str, path: Path, problem: str):
+        super().__init__(f"work file {path} is unreadable: {' '.join(problem.split())[:300]}")
+        self.chunk, self.stage, self.path = chunk, stage, path
 _WRITER: ThreadPoolExecutor | None = None
 _LOCK = threading.Lock()
 _PENDING: dict[Path, list[Future]] = {}  # chunk folder -> its writes in flight, in order
@@ -104,8 +118,16 @@ class ChunkWork:
         return (self.root / f"{stage}.json").exists()
 
     def read(self, stage: str) -> dict:
+        """``stage``'s results; :class:`DamagedWork` when its JSON is not a readable object."""
         _wait(self.root)
-        return json.loads((self.root / f"{stage}.json").read_text())
+        path = self.root / f"{stage}.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise DamagedWork(self.root, stage, path, f"{type(e).__name__}: {e}") from None
+        if not isinstance(data, dict) or (stage == "generate" and not {"results", "plan_skips"} <= set(data)):
+            raise DamagedWork(self.root, stage, path, "not the stage's JSON object")
+        return data
 
     def write(self, stage: str, results: dict) -> None:
         """Mark ``stage`` done with its per-key results, after its image files (queued behind them)."""
@@ -129,18 +151,25 @@ class ChunkWork:
         _submit(self.root, _save_png, self._png(stage, name), img.copy())
 
     def load_image(self, stage: str, name: str) -> Image.Image:
+        """A stage's image as written; :class:`DamagedWork` when it is missing or cannot be decoded."""
         _wait(self.root)
-        with Image.open(self._png(stage, name)) as im:
-            im.load()
-            return im.copy()
+        path = self._png(stage, name)
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return im.copy()
+        except _UNREADABLE as e:  # FileNotFoundError included: the stage JSON vouched for it
+            raise DamagedWork(self.root, stage, path, f"{type(e).__name__}: {e}") from None
 
     def save_masks(self, key: str, masks: list[np.ndarray]) -> None:
         """All of ``key``'s (H, W) boolean masks as one PNG of n*H rows, in order."""
         stack = np.concatenate([np.asarray(m, bool) for m in masks], axis=0)
         self.save_image("segment", key, Image.fromarray(stack.astype(np.uint8) * 255, "L"))
 
-    def load_masks(self, key: str, count: int) -> np.ndarray:
-        """``key``'s ``count`` masks as a (count, H, W) boolean array."""
+    def load_masks(self, key: str, count: int, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """``key``'s ``count`` masks as a (count, H, W) boolean array; with ``shape`` (H, W of the
+        image they belong to), a stack of another size is :class:`DamagedWork`, never a mask of
+        the wrong size handed to generation."""
         path = self._png("segment", key)
         if not path.exists() and any(path.parent.glob(f"{key}-*.png")):
             raise FileNotFoundError(f"{path} is missing but {key}-<i>.png files are there: this work "
@@ -148,8 +177,11 @@ class ChunkWork:
                                     "with stages=[segment] (it and every later stage) or delete the work folder")
         stack = np.asarray(self.load_image("segment", key)) > 127
         if count <= 0 or stack.shape[0] % count:
-            raise ValueError(f"{path} holds {stack.shape[0]} rows, "
-                             f"not {count} masks of equal height")
+            raise DamagedWork(self.root, "segment", path, f"it holds {stack.shape[0]} rows, "
+                              f"not {count} masks of equal height")
+        if shape is not None and stack.shape != (count * shape[0], shape[1]):
+            raise DamagedWork(self.root, "segment", path, f"{count} masks of {stack.shape[0] // count} x "
+                              f"{stack.shape[1]} px, not {shape[0]} x {shape[1]} (the image's size)")
         return stack.reshape(count, stack.shape[0] // count, stack.shape[1])
 
 
