@@ -12,6 +12,12 @@ point so the test is deterministic. Points:
 
 Just before dying it writes REPORT.json with its pid and its child processes (the loader
 workers), so the test can check that none outlives it.
+
+``signal:N`` is no kill -9 but a preemption: when the loader hands over batch N, SIGTERM goes to
+this process's whole process group (the loader workers too, as SLURM signals every process of a
+job step; start it in a session of its own). ``signal:N@R`` sends SIGUSR1 to this process only,
+and only on rank R (the other ranks must stop at the same step without a signal of their own).
+The run goes on to its own exit; REPORT.json is written at the signal.
 """
 
 from __future__ import annotations
@@ -44,6 +50,23 @@ def arm(point: str, report: Path) -> None:
                 die(report)
 
         LoaderState.update = update_then_maybe_die
+    elif kind == "signal":
+        from training.data import LoaderState
+
+        batch, _, only_rank = arg.partition("@")
+        update = LoaderState.update
+
+        def update_then_maybe_signal(self, b):
+            update(self, b)
+            if self.batches == int(batch) and (not only_rank or os.environ.get("RANK", "0") == only_rank):
+                children = [p.pid for p in psutil.Process().children(recursive=True)]
+                report.write_text(json.dumps({"pid": os.getpid(), "children": children}))
+                if only_rank:
+                    os.kill(os.getpid(), signal.SIGUSR1)
+                else:
+                    os.killpg(os.getpgrp(), signal.SIGTERM)
+
+        LoaderState.update = update_then_maybe_signal
     elif kind == "commit":
         replace = os.replace
 
