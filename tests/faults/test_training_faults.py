@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -146,13 +147,19 @@ def test_sigterm_to_the_process_group_checkpoints_the_step_then_resume_is_exact(
     out = tmp_path / "run"
     args = ["--config", str(TINY_CONFIG), *_overrides(shard_dirs, out, "train.checkpoint_every=0")]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "tests.faults.kill_point", "signal:5", str(tmp_path / "sig.json"),
-                           *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          timeout=300, start_new_session=True, text=True)
-    assert proc.returncode == PREEMPTED_EXIT_CODE, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and "DataLoader worker" not in proc.stderr, proc.stderr[-3000:]
-    assert "stopped on SIGTERM after step 5" in proc.stderr
-    signalled = json.loads((tmp_path / "sig.json").read_text())
+    report = tmp_path / "sig.json"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.faults.kill_point", "signal:5", str(report), *args],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while not report.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # from outside, to the trainer and its loader workers
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, stderr[-3000:]
+    assert "Traceback" not in stderr and "DataLoader worker" not in stderr, stderr[-3000:]
+    assert "stopped on SIGTERM after step 5" in stderr
+    signalled = json.loads(report.read_text())
     assert len(signalled["children"]) >= 2  # the loader workers got the signal too
     _wait_for_no_survivors(signalled["children"])
     # The step in flight (batch 5) was finished and checkpointed, though checkpoint_every=0.

