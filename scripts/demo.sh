@@ -102,9 +102,10 @@ step "9/12 for contrast: the same Stage 2 on the real set only (one process) -> 
 python -m training.train --config "$TRAIN_CONFIG" --real "$OUT/shards/real/train" \
     --eval "$OUT/shards/real/val" --output "$OUT/stage2_real" data.synthetic_ratio=0 "${TRAIN_ARGS[@]}"
 
-step "10/12 evaluate the trained adapter on held-out human/original captions"
+step "10/12 evaluate the trained adapter ($OUT/stage2_lora/peft_adapter) on the held-out set"
+# The same held-out set and settings as step 8's evaluation: these figures equal its "after".
 python -m training.evaluate --config "$TRAIN_CONFIG" --shards "$OUT/shards/real/val" \
-    train.output="$OUT/stage2_lora" "eval.caption_sources=[original,class_template]" "${TRAIN_ARGS[@]}"
+    --output "$OUT/stage2_lora" "${TRAIN_ARGS[@]}"
 
 step "11/12 export a merged open_clip checkpoint"
 python -m training.export --config "$TRAIN_CONFIG" --output "$OUT/stage2_lora" "${TRAIN_ARGS[@]}"

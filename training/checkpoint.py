@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -25,6 +27,45 @@ from wds_tools.atomic import atomic_open, write_json
 log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d{7})$")
+# How torch.save and safetensors report a failed write (they raise RuntimeError / SafetensorError,
+# not OSError): "file write failed", "... (os error 28)".
+_WRITE_FAILED = re.compile(r"write failed|os error \d+|no space left|file too large|read-only file system|"
+                           r"permission denied|disk quota", re.IGNORECASE)
+
+
+class OutputError(ValueError):
+    """Stage 2 cannot write under train.output (full disk, read-only, no permission): a user error."""
+
+
+@contextmanager
+def output_errors(path: str | Path, *, output: str | Path) -> Iterator[None]:
+    """Turn a failed write of ``path`` (under train.output ``output``) into one :class:`OutputError`
+    line naming the path; anything else keeps its traceback."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise OutputError(f"cannot write {e.filename or path}: {reason} (train.output={str(output)!r})") from e
+    except Exception as e:
+        text = " ".join(str(e).split())
+        if not _WRITE_FAILED.search(text):
+            raise
+        raise OutputError(f"cannot write {path}: {text[:200]} (train.output={str(output)!r})") from e
+
+
+def check_writable(output: str | Path, rank: int) -> None:
+    """Create train.output and write (then remove) a probe file in it, so an unwritable folder is one
+    clear error before any work, not a traceback at the first checkpoint."""
+    output = Path(output)
+    probe = output / f".write-check.rank{rank}"
+    with output_errors(output, output=output):
+        output.mkdir(parents=True, exist_ok=True)
+    with output_errors(probe, output=output):
+        with open(probe, "w") as f:
+            f.write("ok\n")
+        probe.unlink()
 
 
 def checkpoint_root(output: str | Path) -> Path:
@@ -56,22 +97,26 @@ def resolve_resume(output: str | Path, resume: str) -> Path | None:
 
 def save_checkpoint(accelerator, output: str | Path, *, step: int, trainer_state: dict, data_state: dict,
                     keep: int) -> Path:
-    """Collective: every rank calls it. Returns the final folder."""
+    """Collective: every rank calls it. Returns the final folder. A failed write is an
+    :class:`OutputError` naming the path (the launcher then stops the other ranks)."""
     final = checkpoint_root(output) / f"step_{step:07d}"
     tmp = final.with_name(final.name + ".tmp-partial")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        with output_errors(tmp, output=output):
+            tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    write_json(tmp / f"data_state.rank{accelerator.process_index}.json", data_state)
+    with output_errors(tmp, output=output):
+        accelerator.save_state(str(tmp))
+        write_json(tmp / f"data_state.rank{accelerator.process_index}.json", data_state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(tmp / "trainer_state.json", {**trainer_state, "step": step,
-                                               "world_size": accelerator.num_processes})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with output_errors(tmp, output=output):
+            write_json(tmp / "trainer_state.json", {**trainer_state, "step": step,
+                                                   "world_size": accelerator.num_processes})
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
         for old in list_checkpoints(output)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
         log.info("checkpoint %s", final)

@@ -5,6 +5,12 @@ from dataclasses import dataclass, field
 from clip_models.config import ModelConfig
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16", "fp8")
+# Settings a resumed run may change when train.resume_allow_changes names them: those whose new
+# value the resumed run really uses (the run's length and the schedule are rebuilt, the optimizer's
+# learning rates and weight decay are set again after the checkpoint is loaded). Every other stored
+# setting is held by the checkpoint's weights, optimizer, RNG or data position (training/resume.py).
+RESUME_MAY_CHANGE = ("train.max_steps", "train.num_epochs", "train.samples_per_epoch", "train.warmup_steps",
+                     "train.schedule", "train.learning_rate", "train.full_param_lr_scale", "train.weight_decay")
 
 
 def _at_least(cfg, name: str, low: int) -> None:
@@ -125,8 +131,11 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
-    # "auto" = newest checkpoint under output/checkpoints, "" = start fresh, or a path.
+    # "auto" = newest checkpoint under output/checkpoints, "" = start fresh, or a path. A resume
+    # refuses settings that differ from the checkpoint's, except those listed here (from
+    # RESUME_MAY_CHANGE, e.g. [train.max_steps] to extend a run).
     resume: str = "auto"
+    resume_allow_changes: list[str] = field(default_factory=list)
     # The run aborts once this many steps had a NaN/inf loss.
     max_nonfinite_steps: int = 20
     # Append each step's sample keys to output/sample_keys.rank<R>.jsonl.
@@ -144,14 +153,18 @@ class TrainConfig:
                              f"dataset.json or samples_per_epoch), got {self.max_steps}")
         if self.max_steps == 0 and self.num_epochs == 0:
             raise ValueError("max_steps and num_epochs are both 0: nothing to train; set one of them")
-        if not self.learning_rate >= 0:  # also refuses NaN
-            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        if not self.learning_rate > 0:  # also refuses NaN; 0 would train nothing while looking busy
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
         if not self.full_param_lr_scale >= 0:
             raise ValueError(f"full_param_lr_scale must be >= 0, got {self.full_param_lr_scale}")
+        for key in self.resume_allow_changes:
+            if key not in RESUME_MAY_CHANGE:
+                raise ValueError(f"resume_allow_changes: {key!r} cannot change on resume (the checkpoint holds its "
+                                 f"old value); it may name {', '.join(RESUME_MAY_CHANGE)}")
 
 
 @dataclass
@@ -159,8 +172,11 @@ class EvalConfig:
     """Held-out retrieval and zero-shot evaluation run before and after training."""
 
     shards: list[str] = field(default_factory=list)
-    # LoRA adapter folder for training.evaluate / training.export (default: <train.output>/peft_adapter).
+    # LoRA adapter folder for training.evaluate / training.export (default: <train.output>/peft_adapter);
+    # a missing folder is an error, never a silent fall back to the base model.
     adapter: str = ""
+    # training.evaluate: evaluate the base model alone (model.*), without any adapter.
+    base_only: bool = False
     before: bool = True
     after: bool = True
     batch_size: int = 64
@@ -180,6 +196,9 @@ class EvalConfig:
         """Raise ``ValueError`` naming the bad value, before any work starts."""
         _at_least(self, "batch_size", 1)
         _at_least(self, "max_samples", 0)
+        if self.base_only and self.adapter:
+            raise ValueError(f"base_only=true evaluates the base model without an adapter, but adapter is "
+                             f"{self.adapter!r}: give one of them")
 
 
 @dataclass

@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clip_models.preprocess import decode_uint8, resized_crop
 from clip_models.text_tower import CachedTokenizer, build_tokenizer
+from training.preempt import ignore_stop_signals
 from training.streams import _TAG_BATCH, _TAG_SAMPLE, _rng, resampled_samples, worker_shards  # noqa: F401
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_index
@@ -55,7 +56,7 @@ from wds_tools.quality_record import PENDING, QualityRecordError, decode, keep, 
 from wds_tools.reader import SkipLog, decode_sample
 from wds_tools.sample import IMAGE_EXTS
 from wds_tools.stages import stage
-from wds_tools.urls import expand_urls
+from wds_tools.urls import expand_urls, unique_urls
 
 log = logging.getLogger(__name__)
 
@@ -359,9 +360,10 @@ class LoaderState:
 def make_loader(spec: LoaderSpec, resume: dict | None = None) -> DataLoader:
     """DataLoader over :class:`MixDataset` (not for ``accelerator.prepare``: it splits by itself)."""
     nw = spec.num_workers
+    # Workers ignore SIGTERM / SIGUSR1: the trainer alone handles a stop (training/preempt.py).
     return DataLoader(MixDataset(spec=spec, resume=resume), batch_size=None, num_workers=nw,
                       prefetch_factor=2 if nw else None, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_stop_signals if nw else None)
 
 
 def _manifest_dirs(source: list[str]) -> list[str]:
@@ -391,20 +393,38 @@ def read_manifests(source: list[str]) -> dict:
 
 def build_sources(real: list[str], synthetic: list[str], synthetic_ratio: float, *,
                   allow_pipe: bool = False) -> list[MixSource]:
-    """The weighted sources; a missing source is left out with a warning stating the realised mix."""
+    """The weighted sources; a missing source is left out with a warning stating the realised mix.
+
+    A shard listed more than once in a source (by any spelling of its path) is read once, with a
+    warning counting the repeats: listing it twice would otherwise double its weight unnoticed.
+    """
     if not 0.0 <= synthetic_ratio <= 1.0:
         raise ValueError(f"data.synthetic_ratio must be in [0, 1], got {synthetic_ratio}")
-    sources = []
+    sources, unused = [], []
     for name, urls, weight in (("real", real, 1.0 - synthetic_ratio), ("synthetic", synthetic, synthetic_ratio)):
         if urls and weight > 0:
-            sources.append(MixSource(name=name, urls=expand_urls(list(urls), allow_pipe=allow_pipe), weight=weight))
+            expanded, repeats = unique_urls(expand_urls(list(urls), allow_pipe=allow_pipe))
+            if repeats:
+                log.warning("data.%s lists %d shard(s) more than once; each is read once (%s)", name,
+                            len(repeats), ", ".join(f"{u} x{n}" for u, n in list(repeats.items())[:5]))
+            sources.append(MixSource(name=name, urls=expanded, weight=weight))
         elif urls:
+            unused.append(name)
             log.warning("source %s has weight 0 and is not read", name)
+    if not sources and unused:
+        other = "synthetic" if unused == ["real"] else "real"
+        raise ValueError(f"data.synthetic_ratio={synthetic_ratio:g} gives data.{unused[0]} weight 0, so it is "
+                         f"unused, and data.{other} is empty: give data.{other} shards (--{other}) or change "
+                         "data.synthetic_ratio")
     if not sources:
         raise ValueError("no data: give data.real and/or data.synthetic shard URLs (--real / --synthetic)")
+    if len(sources) == 2:
+        both = set(unique_urls(sources[0].urls + sources[1].urls)[1])
+        if both:
+            log.warning("%d shard(s) are in both data.real and data.synthetic and are read by both (%s)",
+                        len(both), ", ".join(sorted(both)[:5]))
     if len(sources) == 1:
         sources[0].weight = 1.0
         log.warning("only the %s source is given: training on 100%% %s (requested synthetic_ratio %.2f)",
                     sources[0].name, sources[0].name, synthetic_ratio)
     return sources
-

@@ -6,7 +6,11 @@ numbers). Image->text counts a hit when any of the image's captions is in the to
 when the caption's image is in the top k. Zero-shot classifies each image among the
 class names found in the held-out shards, averaging text embeddings over prompt templates.
 
-``python -m training.evaluate --config configs/train/lora.yaml --shards DIR [--adapter DIR]``
+``python -m training.evaluate --config configs/train/lora.yaml --shards DIR [--adapter DIR | --output DIR]``
+
+It evaluates the trained adapter the config names: ``--adapter`` / ``eval.adapter``, by default
+``<train.output>/peft_adapter`` (``--output`` sets train.output); a missing one is an error.
+``eval.base_only=true`` evaluates the base model alone.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from clip_models.text_tower import build_tokenizer, encode_text, tokenizer_spec,
 from wds_tools.quality_record import sample_captions
 from wds_tools.reader import SkipLog, decode_sample, iter_shard
 from wds_tools.sample import IMAGE_EXTS
-from wds_tools.urls import expand_urls
+from wds_tools.urls import expand_urls, unique_urls
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,10 @@ def load_eval_set(urls: Sequence[str], *, size: int, max_samples: int = 0, allow
     """
     skips = SkipLog()
     images, captions, classes = [], [], []
-    for url in expand_urls(list(urls), allow_pipe=allow_pipe):
+    expanded, repeats = unique_urls(expand_urls(list(urls), allow_pipe=allow_pipe))
+    if repeats:  # each held-out image counts once
+        log.warning("eval.shards lists %d shard(s) more than once; each is read once", len(repeats))
+    for url in expanded:
         for raw in iter_shard(url, allow_pipe=allow_pipe, skips=skips):
             s = decode_sample(raw, image=decode_uint8, skips=skips, max_pixels=max_pixels)
             ext = next((e for e in IMAGE_EXTS + ("jpeg",) if s and e in s), None)
@@ -165,10 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    """Evaluate a base model, or base + LoRA adapter + heads, on held-out shards; prints JSON."""
+    """Evaluate base + LoRA adapter + heads (or the base alone with eval.base_only) on held-out shards;
+    prints JSON."""
     from clip_models.loading import model_name
     from training.config import CLI_FLAGS, Stage2Config
-    from training.export import load_trained
+    from training.export import adapter_dir, load_trained
     from wds_tools.config import parse_cli, prog_name
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -176,7 +184,10 @@ def _main(argv: Sequence[str] | None) -> int:
                     flags={**CLI_FLAGS, "--shards": "eval.shards", "--adapter": "eval.adapter"})
     if not cfg.eval.shards:
         raise ValueError("give held-out shards with --shards (eval.shards)")
-    model = load_trained(cfg, cfg.eval.adapter or None)
+    # The adapter the config names (default <train.output>/peft_adapter); the base alone only on request.
+    adapter = None if cfg.eval.base_only else str(adapter_dir(cfg))
+    model = load_trained(cfg, adapter)
+    log.info("evaluating %s", "the base model alone (eval.base_only)" if adapter is None else f"adapter {adapter}")
     data = load_eval_set(cfg.eval.shards, size=image_size(model), max_samples=cfg.eval.max_samples,
                          allow_pipe=cfg.data.allow_pipe, caption_sources=cfg.eval.caption_sources,
                          max_pixels=cfg.data.max_image_pixels)

@@ -33,16 +33,23 @@ def adapter_dir(cfg: Stage2Config, adapter: str | None = None) -> Path:
 
 
 def load_trained(cfg: Stage2Config, adapter: str | None = None) -> nn.Module:
-    """Base model (+ adapter and heads when given), merged into a stock open_clip model."""
-    model = create_model(cfg.model)
+    """Base model (+ adapter and heads when given), merged into a stock open_clip model.
+
+    ``adapter=None`` gives the base model alone; a named adapter folder must exist."""
     if adapter is None:
-        return model
+        return create_model(cfg.model)
     folder = adapter_dir(cfg, adapter)
     heads = folder.parent / "projection_heads_final.pt"
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no trained adapter at {str(folder)!r} (eval.adapter / --adapter, default <train.output>/peft_adapter "
+            f"with train.output={cfg.train.output!r}): name a finished Stage 2 run's train.output or adapter folder "
+            "(training.evaluate: eval.base_only=true evaluates the base model alone)")
     if not (folder / "adapter_config.json").exists():
         raise ValueError(f"adapter folder {str(folder)!r} has no adapter_config.json")
     if not heads.exists():
         raise ValueError(f"projection heads {str(heads)!r} not found beside the adapter folder")
+    model = create_model(cfg.model)
     swap_attention(model)
     apply_lora(model, cfg.lora)
     load_peft_adapter(model, folder)

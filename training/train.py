@@ -5,6 +5,9 @@ epochs, sized from the dataset.json beside the shards (or train.samples_per_epoc
 
 ``accelerate launch --config_file accelerate_config.yaml -m training.train --config configs/train/lora.yaml
 [--real URLS] [--synthetic URLS] [--output DIR] [--max-steps N] [key=value ...]``
+
+Exit status: 0 done, 2 a user error (one line), 75 stopped by SIGTERM/SIGUSR1 after writing a
+checkpoint (rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -28,9 +31,14 @@ def _main(argv: Sequence[str] | None) -> int:
     description = " ".join(__doc__.split("\n\n")[:2])
     cfg = parse_cli(Stage2Config, argv, prog=prog_name("training.train"), description=description, flags=CLI_FLAGS)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from training.preempt import PREEMPTED_EXIT_CODE, Preempted
     from training.trainer import train  # heavy imports after the config is known to be valid
 
-    train(cfg)
+    try:
+        train(cfg)
+    except Preempted as e:
+        logging.getLogger("training.train").warning("%s", e)
+        return PREEMPTED_EXIT_CODE
     return 0
 
 

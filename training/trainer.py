@@ -21,15 +21,25 @@ from clip_models.image_tower import encode_image_tokens, has_patch_tokens
 from clip_models.loading import create_model, model_name
 from clip_models.preprocess import image_norm, image_size
 from clip_models.text_tower import build_tokenizer, encode_text, encode_text_tokens, tokenizer_spec, trim_text
-from training.checkpoint import load_checkpoint, open_sample_keys, resolve_resume, save_checkpoint, save_final
+from training.checkpoint import (
+    check_writable,
+    load_checkpoint,
+    open_sample_keys,
+    output_errors,
+    resolve_resume,
+    save_checkpoint,
+    save_final,
+)
 from training.config import Stage2Config
 from training.data import LoaderSpec, LoaderState, build_sources, make_loader, read_manifests
 from training.evaluate import evaluate_model, load_eval_set
 from training.lora import apply_lora, lora_state_dict, mark_trainable
 from training.losses import rare_class_weights, sparc_loss, weighted_clip_loss, weighted_mean, word_token_mask
 from training.plots import plot_training_log
+from training.preempt import Preempted, StopSignals
+from training.resume import apply_schedule_changes, check_resume, group_hyperparameters, resume_settings
+from training.runlog import RunLog, count_batch, log_entry, realised_share, sum_counters
 from training.selection import select_mix
-from wds_tools.atomic import atomic_open
 from wds_tools.config import config_to_dict, save_config
 from wds_tools.progress import progress
 
@@ -154,26 +164,6 @@ def lora_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-class RunLog:
-    """training_log.json in the seed's layout: the config, then one entry per logged step."""
-
-    def __init__(self, *, path: Path, config: dict, saved: dict | None = None) -> None:
-        self.path, self.config = path, config
-        saved = saved or {}
-        # "training_log" is the seed's key; "entries" is read from checkpoints written before the rename
-        self.entries: list[dict] = list(saved.get("training_log", saved.get("entries", [])))
-        self.evaluation: dict = dict(saved.get("evaluation", {}))
-        self.summary: dict = dict(saved.get("summary", {}))
-
-    def to_dict(self) -> dict:
-        return {"config": self.config, "training_log": self.entries, "evaluation": self.evaluation,
-                "summary": self.summary}
-
-    def write(self) -> None:
-        with atomic_open(self.path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-
-
 def _run_eval(accelerator, model: Stage2Model, cfg: Stage2Config, tokenizer, data) -> dict | None:
     if data is None or not accelerator.is_main_process:
         return None
@@ -193,9 +183,14 @@ def train(cfg: Stage2Config) -> dict:
         log.info("world size %d (%s), device %s, mixed precision %s", world,
                  accelerator.distributed_type.value, accelerator.device, accelerator.mixed_precision)
     out_dir = Path(cfg.train.output)
+    # Before anything is recorded: a checkpoint made under other settings is refused, never resumed
+    # as if the new values applied (training/resume.py).
+    resume_from = resolve_resume(out_dir, cfg.train.resume)
+    changes = check_resume(resume_from, cfg) if resume_from else {}
+    check_writable(out_dir, rank)
     if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+        with output_errors(out_dir / "config.yaml", output=out_dir):
+            save_config(cfg, out_dir / "config.yaml")
     set_seed(cfg.train.seed)  # same seed on every rank: identical LoRA init
     model, model_info = build_model(cfg)
     sources = build_sources(cfg.data.real, cfg.data.synthetic, cfg.data.synthetic_ratio,
@@ -216,11 +211,14 @@ def train(cfg: Stage2Config) -> dict:
     # The scheduler's state goes into trainer_state.json, not register_for_checkpointing: Accelerate
     # loads registered objects with weights_only=False (an unpickle), and checkpoints never unpickle.
 
-    resume_from = resolve_resume(out_dir, cfg.train.resume)
     trainer_state, data_state = ({}, None)
     if resume_from:
+        fresh = group_hyperparameters(optimizer)
         trainer_state, data_state = load_checkpoint(accelerator, resume_from)
         scheduler.load_state_dict(trainer_state["scheduler"])
+        if changes:  # only what train.resume_allow_changes allowed; a plain resume stays exact
+            apply_schedule_changes(optimizer, scheduler, fresh)
+            log.warning("resume: applying changed settings %s", {k: f"{a} -> {b}" for k, (a, b) in changes.items()})
         log.info("resumed from %s at step %d", resume_from, trainer_state["step"])
     step = int(trainer_state.get("step", 0))
     # Per-rank: where this rank's loader stands and what it has counted (samples, drops, skips).
@@ -253,6 +251,9 @@ def train(cfg: Stage2Config) -> dict:
                                 "class_counts": counts["by_class"], "class_counts_from": counts["from"],
                                 "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                                 "world_size": world, "requested_mix": {s.name: s.weight for s in sources}})
+        if resume_from:
+            run_log.summary.setdefault("resumes", []).append(
+                {"step": step, "checkpoint": str(resume_from), "changed": {k: list(v) for k, v in changes.items()}})
     if step == 0 and cfg.eval.before:
         result = _run_eval(accelerator, model, cfg, tokenizer, eval_data)
         if result:
@@ -260,61 +261,73 @@ def train(cfg: Stage2Config) -> dict:
             log.info("eval before: %s", json.dumps(result))
     accelerator.wait_for_everyone()
 
-    keys_file = (open_sample_keys(out_dir / f"sample_keys.rank{rank}.jsonl", resume_step=step)
-                 if cfg.train.log_sample_keys else None)
+    keys_path = out_dir / f"sample_keys.rank{rank}.jsonl"
+    with output_errors(keys_path, output=out_dir):
+        keys_file = open_sample_keys(keys_path, resume_step=step) if cfg.train.log_sample_keys else None
     window: Counter = Counter()
     t0, step_t0 = time.time(), step
     bar = progress(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="stage2",
                    unit="step")
     model.train()
-    micro = 0
+    micro, n_stop, checkpoint = 0, 0, None
     clip_ref = model_of(accelerator, model)
-    for batch in make_loader(spec, loader_saved) if step < total_steps else ():
-        loader_state.update(batch)
-        _count_batch(batch, counters, window)
-        if keys_file:
-            keys_file.write(json.dumps({"step": step, "micro": micro, "keys": batch["keys"]}) + "\n")
-            keys_file.flush()
-        # captions cut after the batch's last end-of-text token: exact for CLIP's causal text tower
-        batch["text"] = trim_text(clip_ref, batch["text"])
-        moved = {k: batch[k].to(accelerator.device, non_blocking=True) for k in _DEVICE_KEYS if k in batch}
-        with accelerator.accumulate(model):
-            with accelerator.autocast():
-                terms = forward_losses(model, moved, cfg)
-            finite = torch.isfinite(terms["total_loss"].detach()).float()
-            if accelerator.reduce(finite, reduction="sum").item() < world:
-                counters["nonfinite_steps"] += 1
-                optimizer.zero_grad(set_to_none=True)
-                log.warning("step %d: non-finite loss, skipped (%d so far)", step, counters["nonfinite_steps"])
-                if counters["nonfinite_steps"] > cfg.train.max_nonfinite_steps:
-                    raise RuntimeError(f"aborting: {counters['nonfinite_steps']} steps with NaN/inf loss "
-                                       f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps})")
-            else:
-                accelerator.backward(terms["total_loss"])
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                clamp_logit_scale(clip_ref)
-        micro += 1
-        if not accelerator.sync_gradients:
-            continue
-        scheduler.step()
-        step += 1
-        micro = 0
-        bar.update(1)
-        if step % cfg.train.log_every == 0 or step == total_steps:
-            _log_entry(accelerator, run_log, terms, step, steps_per_epoch, scheduler, window, counters,
-                       (step - step_t0) * cfg.train.batch_size * cfg.train.grad_accum * world / (time.time() - t0))
-            window = Counter()
-        # The last step is checkpointed too: a run killed while finishing resumes straight to the outputs.
-        if cfg.train.checkpoint_every and (step % cfg.train.checkpoint_every == 0 or step == total_steps):
-            save_checkpoint(accelerator, out_dir, step=step, keep=cfg.train.keep_checkpoints,
-                            data_state={"loader": loader_state.to_dict(), "counters": dict(counters)},
-                            trainer_state={"log": run_log.to_dict(), "scheduler": scheduler.state_dict()})
-        if step >= total_steps:
-            break
+    with StopSignals() as stop:  # SIGTERM / SIGUSR1: finish the step, checkpoint, exit (training/preempt.py)
+        for batch in make_loader(spec, loader_saved) if step < total_steps else ():
+            loader_state.update(batch)
+            count_batch(batch, counters, window)
+            if keys_file:
+                with output_errors(keys_path, output=out_dir):
+                    keys_file.write(json.dumps({"step": step, "micro": micro, "keys": batch["keys"]}) + "\n")
+                    keys_file.flush()
+            # captions cut after the batch's last end-of-text token: exact for CLIP's causal text tower
+            batch["text"] = trim_text(clip_ref, batch["text"])
+            moved = {k: batch[k].to(accelerator.device, non_blocking=True) for k in _DEVICE_KEYS if k in batch}
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    terms = forward_losses(model, moved, cfg)
+                # One all-reduce per micro-batch: ranks with a finite loss, ranks that got a stop signal.
+                # Every rank reads the same sums, so all skip, and all stop, at the same step.
+                flags = torch.stack([torch.isfinite(terms["total_loss"].detach()).float(),
+                                     torch.tensor(float(stop.received is not None), device=accelerator.device)])
+                n_finite, n_stop = accelerator.reduce(flags, reduction="sum").tolist()
+                if n_finite < world:
+                    counters["nonfinite_steps"] += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    log.warning("step %d: non-finite loss, skipped (%d so far)", step, counters["nonfinite_steps"])
+                    if counters["nonfinite_steps"] > cfg.train.max_nonfinite_steps:
+                        raise RuntimeError(f"aborting: {counters['nonfinite_steps']} steps with NaN/inf loss "
+                                           f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps})")
+                else:
+                    accelerator.backward(terms["total_loss"])
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    clamp_logit_scale(clip_ref)
+            micro += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            micro = 0
+            bar.update(1)
+            if step % cfg.train.log_every == 0 or step == total_steps:
+                log_entry(accelerator, run_log, terms, step, steps_per_epoch, scheduler, window, counters,
+                           (step - step_t0) * cfg.train.batch_size * cfg.train.grad_accum * world / (time.time() - t0))
+                window = Counter()
+            # The last step is checkpointed too: a run killed while finishing resumes straight to the outputs.
+            due = cfg.train.checkpoint_every and (step % cfg.train.checkpoint_every == 0 or step == total_steps)
+            if due or n_stop:
+                checkpoint = save_checkpoint(
+                    accelerator, out_dir, step=step, keep=cfg.train.keep_checkpoints,
+                    data_state={"loader": loader_state.to_dict(), "counters": dict(counters)},
+                    trainer_state={"log": run_log.to_dict(), "scheduler": scheduler.state_dict(),
+                                   "settings": resume_settings(cfg)})
+            if n_stop or step >= total_steps:
+                break
     bar.close()
     if keys_file:
         keys_file.close()
+    if n_stop:
+        raise Preempted(signal_name=stop.name or "a stop signal to another rank", step=step, checkpoint=checkpoint)
     return _finish(accelerator, model, cfg, run_log, counters, tokenizer, eval_data, step)
 
 
@@ -330,66 +343,12 @@ def model_of(accelerator, model: nn.Module) -> nn.Module:
     return accelerator.unwrap_model(model).clip
 
 
-def _count_batch(batch: dict, counters: Counter, window: Counter) -> None:
-    window["batches"] += 1
-    for k, v in batch.get("mix", {}).items():   # classes and same-source pairs of this batch
-        window[f"mix_{k}"] += v
-    for name in batch["sources"]:
-        counters[f"samples_{name}"] += 1
-        window[f"samples_{name}"] += 1
-    for k, v in batch["counts"].items():
-        counters[k] += v
-
-
-def _share(counts: Counter) -> float | None:
-    total = sum(v for k, v in counts.items() if k.startswith("samples_"))
-    return counts.get("samples_synthetic", 0) / total if total else None
-
-
-def _log_entry(accelerator, run_log: RunLog, terms: dict, step: int, steps_per_epoch: int, scheduler,
-               window: Counter, counters: Counter, samples_per_s: float) -> None:
-    names = [k for k in ("total_loss", "clip_loss", "fine_grained_loss", "acc_i2t", "acc_t2i", "masked_pairs")
-             if k in terms]
-    values = accelerator.reduce(torch.stack([terms[k].detach().float() for k in names]), reduction="mean")
-    local = torch.tensor([float(window.get("samples_synthetic", 0)),
-                          float(sum(v for k, v in window.items() if k.startswith("samples_"))),
-                          float(counters.get("samples_synthetic", 0)),
-                          float(sum(v for k, v in counters.items() if k.startswith("samples_"))),
-                          float(counters.get("quality_dropped", 0)), float(window.get("batches", 0)),
-                          float(window.get("mix_classes", 0)), float(window.get("mix_same_source_pairs", 0))],
-                         device=accelerator.device)
-    shares = accelerator.reduce(local, reduction="sum").tolist()
-    entry = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
-    entry.update({k: round(v.item(), 6) for k, v in zip(names, values)})
-    entry.update({"synthetic_share": round(shares[0] / max(shares[1], 1), 4),
-                  "synthetic_share_total": round(shares[2] / max(shares[3], 1), 4),
-                  "quality_dropped_total": int(shares[4]), "lr": scheduler.get_last_lr()[0],
-                  "samples_per_s": round(samples_per_s, 2), "nonfinite_steps": counters.get("nonfinite_steps", 0),
-                  # per loader batch (one rank's micro-batch), averaged over the logging interval
-                  "classes_per_batch": round(shares[6] / max(shares[5], 1), 3),
-                  "same_source_pairs_per_batch": round(shares[7] / max(shares[5], 1), 3)})
-    if accelerator.is_main_process:
-        run_log.entries.append(entry)
-        log.info("step %d loss %.4f (clip %.4f) acc %.3f/%.3f synthetic share %.3f (total %.3f) dropped %d",
-                 step, entry["total_loss"], entry["clip_loss"], entry["acc_i2t"], entry["acc_t2i"],
-                 entry["synthetic_share"], entry["synthetic_share_total"], entry["quality_dropped_total"])
-
-
-def _sum_counters(per_rank: list[dict]) -> Counter:
-    """All ranks' counts summed; ``nonfinite_steps`` is a global count already (same on every rank)."""
-    total: Counter = Counter()
-    for c in per_rank:
-        total.update({k: v for k, v in c.items() if k != "nonfinite_steps"})
-    total["nonfinite_steps"] = max((c.get("nonfinite_steps", 0) for c in per_rank), default=0)
-    return total
-
-
 def _finish(accelerator, model, cfg: Stage2Config, run_log: RunLog, counters: Counter, tokenizer, eval_data,
             step: int) -> dict:
     accelerator.wait_for_everyone()
     clip = model_of(accelerator, model)
     digests = gather_object([{"rank": accelerator.process_index, "lora_sha256": lora_digest(clip), "steps": step}])
-    counters = _sum_counters(gather_object([dict(counters)]))
+    counters = sum_counters(gather_object([dict(counters)]))
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return {}
@@ -401,13 +360,14 @@ def _finish(accelerator, model, cfg: Stage2Config, run_log: RunLog, counters: Co
     if len({d["lora_sha256"] for d in digests}) > 1:
         log.error("LoRA weights differ across ranks: %s", digests)
     run_log.summary.update({"ranks": digests, "counters": dict(counters), "steps": step,
-                            "realised_synthetic_share": _share(counters)})
+                            "realised_synthetic_share": realised_share(counters)})
     log.info("realised mix: synthetic share %s over %d samples; quality drops %d; skips %s",
              run_log.summary["realised_synthetic_share"],
              sum(v for k, v in counters.items() if k.startswith("samples_")), counters.get("quality_dropped", 0),
              {k: v for k, v in counters.items() if k.startswith("skip_")})
-    run_log.summary["outputs"] = save_final(clip, out_dir, lora_cfg=cfg.lora)
-    run_log.write()
-    plot_training_log(run_log.to_dict(), out_dir / "training_curves.png")
+    with output_errors(out_dir, output=out_dir):
+        run_log.summary["outputs"] = save_final(clip, out_dir, lora_cfg=cfg.lora)
+        run_log.write()
+        plot_training_log(run_log.to_dict(), out_dir / "training_curves.png")
     accelerator.wait_for_everyone()
     return run_log.to_dict()

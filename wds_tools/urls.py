@@ -146,6 +146,23 @@ def expand_urls(
     return urls
 
 
+def unique_urls(urls: Sequence[str]) -> tuple[list[str], dict[str, int]]:
+    """``urls`` with each shard kept once, at its first place, and how often each repeated one was
+    listed. Local paths compare by their real path (``a/./x.tar`` is ``a/x.tar``), URLs as written."""
+    kept: list[str] = []
+    seen: dict[str, str] = {}
+    repeats: dict[str, int] = {}
+    for url in urls:
+        ident = url if is_remote(url) or url.startswith("pipe:") else os.path.realpath(url)
+        if ident in seen:
+            first = seen[ident]
+            repeats[first] = repeats.get(first, 1) + 1
+            continue
+        seen[ident] = url
+        kept.append(url)
+    return kept, repeats
+
+
 def open_url(url: str, mode: str = "rb", *, allow_pipe: bool = False) -> IO:
     """Open a local path, object-store URL or (when allowed) ``pipe:`` command for reading."""
     _check_pipe(url, allow_pipe)

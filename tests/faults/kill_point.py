@@ -12,6 +12,13 @@ point so the test is deterministic. Points:
 
 Just before dying it writes REPORT.json with its pid and its child processes (the loader
 workers), so the test can check that none outlives it.
+
+``signal:N`` is no kill -9 but a preemption: when the loader hands over batch N, it writes
+REPORT.json and waits for a signal, which the test sends from outside to the whole process group
+(the loader workers too, as SLURM signals every process of a job step; start it in a session of
+its own). ``signal:N@R`` sends SIGUSR1 to this process only, and only on rank R (the other ranks
+must stop at the same step without a signal of their own). Either way the run goes on to its own
+exit.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -44,6 +52,26 @@ def arm(point: str, report: Path) -> None:
                 die(report)
 
         LoaderState.update = update_then_maybe_die
+    elif kind == "signal":
+        from training.data import LoaderState
+
+        batch, _, only_rank = arg.partition("@")
+        update = LoaderState.update
+
+        def update_then_maybe_signal(self, b):
+            update(self, b)
+            if self.batches == int(batch) and (not only_rank or os.environ.get("RANK", "0") == only_rank):
+                children = [p.pid for p in psutil.Process().children(recursive=True)]
+                report.write_text(json.dumps({"pid": os.getpid(), "children": children}))
+                if only_rank:
+                    os.kill(os.getpid(), signal.SIGUSR1)
+                else:  # until the trainer's handler (training.preempt.StopSignals) has seen it
+                    stop = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+                    deadline = time.monotonic() + 120  # without a handler the signal ends the process
+                    while (stop is None or stop.received is None) and time.monotonic() < deadline:
+                        time.sleep(0.01)
+
+        LoaderState.update = update_then_maybe_signal
     elif kind == "commit":
         replace = os.replace
 

@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -139,6 +140,92 @@ def test_kill9_between_and_during_checkpoints_then_resume(reference, shard_dirs,
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)
 
 
+def test_sigterm_to_the_process_group_checkpoints_the_step_then_resume_is_exact(reference, shard_dirs, tmp_path):
+    """Preemption as SLURM does it: SIGTERM to every process of the job (trainer and loader workers)."""
+    from training.preempt import PREEMPTED_EXIT_CODE
+
+    out = tmp_path / "run"
+    args = ["--config", str(TINY_CONFIG), *_overrides(shard_dirs, out, "train.checkpoint_every=0")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    report = tmp_path / "sig.json"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.faults.kill_point", "signal:5", str(report), *args],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while not report.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # from outside, to the trainer and its loader workers
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, stderr[-3000:]
+    assert "Traceback" not in stderr and "DataLoader worker" not in stderr, stderr[-3000:]
+    assert "stopped on SIGTERM after step 5" in stderr
+    signalled = json.loads(report.read_text())
+    assert len(signalled["children"]) >= 2  # the loader workers got the signal too
+    _wait_for_no_survivors(signalled["children"])
+    # The step in flight (batch 5) was finished and checkpointed, though checkpoint_every=0.
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000005"]
+    assert [r["step"] for r in _key_records(out)] == [0, 1, 2, 3, 4]
+    assert not (out / "training_log.json").exists() and not (out / "lora_final.pt").exists()
+    _assert_nothing_partial_under_a_final_name(out)
+
+    train(load_config(Stage2Config, TINY_CONFIG, _overrides(shard_dirs, out, "train.checkpoint_every=0")))
+    assert _key_records(out) == _key_records(reference)
+    got, want = (torch.load(d / "lora_final.pt", weights_only=True) for d in (out, reference))
+    assert set(got) == set(want) and all(torch.equal(got[n], want[n]) for n in want)  # bit for bit
+    log, ref_log = (json.loads((d / "training_log.json").read_text()) for d in (out, reference))
+    assert log["summary"]["counters"] == ref_log["summary"]["counters"]
+
+
+# --- an output folder that cannot be written ------------------------------------------------------
+
+def _train_with_file_size_limit(args: list[str], limit: int) -> subprocess.CompletedProcess:
+    """``training.train`` with RLIMIT_FSIZE set: a write past ``limit`` bytes fails as on a full disk
+    (EFBIG where a full disk gives ENOSPC; both reach the writer the same way)."""
+    import resource
+
+    def limit_writes() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, "-m", "training.train", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300, preexec_fn=limit_writes)
+
+
+@pytest.mark.parametrize("limit, failing", [
+    (0, ".write-check.rank0"),  # before any work
+    (64 * 1024, "checkpoints/step_0000003.tmp-partial"),  # the first checkpoint (the weights are larger)
+])
+def test_a_full_disk_under_train_output_is_one_line_naming_the_path(shard_dirs, tmp_path, limit, failing):
+    out = tmp_path / "run"
+    proc = _train_with_file_size_limit(["--config", str(TINY_CONFIG), *_overrides(shard_dirs, out)], limit)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m training.train: error: cannot write ") and f"{out}/{failing}" in last, last
+    assert "File too large" in last and f"train.output='{out}'" in last
+    assert not (out / "checkpoints").exists() or not list((out / "checkpoints").glob("step_???????"))
+
+
+@pytest.mark.parametrize("where", ["read-only folder", "sysfs"])
+def test_an_unwritable_train_output_is_one_line_naming_it(where, shard_dirs, tmp_path, capsys):
+    from training.train import main
+
+    if where == "read-only folder":
+        if os.geteuid() == 0:
+            pytest.skip("root writes through permission bits")
+        (tmp_path / "ro").mkdir(mode=0o555)
+        out = tmp_path / "ro" / "run"
+    else:
+        if not os.path.isdir("/sys"):
+            pytest.skip("no sysfs")
+        out = Path("/sys") / "remoteclip-stage2-output"  # the kernel refuses a folder here, even to root
+    assert main(["--config", str(TINY_CONFIG), *_overrides(shard_dirs, out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"python -m training.train: error: cannot write {out}: "), err
+    assert f"train.output='{out}'" in err[0]
+
+
 class _Planted:
     """Unpickling this runs ``open(path, "w")``: proof that code ran."""
 
@@ -225,6 +312,8 @@ def test_evaluation_counts_a_bomb(bomb_source):
     (["train.mixed_precision=bf17"], "mixed_precision must be one of"),
     (["data.max_image_pixels=-5"], "max_image_pixels must be >= 0, got -5"),
     (["eval.batch_size=0"], "batch_size must be >= 1, got 0"),
+    (["train.learning_rate=0"], "learning_rate must be > 0, got 0"),  # trained nothing, silently
+    (["train.learning_rate=-1e-4"], "learning_rate must be > 0, got -0.0001"),
 ])
 def test_bad_training_values_exit_2_naming_the_value(argv, message, capsys, tmp_path):
     from training.train import main
@@ -234,6 +323,27 @@ def test_bad_training_values_exit_2_naming_the_value(argv, message, capsys, tmp_
     assert e.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_a_ratio_that_leaves_the_only_source_unused_says_so():
+    with pytest.raises(ValueError, match=r"synthetic_ratio=1 gives data\.real weight 0, so it is unused, and "
+                                         r"data\.synthetic is empty"):
+        build_sources(["real-shards"], [], 1.0)
+    with pytest.raises(ValueError, match=r"synthetic_ratio=0 gives data\.synthetic weight 0, so it is unused, "
+                                         r"and data\.real is empty: give data\.real shards \(--real\)"):
+        build_sources([], ["synthetic-shards"], 0.0)
+
+
+def test_a_shard_listed_twice_is_read_once_with_a_counted_warning(shard_dirs, caplog):
+    real = shard_dirs["real"]
+    first = sorted(real.glob("real-??????.tar"))[0]
+    spelled_again = f"{real}/./{first.name}"
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        sources = build_sources([str(real), str(first), spelled_again], [], 0.0)
+    assert sources[0].urls == sorted(str(p) for p in real.glob("real-??????.tar"))  # 4 shards, not 6
+    warned = [r.getMessage() for r in caplog.records if "more than once" in r.getMessage()]
+    assert warned == [f"data.real lists 1 shard(s) more than once; each is read once ({first} x3)"]
+    assert len(load_eval_set([str(shard_dirs["val"])] * 2, size=32).images) == 8  # each held-out image once
 
 
 def test_help_says_what_max_steps_0_means(capsys):

@@ -116,6 +116,27 @@ def test_peft_adapter_and_merged_export_reproduce_the_trained_model(reference_ru
     assert load_trained(cfg, None) is not None
 
 
+def test_evaluate_reads_the_adapter_of_train_output_and_matches_the_log_after(reference_run, shard_dirs, tmp_path,
+                                                                              capsys):
+    """What the demo's step 10 runs: ``training.evaluate --output DIR`` evaluates DIR/peft_adapter
+    (it evaluated the base model before), with the figures of the training log's "after"."""
+    from training.evaluate import main as evaluate
+
+    out, _, _ = reference_run
+    saved = json.loads((out / "training_log.json").read_text())["evaluation"]
+    assert saved["after"] != saved["before"]  # else this test could not tell the two apart
+    base = ["--config", str(TINY_CONFIG), "--shards", str(shard_dirs["val"]), "model.device=cpu"]
+    assert evaluate([*base, "--output", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out) == saved["after"]
+    assert evaluate([*base, "eval.base_only=true"]) == 0
+    assert json.loads(capsys.readouterr().out) == saved["before"]
+
+    typo = tmp_path / "stage2_lroa"
+    assert evaluate([*base, "--output", str(typo)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"no trained adapter at '{typo / 'peft_adapter'}'" in err[0], err
+
+
 def test_kill9_then_resume_sees_the_same_samples(reference_run, shard_dirs, tmp_path):
     ref_out, _, _ = reference_run
     args = _overrides(shard_dirs, tmp_path)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from accelerate import Accelerator
 
 from tests.training.conftest import REPO, TINY_CONFIG
@@ -24,19 +25,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ranks_train_in_sync_and_match_single_process(shard_dirs, tmp_path):
-    overrides = [f"data.real=[{shard_dirs['real']}]", f"data.synthetic=[{shard_dirs['synthetic']}]",
-                 f"train.output={tmp_path}", "train.max_steps=3", "train.checkpoint_every=0",
-                 "eval.before=false", "eval.after=false", "data.num_workers=1"]
+OVERRIDES = ["train.max_steps=3", "train.checkpoint_every=0", "eval.before=false", "eval.after=false",
+             "data.num_workers=1"]
+
+
+def _overrides(shard_dirs, out: Path) -> list[str]:
+    return [f"data.real=[{shard_dirs['real']}]", f"data.synthetic=[{shard_dirs['synthetic']}]",
+            f"train.output={out}", *OVERRIDES]
+
+
+def _launch(*target: str) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of two CPU ranks (gloo) running ``target`` (a script, or -m module)."""
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           str(REPO / "tests" / "training" / "dist_check.py"), str(TINY_CONFIG), str(tmp_path), *overrides]
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *target]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
 
+
+@pytest.fixture(scope="module")
+def two_rank_run(shard_dirs, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A 3-step run on two ranks (then dist_check's fixed-batch figures): its folder and overrides."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    overrides = _overrides(shard_dirs, out)
+    proc = _launch(str(REPO / "tests" / "training" / "dist_check.py"), str(TINY_CONFIG), str(out), *overrides)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, overrides
+
+
+def test_two_ranks_train_in_sync_and_match_single_process(two_rank_run):
+    tmp_path, overrides = two_rank_run
     ranks = [json.loads((tmp_path / f"dist_rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1]
     assert all(r["num_processes"] == 2 for r in ranks)
@@ -61,3 +80,28 @@ def test_two_ranks_train_in_sync_and_match_single_process(shard_dirs, tmp_path):
         assert g > 0, name
         assert ranks[0]["grads"][name] == pytest.approx(g, rel=1e-3, abs=1e-7), name
         assert ranks[1]["grads"][name] == pytest.approx(g, rel=1e-3, abs=1e-7), name
+
+
+def test_a_signal_to_one_rank_stops_both_at_one_step_and_the_resume_is_exact(two_rank_run, shard_dirs, tmp_path):
+    """SIGUSR1 to rank 1 alone, during step 2: both ranks finish step 2, write one checkpoint
+    together and exit with the preemption code; a two-rank resume ends on the uninterrupted run's
+    LoRA, bit for bit."""
+    reference, _ = two_rank_run
+    out = tmp_path / "run"
+    args = ["--config", str(TINY_CONFIG), *_overrides(shard_dirs, out)]
+    proc = _launch("-m", "tests.faults.kill_point", "signal:2@1", str(tmp_path / "sig.json"), *args)
+    assert proc.returncode != 0
+    assert "stopped on SIGUSR1 after step 2" in proc.stderr  # rank 1
+    assert "stopped on a stop signal to another rank after step 2" in proc.stderr  # rank 0
+    # The launcher reports the first rank to exit (75) and stops the other, already past its checkpoint.
+    assert "exitcode  : 75" in proc.stderr, proc.stderr[-4000:]
+    ckpt = out / "checkpoints" / "step_0000002"
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == [ckpt.name]
+    assert (ckpt / "data_state.rank0.json").is_file() and (ckpt / "data_state.rank1.json").is_file()
+    assert not (out / "lora_final.pt").exists()
+
+    proc = _launch("-m", "training.train", *args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"resumed from {ckpt} at step 2" in proc.stderr
+    got, want = (torch.load(d / "lora_final.pt", weights_only=True) for d in (out, reference))
+    assert set(got) == set(want) and all(torch.equal(got[n], want[n]) for n in want)
