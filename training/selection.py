@@ -9,6 +9,11 @@ Before any step the trainer checks each shard of the mix against the filter's ``
 - every shard must have a quality sidecar that the selection lists with the same sha256: a missing
   sidecar (never scored), one not listed (pending, or scored by a run that did not finish) or one
   changed since the selection is an error unless ``data.require_selection=false`` (then a warning);
+- every listed image shard must still be the bytes its sidecar scored: its size and sha256 as
+  recorded in the selection's ``shard_identity`` (a shard not written since its sidecar was, and
+  of the recorded size, is not read; any other is hashed: see ``wds_tools.shard_identity``). A
+  shard rebuilt or swapped since the filter ran is always an error (:class:`ShardChangedError`,
+  one line), whatever ``data.require_selection`` says: its verdicts describe other images;
 - rare-class weights and the epoch size come from the kept counts of the listed shards.
 
 ``data.use_quality=false`` skips all of this and trains on every sample, on purpose.
@@ -38,6 +43,20 @@ class MixSelection:
     problems: list[str]
 
 
+class ShardChangedError(SelectionError):
+    """A selected shard is not the bytes the quality filter scored (rebuilt, swapped or missing)."""
+
+
+def check_shards_unchanged(selection: Selection, urls: list[str]) -> None:
+    """:class:`ShardChangedError` naming the first shard whose bytes differ from the selection's record."""
+    changed = selection.shard_problems(urls)
+    if changed:
+        raise ShardChangedError(
+            f"{len(changed)} of {len(urls)} shards are not the images the quality filter scored "
+            f"({', '.join(selection.files)}); first: {changed[0]}. Rerun the quality filter over them "
+            f"(python -m builders.quality --input DIR scores them again), then train")
+
+
 def _advice(problems: list[str], urls: list[str], where: str) -> str:
     shown = "\n  ".join(problems[:5])
     more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
@@ -55,6 +74,8 @@ def check_mix_selection(urls: list[str], *, files: list[str], require: bool,
     selection = read_selection(found) if found else None
     where = (", ".join(found) if found else "no selection.json beside the shards and none given in data.selection")
     problems = (selection or Selection(files=[], entries={}, docs=[])).problems(urls, check_hashes=check_hashes)
+    if selection is not None:
+        check_shards_unchanged(selection, urls)
     if problems and require:
         raise SelectionError(_advice(problems, urls, where))
     if problems:

@@ -19,7 +19,8 @@ def temp_path_for(path: str | Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temp file; on clean exit fsync and rename it to ``path``, on error delete it."""
+    """Open a temp file; on clean exit fsync and rename it to ``path``; on any error (the close
+    included) delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
@@ -31,7 +32,8 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         f.close()
         os.replace(tmp, path)
     except BaseException:
-        f.close()
+        with contextlib.suppress(OSError):  # closing flushes: on a full disk that raises again
+            f.close()
         tmp.unlink(missing_ok=True)
         raise
 

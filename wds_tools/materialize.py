@@ -7,6 +7,9 @@ By default the ``quality`` sidecar is joined and a sample is kept iff its qualit
 from its ``json`` (and ``txt``), so the reshard trains the same without the sidecar. The output
 has its own ``dataset.json`` (with kept/dropped counts), ``sizes.json`` and the resolved
 ``config.yaml``.
+
+One run per output folder at a time (the lock ``materialize.lock`` there); a run starts by deleting
+the temporary files a killed run left in it, and a write that fails deletes its own.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import msgpack
 
 from wds_tools import quality_record
 from wds_tools.config import parse_cli, prog_name, run_main, save_config, writing_under
+from wds_tools.lock import OutputLock, remove_stale_temps
 from wds_tools.manifest import stats_path, write_index
 from wds_tools.progress import progress
 from wds_tools.reader import SkipLog, iter_shard
@@ -28,6 +32,7 @@ from wds_tools.urls import expand_urls, is_remote, is_shard_name
 from wds_tools.writer import RollingShardWriter
 
 log = logging.getLogger("wds_tools.materialize")
+LOCK_NAME = "materialize.lock"
 
 
 @dataclass
@@ -125,6 +130,12 @@ def materialize(cfg: MaterializeConfig) -> dict:
     check_output_apart(cfg.output, cfg.input, urls)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out / LOCK_NAME, tool="wds_tools.materialize"):
+        remove_stale_temps(out)
+        return _materialize_locked(cfg, urls, out)
+
+
+def _materialize_locked(cfg: MaterializeConfig, urls: list[str], out: Path) -> dict:
     skips, dropped, kept = SkipLog(), SkipLog(), 0
     with RollingShardWriter(output_dir=out, prefix=cfg.prefix, maxcount=cfg.maxcount) as writer:
         bar = progress(total=len(urls), desc="materialize", unit="shard")

@@ -14,12 +14,13 @@ one member ``<key>.quality.msgpack`` per sample, holding a :class:`QualityRecord
   floor. Stage 2 draws only among kept captions.
 
 Phase 2 of the filter writes ``selection.json`` (:data:`SELECTION_NAME`) beside its report and
-beside the shards: the threshold, kept counts and every finalised sidecar with its sha256.
+beside the shards: the threshold, kept counts and every finalised sidecar (sorted by shard) with
+its sha256 and ``shard_identity``, the size and sha256 of the image shard it scored (also the
+sidecar's ``__shard__`` member, see ``wds_tools.shard_identity``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import posixpath
@@ -34,6 +35,7 @@ import msgpack
 
 from wds_tools.atomic import write_json
 from wds_tools.reader import iter_tar_samples
+from wds_tools.shard_identity import identity_problem, mtime_ns, sha256_url
 from wds_tools.skips import SkipLog
 from wds_tools.urls import is_remote, open_url, sidecar_url, url_exists
 
@@ -183,15 +185,6 @@ def read_quality_sidecar(shard_url: str, keys: Sequence[str]) -> dict[str, Quali
     return out
 
 
-def sha256_url(url: str) -> str:
-    """sha256 of a local or remote file."""
-    h = hashlib.sha256()
-    with open_url(url, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _norm(url: str) -> str:
     url = url[len("file://"):] if url.startswith("file://") else url
     return url if is_remote(url) else os.path.abspath(url)
@@ -247,6 +240,20 @@ class Selection:
                            f"(unscored, pending, or scored by a run that did not finish)")
             elif check_hashes and sha256_url(side) != entry["sha256"]:
                 out.append(f"{side}: changed since the selection was made (sha256 differs)")
+        return out
+
+    def shard_problems(self, shard_urls: Iterable[str]) -> list[str]:
+        """``url: why`` for each listed shard whose bytes are not those its sidecar scored
+        (rebuilt, swapped, missing, or listed without a recorded ``shard_identity``)."""
+        out = []
+        for url in shard_urls:
+            entry = self.entries.get(_norm(url))
+            if entry is None:
+                continue  # unlisted: a problem of :meth:`problems`
+            since = mtime_ns(sidecar_url(url, SIDECAR))
+            problem = identity_problem(url, entry.get("shard_identity"), unchanged_since_ns=since)
+            if problem:
+                out.append(f"{url}: {problem}")
         return out
 
     def kept_by_class(self, shard_urls: Iterable[str]) -> dict[str, int]:

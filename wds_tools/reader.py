@@ -47,6 +47,12 @@ def is_reserved_key(key: str) -> bool:
     return key.rsplit("/", 1)[-1].startswith("__")
 
 
+def is_meta_member(name: str) -> bool:
+    """WebDataset's metadata members, ``__name__`` at the top of a tar (no dot): not samples, and
+    skipped without a count (a sidecar's ``__shard__`` record, see ``wds_tools.sidecar``)."""
+    return "/" not in name and "." not in name and len(name) > 4 and name[:2] == name[-2:] == "__"
+
+
 def is_unsafe_ext(ext: str) -> bool:
     """True for member types that deserialise by unpickling: never decoded, always skipped."""
     return ext.rsplit(".", 1)[-1].lower() in UNSAFE_EXTS
@@ -65,7 +71,7 @@ def iter_tar_samples(
     stream = open_url(url, "rb", allow_pipe=allow_pipe)
     try:
         for member in iter_members(stream):
-            if not member.is_file:
+            if not member.is_file or is_meta_member(member.name):
                 continue
             parts = split_member_name(member.name)
             if parts is None or is_reserved_key(parts[0]):

@@ -6,10 +6,16 @@ rewrites image bytes. Records name members either way: ``{"msgpack": ...}`` or
 ``{"quality.msgpack": ...}`` both write ``<key>.quality.msgpack``; readers return
 ``"quality.msgpack"``. The quality filter's contract: sidecar ``quality``, member ``quality.msgpack``
 = ``{"scores": {...}, "composite": float | None, "keep": bool, "reasons": [str]}``.
+
+A sidecar may open with one metadata member, ``__shard__`` (:data:`SHARD_MEMBER`, JSON): the
+identity of the shard bytes it was computed from (``wds_tools.shard_identity``). Readers skip it
+like any WebDataset ``__name__`` member; :func:`read_shard_identity` reads it alone.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import tarfile
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -21,8 +27,10 @@ import msgpack
 from wds_tools.reader import is_reserved_key, is_unsafe_ext, iter_tar_samples, split_member_name
 from wds_tools.sample import check_key
 from wds_tools.tar_members import iter_members
-from wds_tools.urls import is_remote, sidecar_url
+from wds_tools.urls import is_remote, open_url, sidecar_url
 from wds_tools.writer import write_tar_members
+
+SHARD_MEMBER = "__shard__"
 
 
 def shard_keys(shard_url: str) -> list[str]:
@@ -69,8 +77,12 @@ def write_sidecar(
     *,
     check_against_shard: bool = True,
     known_keys: Sequence[str] | None = None,
+    shard_identity: dict | None = None,
 ) -> Path | str:
     """Atomically write ``X.<name>.tar`` for shard ``X.tar`` from ``(key, {ext: value})`` records.
+
+    ``shard_identity`` (``wds_tools.shard_identity.shard_identity`` of the shard the records were
+    computed from) is stored first, as the :data:`SHARD_MEMBER` member.
 
     ``check_against_shard`` compares the keys with the shard's: ``known_keys`` when the caller has
     just read them (a remote shard is not fetched again), else listed from the shard (headers
@@ -97,6 +109,9 @@ def write_sidecar(
         for key, values in records
         for ext, value in values.items()
     )
+    if shard_identity is not None:
+        head = json.dumps(shard_identity, sort_keys=True).encode("utf-8")
+        members = itertools.chain([(SHARD_MEMBER, head)], members)
     if not is_remote(out):
         write_tar_members(Path(out), members)
         return Path(out)
@@ -111,6 +126,24 @@ def write_sidecar(
 def _local_path(url: str) -> str:
     """``file://`` URLs are local paths: written with a local atomic rename, not an upload."""
     return url[len("file://"):] if url.startswith("file://") else url
+
+
+def read_shard_identity(shard_url: str, name: str) -> dict | None:
+    """The :data:`SHARD_MEMBER` record of sidecar ``name`` of ``shard_url``; None when the sidecar
+    does not start with one (written before shards were recorded) or it is not a JSON object.
+    Reads the sidecar's first member only. A missing sidecar raises FileNotFoundError."""
+    with open_url(sidecar_url(shard_url, name), "rb") as f:
+        try:
+            first = next(iter_members(f), None)
+        except tarfile.ReadError:
+            return None
+    if first is None or first.name != SHARD_MEMBER:
+        return None
+    try:
+        value = json.loads(first.data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def read_sidecar(shard_url: str, name: str) -> dict[str, dict]:

@@ -19,6 +19,20 @@ import fsspec
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "https://", "http://", "file://", "memory://")
 
 
+class ShardNotFoundError(FileNotFoundError):
+    """A shard (or sidecar) that is not there, deleted or moved, say, while a job streams it.
+
+    Raised in a DataLoader worker, it reaches the main process rebuilt from a message that holds
+    the whole worker traceback (torch re-raises ``type(e)(text)``); the constructor keeps only this
+    exception's own line of that text, so the user still reads one line naming the path.
+    """
+
+    def __init__(self, message: str):
+        mark = f"{__name__}.{type(self).__qualname__}: "
+        own = [line[len(mark):] for line in str(message).splitlines() if line.startswith(mark)]
+        super().__init__(own[-1] if own else message)
+
+
 class PipeRefusedError(ValueError):
     """A ``pipe:`` URL was given without ``allow_pipe=True``."""
 
@@ -172,4 +186,4 @@ def open_url(url: str, mode: str = "rb", *, allow_pipe: bool = False) -> IO:
     try:
         return fsspec.open(url, mode).open()
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"shard not found: {url!r}") from e
+        raise ShardNotFoundError(f"shard not found: {url!r} (deleted or moved?)") from e

@@ -2,15 +2,22 @@
 
 Each shard is written to a temporary name and renamed when complete, so a killed writer never
 leaves a truncated tar under a final name; its stats file is written after the rename, so "final tar
-plus stats" means finished (builders rely on this to resume). Tar headers carry fixed metadata
+plus stats" means finished (builders rely on this to resume). A write that fails (a full disk
+raising when the tar is closed, say) removes its temporary file. Tar headers carry fixed metadata
 (mtime 0, no owner), so a rerun with the same samples writes byte-identical shards.
+
+A shard written over an existing one deletes that one's sidecars ``X.<name>.tar`` before the
+rename: they were computed from other bytes (a rebuild keeps the keys, not the pixels). Callers
+that delete a shard before rebuilding it call :func:`remove_sidecars` themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import tarfile
 from collections.abc import Iterable
@@ -19,6 +26,8 @@ from pathlib import Path
 from wds_tools.atomic import temp_path_for, write_json
 from wds_tools.manifest import ShardStats, stats_path
 from wds_tools.sample import check_key
+
+log = logging.getLogger("wds_tools")
 
 
 def shard_name(prefix: str, index: int) -> str:
@@ -57,6 +66,34 @@ def shard_problem(path: str | Path, *, verify: bool = False) -> str | None:
         if h.hexdigest() != digest:
             return f"sha256 {h.hexdigest()[:12]}..., its stats file records {digest[:12]}..."
     return None
+
+
+def remove_sidecars(shard: str | Path) -> list[Path]:
+    """Delete the sidecars ``X.<name>.tar`` (``<name>`` a plain word) beside shard ``X.tar``;
+    returns what was removed. One directory listing."""
+    shard = Path(shard)
+    stem = shard.name[: -len(".tar")] + "."
+    removed = []
+    try:
+        with os.scandir(shard.parent) as it:
+            names = [e.name for e in it if e.name.startswith(stem) and e.name.endswith(".tar")]
+    except FileNotFoundError:
+        return removed
+    for n in names:
+        name = n[len(stem): -len(".tar")]
+        if name and "." not in name:
+            (shard.parent / n).unlink(missing_ok=True)
+            removed.append(shard.parent / n)
+    if removed:
+        log.info("removed %s: computed from the shard %s replaces", ", ".join(p.name for p in removed), shard.name)
+    return removed
+
+
+def _discard(f, tmp: Path) -> None:
+    """Close ``f`` (a full disk may fail that too) and delete the temporary file ``tmp``."""
+    with contextlib.suppress(OSError):
+        f.close()
+    tmp.unlink(missing_ok=True)
 
 
 class _HashingFile(io.RawIOBase):
@@ -166,18 +203,21 @@ class ShardWriter:
         self.stats.count(meta)
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            _discard(self._file, self._tmp)
+            return
         try:
             self._tar.close()
             self._file.flush()
-            if exc_type is None:
-                os.fsync(self._file.fileno())
-        finally:
+            os.fsync(self._file.fileno())
             self._file.close()
-        if exc_type is not None:
-            self._tmp.unlink(missing_ok=True)
-            return
-        self.stats.bytes, self.stats.sha256 = self._hash.nbytes, self._hash.sha.hexdigest()
-        os.replace(self._tmp, self.path)
+            self.stats.bytes, self.stats.sha256 = self._hash.nbytes, self._hash.sha.hexdigest()
+            if self.path.exists():  # a fresh name has no sidecars: spare the directory listing
+                remove_sidecars(self.path)
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            _discard(self._file, self._tmp)
+            raise
         write_json(stats_path(self.path), self.stats.to_dict())
 
 
@@ -194,18 +234,19 @@ def write_tar_members(path: str | Path, members: Iterable[tuple[str, bytes]]) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
+    f = open(tmp, "wb")
     try:
-        with open(tmp, "wb") as f:
-            h = _HashingFile(f)
-            tar = _TarStream(h)
-            for name, data in members:
-                tar.add(name, data)
-            tar.close()
-            f.flush()
-            os.fsync(f.fileno())
+        h = _HashingFile(f)
+        tar = _TarStream(h)
+        for name, data in members:
+            tar.add(name, data)
+        tar.close()
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(f, tmp)
         raise
     return h.nbytes, h.sha.hexdigest()
 

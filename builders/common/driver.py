@@ -23,6 +23,7 @@ from wds_tools.atomic import write_json
 from wds_tools.config import ConfigError, config_to_dict, load_config, path_error, save_config
 from wds_tools.manifest import read_stats, write_index
 from wds_tools.progress import progress as progress_bar
+from wds_tools.quality_record import SELECTION_NAME
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,13 @@ def check_plan(digest: str, images: int, out: Path, *, overwrite: bool) -> None:
 
 
 def prepare_output(units: Sequence, out: Path, *, prefix: str, overwrite: bool) -> None:
-    """Remove temp leftovers; with overwrite, remove old shards; refuse foreign stale shards."""
+    """Remove temp leftovers; with overwrite, remove old shards, their sidecars (quality verdicts
+    of the old pixels) and the split's ``selection.json``; refuse foreign stale shards.
+
+    A shard rebuilt without overwrite drops its own sidecars when it is written
+    (``wds_tools.writer``)."""
     own = re.compile(rf"^{re.escape(prefix)}-(train|val|test)-\d{{6}}\.(tar|stats\.json|skips\.json)$")
+    sidecar = re.compile(rf"^{re.escape(prefix)}-(train|val|test)-\d{{6}}\.[^.]+\.tar$")
     planned = {u.path(out).name for u in units}
     stale = []
     for split in SPLITS:
@@ -128,6 +134,9 @@ def prepare_output(units: Sequence, out: Path, *, prefix: str, overwrite: bool) 
                     p.unlink()
                 elif tar_name not in planned:
                     stale.append(p.name)
+            elif overwrite and (sidecar.match(p.name) or p.name == SELECTION_NAME):
+                p.unlink()
+                log.info("removed %s: it describes the shards --overwrite rebuilds", p)
     if stale:
         raise ValueError(f"{out} holds shards this input does not produce ({sorted(stale)[:5]}...); "
                          f"rerun with --overwrite to rebuild the folder")

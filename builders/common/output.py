@@ -7,7 +7,7 @@
 - ``check_output_dir(out)``: an output path that is a file is a clear error, not a traceback.
 - ``finished_shard(shard, verify=...)``: a shard left by an earlier run counts as finished only
   when its size (and, with ``verify``, its sha256) matches its stats file; a truncated or edited
-  one is rebuilt.
+  one is removed with its sidecars, and rebuilt.
 - ``refuse_empty_build(results, units, out, ...)``: a build in which every input failed is an
   error naming the likely cause, and leaves no empty shard a rerun would keep as finished.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from wds_tools.lock import OutputLock, remove_stale_temps
 from wds_tools.manifest import stats_path
-from wds_tools.writer import is_shard_complete, shard_problem
+from wds_tools.writer import is_shard_complete, remove_sidecars, shard_problem
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "build.lock"
@@ -62,8 +62,10 @@ def finished_shard(shard: Path, *, verify: bool = False) -> bool:
     if problem is None:
         return True
     log.warning("rebuilding %s: %s", shard, problem)
-    # stats first: a kill between the two removals must not leave stats beside a missing tar
+    # stats first: a kill between the removals must not leave stats beside a missing tar; the
+    # sidecars (verdicts of the old bytes) before the tar, which is what says they may exist
     stats_path(shard).unlink(missing_ok=True)
+    remove_sidecars(shard)
     shard.unlink(missing_ok=True)
     return False
 

@@ -2,7 +2,8 @@
 
 ``guard_outputs(urls, report_dir=..., break_lock=...)`` takes the lock ``quality.lock`` of every
 local folder that holds input shards (the filter writes sidecars there) and of the report folder,
-then removes the temp files killed runs left there (``X.quality.tar.tmp-PID-*`` of dead pids).
+then removes the temp files killed runs left there (``X.quality.tar.tmp-PID-*`` and
+``selection.json.tmp-PID-*`` of dead pids).
 Shards whose builder still runs (its ``build.lock`` is live) are refused.
 Shards on an object store are not locked: object stores have no atomic create, and their sidecars
 are uploaded whole, so a concurrent run there can only overwrite a sidecar with an equal one.
@@ -17,6 +18,7 @@ from pathlib import Path
 from builders.common.output import LOCK_NAME as BUILD_LOCK
 from builders.common.output import check_output_dir
 from wds_tools.lock import LockHeld, OutputLock, describe_holder, live_holder, remove_stale_temps
+from wds_tools.quality_record import SELECTION_NAME
 from wds_tools.urls import is_remote
 
 LOCK_NAME = "quality.lock"
@@ -52,6 +54,8 @@ def guard_outputs(urls: Sequence[str], *, report_dir: str | Path | None, break_l
             stack.enter_context(OutputLock(d / LOCK_NAME, tool="builders.quality", break_foreign=break_lock))
         for d in sorted(dirs):
             remove_stale_temps(d, contains=".quality.tar.tmp-")
+            remove_stale_temps(d, name_prefix=f"{SELECTION_NAME}.tmp-")
         if report is not None:
             remove_stale_temps(report, name_prefix="quality_")
+            remove_stale_temps(report, name_prefix=f"{SELECTION_NAME}.tmp-")
         yield

@@ -33,6 +33,7 @@ from wds_tools.malloc import keep_freed_memory
 from wds_tools.quality_record import sample_captions
 from wds_tools.reader import SkipLog, iter_tar_samples
 from wds_tools.sample import IMAGE_EXTS, SOURCES
+from wds_tools.shard_identity import shard_identity
 from wds_tools.stages import stage
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,9 @@ def read_parts(parts: Iterable[ShardPart], *, allow_pipe: bool = False) -> Itera
     """Raw samples of each part (with ``__index__`` = position in the shard), then a done marker.
 
     The marker lists every key of the shard in order (a part reads them all, decoding only its
-    share), so the sidecar can be checked against the shard without reading it again.
+    share), so the sidecar can be checked against the shard without reading it again. Part 0's
+    marker also carries the shard's ``identity`` (size and sha256, hashed here in the worker, from
+    the page cache the read just filled), which the sidecar records.
     A shard that cannot be read, or is cut or corrupt part-way, ends its part with ``error`` set
     instead of crashing.
     """
@@ -75,6 +78,7 @@ def read_parts(parts: Iterable[ShardPart], *, allow_pipe: bool = False) -> Itera
         skips = SkipLog()
         count = 0
         keys: list[str] = []
+        identity = None
         try:
             for i, sample in enumerate(iter_tar_samples(p.url, allow_pipe=allow_pipe, skips=skips)):
                 keys.append(sample["__key__"])
@@ -82,6 +86,7 @@ def read_parts(parts: Iterable[ShardPart], *, allow_pipe: bool = False) -> Itera
                     sample["__index__"] = i
                     count += 1
                     yield sample
+            identity = shard_identity(p.url) if p.part == 0 else None
         except Exception as e:  # noqa: BLE001 - one unreadable shard must not end the run
             log.error("cannot read %s: %s", p.url, e)
             yield {"__done__": p, "count": count, "skips": skips.as_dict(), "keys": keys,
@@ -92,7 +97,8 @@ def read_parts(parts: Iterable[ShardPart], *, allow_pipe: bool = False) -> Itera
         cut = "cut or corrupt tar: samples after the damage are unreadable" if skips.counts.get("corrupt_tar") else None
         if cut:
             log.error("cannot read all of %s: %s", p.url, cut)
-        yield {"__done__": p, "count": count, "skips": skips.as_dict(), "keys": keys, "error": cut}
+        yield {"__done__": p, "count": count, "skips": skips.as_dict(), "keys": keys, "error": cut,
+               "identity": identity}
 
 
 def decode_rgb(data: bytes) -> torch.Tensor:

@@ -12,9 +12,13 @@ beside the shards: what Stage 2 checks before it trains. The image shards are on
 
 A sidecar is read whole or not at all (``wds_tools.quality_record.read_quality_sidecar``): on a
 rerun every existing sidecar is checked against its shard's keys, and a cut, unreadable or
-mismatched one is scored again in phase 1; a shard that still has no whole sidecar after phase 1
-(a cut or unreadable image shard) is a failed shard, left out of the threshold and of
-``selection.json`` and retried on the next run.
+mismatched one is scored again in phase 1. Each sidecar records the size and sha256 of the shard
+bytes it scored (its ``__shard__`` member, hashed by the decode worker that read the shard): a
+sidecar of another version of its shard (rebuilt with ``--overwrite`` and another recipe: same
+keys, new pixels), or one written before this record existed, is stale, logged and scored again
+(``wds_tools.shard_identity`` says when a shard is hashed). A shard that still has no whole
+sidecar after phase 1 (a cut or unreadable image shard) is a failed shard, left out of the
+threshold and of ``selection.json`` and retried on the next run.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,7 +56,8 @@ from wds_tools.quality_record import (
     selection_folders,
     write_selection,
 )
-from wds_tools.sidecar import shard_keys, write_sidecar
+from wds_tools.shard_identity import identity_problem, mtime_ns
+from wds_tools.sidecar import read_shard_identity, shard_keys, write_sidecar
 from wds_tools.urls import expand_urls, is_remote, sidecar_url, url_exists
 
 log = logging.getLogger(__name__)
@@ -76,13 +82,13 @@ def _sidecar_record(r: dict) -> dict:
     return QualityRecord.from_dict(r).to_dict()
 
 
-def _write_pending(url: str, records: list[dict], cfg: QualityConfig, keys: list[str]) -> None:
+def _write_pending(url: str, records: list[dict], cfg: QualityConfig, keys: list[str], identity: dict) -> None:
     records = sorted(records, key=lambda r: r["index"])
     out = []
     for r in records:
         r = rescore({**r, "reasons": r["reasons"] + [PENDING]}, cfg.composite)
         out.append((r["key"], {MEMBER: _sidecar_record({**r, "keep": False})}))
-    write_sidecar(url, SIDECAR, out, known_keys=keys)
+    write_sidecar(url, SIDECAR, out, known_keys=keys, shard_identity=identity)
 
 
 def iq_in_worker(cfg: QualityConfig, device: torch.device) -> bool:
@@ -123,7 +129,8 @@ def score_shards(cfg: QualityConfig, urls: list[str], *, clip: tuple | None = No
         stream, batch_size=None, num_workers=nw, prefetch_factor=cfg.loader.prefetch_factor if nw else None,
         pin_memory=device.type == "cuda",
     )
-    collector = ShardCollector(plan=plan, on_complete=lambda url, recs, keys: _write_pending(url, recs, cfg, keys))
+    collector = ShardCollector(plan=plan, on_complete=lambda url, recs, keys, ident: _write_pending(
+        url, recs, cfg, keys, ident))
     bar = progress(total=_expected_samples(urls), unit="img", desc="scoring")
     threads = torch.get_num_threads()
     if device.type == "cpu" and (nw or cfg.loader.main_threads) and not stream.scorer:
@@ -152,17 +159,19 @@ def _score_batch(batch: dict, scorer: ClipScorer, cfg: QualityConfig) -> None:
 
 class ShardCollector:
     """Files scored records by shard; once every part of a shard is done, hands them on with the
-    shard's keys (as part 0 read them).
+    shard's keys and identity (as part 0 read them).
 
     A part that hit a read error marks its shard failed: no sidecar is written for it, so a later
     run retries it.
     """
 
-    def __init__(self, *, plan: list[list[ShardPart]], on_complete: Callable[[str, list[dict], list[str]], None]):
+    def __init__(self, *, plan: list[list[ShardPart]],
+                 on_complete: Callable[[str, list[dict], list[str], dict], None]):
         self.parts_needed = {p.url: p.parts for worker in plan for p in worker}
         self.parts_seen: dict[str, int] = defaultdict(int)
         self.pending: dict[str, list[dict]] = defaultdict(list)
         self.keys: dict[str, list[str]] = {}
+        self.identity: dict[str, dict] = {}
         self.failed: dict[str, str] = {}
         self.skips: dict[str, int] = defaultdict(int)
         self.scored: list[str] = []
@@ -178,44 +187,74 @@ class ShardCollector:
             self.parts_seen[url] += 1
             if marker["__done__"].part == 0:  # every part of a striped shard reads all of it
                 self.keys[url] = marker["keys"]
+                self.identity[url] = marker.get("identity")
                 for reason, n in marker["skips"].items():
                     self.skips[reason] += n
             if marker["error"]:
                 self.failed[url] = marker["error"]
             if self.parts_seen[url] == self.parts_needed[url]:
-                records, keys = self.pending.pop(url, []), self.keys.pop(url)
+                records, keys, ident = self.pending.pop(url, []), self.keys.pop(url), self.identity.pop(url)
                 if url not in self.failed:
-                    self.on_complete(url, records, keys)
+                    self.on_complete(url, records, keys, ident)
                     self.scored.append(url)
                     self.done_keys[url] = keys
 
 
-def load_sidecars(urls: list[str], known_keys: dict[str, list[str]] | None = None
-                  ) -> tuple[dict[str, dict[str, dict]], dict[str, str]]:
-    """Whole, key-checked sidecars of ``urls`` that have one, and why each other one is unusable.
+@dataclass
+class Sidecars:
+    """The usable sidecars of some shards, the shard identity each records, and why the others
+    are not usable."""
+
+    records: dict[str, dict[str, dict]] = field(default_factory=dict)   # {url: {key: record dict}}
+    identities: dict[str, dict] = field(default_factory=dict)
+    unusable: dict[str, str] = field(default_factory=dict)
+
+
+def stale_problem(url: str) -> tuple[dict | None, str | None]:
+    """The shard identity the sidecar of ``url`` records, and why it is stale (None when it
+    describes the shard as it is now)."""
+    side = sidecar_url(url, SIDECAR)
+    identity = read_shard_identity(url, SIDECAR)
+    problem = identity_problem(url, identity, unchanged_since_ns=mtime_ns(side))
+    if problem is None:
+        return identity, None
+    return identity, f"{side} was not computed from {url} as it is now ({problem}): its verdicts are stale"
+
+
+def load_sidecars(urls: list[str], known_keys: dict[str, list[str]] | None = None) -> Sidecars:
+    """Whole, key-checked sidecars of ``urls`` that have one and describe the shard's current bytes,
+    and why each other one is unusable.
 
     Keys come from ``known_keys`` (what phase 1 just read) or the shard itself (headers only when
-    local). Returns ``({url: {key: record dict}}, {url: problem})``.
+    local).
     """
-    good, bad = {}, {}
+    out = Sidecars()
     for url in urls:
         if not has_sidecar(url):
             continue
         try:
+            identity, stale = stale_problem(url)
+            if stale:
+                out.unusable[url] = stale
+                continue
             keys = (known_keys or {}).get(url)
             keys = keys if keys is not None else shard_keys(url)
-            good[url] = {k: r.to_dict() for k, r in read_quality_sidecar(url, keys).items()}
-        except (QualityRecordError, OSError) as e:
-            bad[url] = str(e)
-    return good, bad
+            out.records[url] = {k: r.to_dict() for k, r in read_quality_sidecar(url, keys).items()}
+            out.identities[url] = identity
+        except (QualityRecordError, OSError, ValueError) as e:
+            out.unusable[url] = str(e)
+    return out
 
 
-def select_global(cfg: QualityConfig, sidecars: dict[str, dict[str, dict]]) -> dict:
-    """Phase 2 over whole sidecars: thresholds, then rewrite the sidecars whose verdicts changed.
+def select_global(cfg: QualityConfig, sidecars: dict[str, dict[str, dict]],
+                  identities: dict[str, dict] | None = None) -> dict:
+    """Phase 2 over whole sidecars: thresholds, then rewrite the sidecars whose verdicts changed
+    (each keeps the shard identity it recorded, from ``identities``).
 
     Returns ``threshold``, ``class_thresholds``, every final record (with ``url``/``key``) as
     ``records`` and how many sidecars were ``rewritten``.
     """
+    identities = identities or {}
     rescored = {u: {k: {**rescore(v, cfg.composite), "url": u} for k, v in side.items()}
                 for u, side in sidecars.items()}
     threshold, per_class = class_thresholds((r for recs in rescored.values() for r in recs.values()), cfg.selection)
@@ -225,7 +264,8 @@ def select_global(cfg: QualityConfig, sidecars: dict[str, dict[str, dict]]) -> d
                    for k, r in recs.items()}
         if any(decided[k] != sidecars[url][k] for k in decided):
             # the keys of a sidecar that was just checked against its shard
-            write_sidecar(url, SIDECAR, [(k, {MEMBER: v}) for k, v in decided.items()], known_keys=list(sidecars[url]))
+            write_sidecar(url, SIDECAR, [(k, {MEMBER: v}) for k, v in decided.items()], known_keys=list(sidecars[url]),
+                          shard_identity=identities.get(url))
             rewritten += 1
         final.extend({**v, "url": url, "key": k} for k, v in decided.items())
     return {"threshold": threshold, "class_thresholds": per_class, "records": final, "rewritten": rewritten}
@@ -265,9 +305,11 @@ def _mode(cfg: QualityConfig) -> str:
     return f"{mode}, min_class_share {cfg.selection.min_class_share}" if cfg.selection.min_class_share else mode
 
 
-def write_selections(cfg: QualityConfig, report_dir: Path, selected: dict, urls: list[str]) -> list[str]:
+def write_selections(cfg: QualityConfig, report_dir: Path, selected: dict, urls: list[str],
+                     identities: dict[str, dict]) -> list[str]:
     """``selection.json`` in the report folder and in every shard folder (where Stage 2 looks)."""
-    doc = selection_doc(selected=selected, entries=finalised_entries(selected["records"]), cfg=cfg, urls=urls)
+    entries = finalised_entries(selected["records"], identities)
+    doc = selection_doc(selected=selected, entries=entries, cfg=cfg, urls=urls)
     folders = list(dict.fromkeys([str(report_dir.resolve())] + selection_folders(urls)))
     written = [write_selection(doc, f) for f in folders]
     log.info("selection: %d of %d samples kept in %d finalised sidecars; written to %s",
@@ -293,24 +335,28 @@ def run(cfg: QualityConfig) -> dict:
     # a full disk's write() names no file: say where this job writes (report, sidecars)
     with writing_under(report_dir, *selection_folders(urls)), \
             guard_outputs(urls, report_dir=report_dir, break_lock=cfg.break_lock):
-        sidecars, damaged = ({}, {}) if cfg.rescore else load_sidecars(urls)
+        found = Sidecars() if cfg.rescore else load_sidecars(urls)
+        damaged = found.unusable
         for problem in damaged.values():
             log.warning("sidecar unusable, scoring the shard again: %s", problem)
+        sidecars, identities = found.records, found.identities
         todo = [u for u in urls if u not in sidecars]
-        log.info("%d shards, %d to score (%d with whole sidecars, %d unusable)", len(urls), len(todo),
-                 len(sidecars), len(damaged))
+        log.info("%d shards, %d to score (%d with whole sidecars of the shards as they are, %d unusable)",
+                 len(urls), len(todo), len(sidecars), len(damaged))
         phase1 = score_shards(cfg, todo) if todo else {"scored": [], "failed": {}, "skips": {}, "keys": {}}
-        fresh, unusable = load_sidecars(phase1["scored"], phase1["keys"])
-        sidecars.update(fresh)
+        fresh = load_sidecars(phase1["scored"], phase1["keys"])
+        sidecars.update(fresh.records)
+        identities.update(fresh.identities)
+        unusable = fresh.unusable
         missing = [u for u in urls if u not in sidecars]
         for url in missing:
             unusable.setdefault(url, phase1["failed"].get(url) or damaged.get(url) or "no sidecar")
         if missing:
             log.error("%d shards have no whole sidecar and are left out of the selection (rerun to retry): %s",
                       len(missing), "; ".join(f"{u}: {unusable[u]}" for u in missing[:5]))
-        selected = select_global(cfg, sidecars)
+        selected = select_global(cfg, sidecars, identities)
         # the selection first: it is what Stage 2 needs, and a report problem must never block it
-        selection_files = write_selections(cfg, report_dir, selected, urls)
+        selection_files = write_selections(cfg, report_dir, selected, urls, identities)
         report = write_report(cfg, report_dir, selected, phase1, urls, unusable)
         report["selection_files"] = selection_files
         write_json(report_dir / REPORT_NAME, report)

@@ -14,16 +14,18 @@ from wds_tools.quality_record import SELECTION_FORMAT, SIDECAR, sha256_url
 from wds_tools.urls import sidecar_url
 
 
-def finalised_entries(records: list[dict]) -> list[dict]:
-    """One entry per sidecar of ``records``: shard, sidecar, its sha256 as written now, samples,
-    kept and kept by class."""
+def finalised_entries(records: list[dict], identities: dict[str, dict]) -> list[dict]:
+    """One entry per sidecar of ``records``, sorted by shard (the order shards finished scoring in
+    must not change the file): shard, its ``shard_identity`` (from ``identities``, what the sidecar
+    records), sidecar, its sha256 as written now, samples, kept and kept by class."""
     by_url: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_url[r["url"]].append(r)
     entries = []
-    for url, recs in by_url.items():
+    for url, recs in sorted(by_url.items()):
         side = sidecar_url(url, SIDECAR)
-        entries.append({"shard": url, "sidecar": side, "sha256": sha256_url(side), "samples": len(recs),
+        entries.append({"shard": url, "shard_identity": identities.get(url), "sidecar": side,
+                        "sha256": sha256_url(side), "samples": len(recs),
                         "kept": sum(r["keep"] for r in recs),
                         "kept_by_class": dict(Counter(class_key(r) for r in recs if r["keep"]))})
     return entries

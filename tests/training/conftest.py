@@ -12,6 +12,7 @@ from PIL import Image
 from wds_tools.manifest import write_index
 from wds_tools.quality_record import SELECTION_FORMAT, sha256_url, write_selection
 from wds_tools.sample import encode_image, make_key, make_sample
+from wds_tools.shard_identity import shard_identity
 from wds_tools.sidecar import write_sidecar
 from wds_tools.writer import shard_name, write_shard
 
@@ -30,8 +31,8 @@ def tile(cls: str, seed: int, size: int = 48) -> Image.Image:
 
 
 def write_test_selection(out: Path, shards: list[Path]) -> Path:
-    """A finished quality selection over ``shards`` (their sidecars as they are now), as the filter
-    writes it: ``selection.json`` in ``out``."""
+    """A finished quality selection over ``shards`` (their sidecars and shard bytes as they are
+    now), as the filter writes it: ``selection.json`` in ``out``."""
     from collections import Counter
 
     from wds_tools.quality_record import MEMBER, decode, keep
@@ -40,7 +41,8 @@ def write_test_selection(out: Path, shards: list[Path]) -> Path:
     for shard in shards:
         recs = [decode(v[MEMBER]) for v in read_sidecar(str(shard), "quality").values()]
         side = shard.with_name(shard.name[:-4] + ".quality.tar")
-        entries.append({"shard": str(shard), "sidecar": str(side), "sha256": sha256_url(str(side)),
+        entries.append({"shard": str(shard), "shard_identity": shard_identity(str(shard)),
+                        "sidecar": str(side), "sha256": sha256_url(str(side)),
                         "samples": len(recs), "kept": sum(keep(r) for r in recs),
                         "kept_by_class": dict(Counter(r.cls for r in recs if keep(r)))})
     doc = {"format": SELECTION_FORMAT, "threshold": 0.3, "sidecars": entries}
@@ -72,7 +74,7 @@ def make_source(out: Path, *, source: str, n_shards: int, per_shard: int, classe
         write_shard(path, samples)
         paths.append(path)
         if selection:
-            write_sidecar(path, "quality", quality)
+            write_sidecar(path, "quality", quality, shard_identity=shard_identity(str(path)))
     if selection:
         write_test_selection(out, paths)
     write_index(out, name=source)

@@ -103,3 +103,21 @@ def test_http_urls_and_remote_list(http_root, shard_dir):
     assert expand_urls(f"{http_root}/remote.txt") == [f"{http_root}/real-train-000002.tar"]
     with pytest.raises(FileNotFoundError, match="real-train-000007.tar"):
         expand_urls(f"{http_root}/real-train-000007.tar")
+
+
+def test_vanished_shard_keeps_one_line_through_a_loader_worker(shard_dir):
+    import pickle
+    import traceback
+
+    from wds_tools.urls import ShardNotFoundError
+
+    gone = str(shard_dir / "real-train-000009.tar")
+    with pytest.raises(ShardNotFoundError) as e:
+        list(iter_shard(gone))
+    assert str(e.value) == f"shard not found: {gone!r} (deleted or moved?)"
+    # how torch hands a worker's exception to the main process: type(e)(text with the traceback)
+    text = "".join(traceback.format_exception(e.value))
+    rebuilt = type(e.value)(f"Caught ShardNotFoundError in DataLoader worker process 0.\nOriginal {text}")
+    assert str(rebuilt) == str(e.value) and isinstance(rebuilt, FileNotFoundError)
+    assert str(pickle.loads(pickle.dumps(e.value))) == str(e.value)
+    assert str(ShardNotFoundError("other text")) == "other text"

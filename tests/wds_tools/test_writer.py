@@ -114,3 +114,16 @@ def test_long_keys_round_trip(tmp_path):
     with tarfile.open(path) as tar:
         assert tar.getnames() == [f"{key}.jpg", f"{key}.txt", f"{key}.json"]
     assert [s["__key__"] for s in iter_shard(str(path))] == [key]
+
+
+def test_a_shard_written_over_another_drops_its_sidecars(tmp_path):
+    from wds_tools.writer import remove_sidecars
+
+    path = tmp_path / shard_name("real-train", 0)
+    write_shard(path, make_contract_samples(2))
+    others = ["real-train-000001.quality.tar", "real-train-000000.tar.tmp-1-0a1b2c3d", "real-train-000000.stats.json"]
+    for name in ["real-train-000000.quality.tar", "real-train-000000.clip.tar", *others[:2]]:
+        (tmp_path / name).write_bytes(b"x")
+    write_shard(path, make_contract_samples(3))  # rebuilt: same name, other bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, *others])
+    assert remove_sidecars(tmp_path / "missing" / "x-000000.tar") == []

@@ -18,6 +18,8 @@ from builders.synthetic.sources import SplitRefused
 from tests.builders.synthetic.build_fixtures import REPO, TINY, model_overrides, real_shards, shard_hashes, syn_cfg  # noqa: F401
 from wds_tools.config import ConfigError
 from wds_tools.reader import decode_sample, iter_shard
+from wds_tools.shard_identity import shard_identity
+from wds_tools.sidecar import shard_keys, write_sidecar
 
 
 def _samples(out: Path) -> list[dict]:
@@ -242,10 +244,16 @@ def test_stages_generate_reruns_generation_only(built, syn_cfg, real_shards, tmp
                                               work / "ground.json", work / "segment.json",
                                               *(work / "upscale").glob("*.png")]}
     gen_before = (work / "generate.json").read_text()
+    shard = out / "train" / "synthetic-train-000000.tar"
+    side = out / "train" / "synthetic-train-000000.quality.tar"
+    write_sidecar(shard, "quality", [(k, {"quality.msgpack": {"keep": True}}) for k in shard_keys(str(shard))],
+                  shard_identity=shard_identity(str(shard)))  # quality verdicts of these pixels
     with pytest.raises(ConfigError, match="modes"):   # without stages=, a changed recipe is refused
         build_synthetic(syn_cfg(real_shards / "train", out, "modes.img2img.strength=0.3"), progress=False)
+    assert side.exists()
     summary = build_synthetic(syn_cfg(real_shards / "train", out, "modes.img2img.strength=0.3",
                                       "stages=[generate]"), progress=False)
+    assert not side.exists()  # the rewritten shard's old verdicts are gone: the filter scores it again
     assert summary["resumed_shards"] == 0
     assert {p: p.stat().st_mtime_ns for p in kept} == kept      # earlier stages reused, untouched
     assert (work / "generate.json").read_text() != gen_before
