@@ -27,7 +27,8 @@ def _free_port() -> int:
 def test_two_ranks_train_in_sync_and_match_single_process(shard_dirs, tmp_path):
     overrides = [f"data.real=[{shard_dirs['real']}]", f"data.synthetic=[{shard_dirs['synthetic']}]",
                  f"train.output={tmp_path}", "train.max_steps=3", "train.checkpoint_every=0",
-                 "eval.before=false", "eval.after=false", "data.num_workers=1"]
+                 "eval.before=false", "eval.after=false", "data.num_workers=1",
+                 "train.report_to=[tensorboard]"]
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
@@ -44,6 +45,10 @@ def test_two_ranks_train_in_sync_and_match_single_process(shard_dirs, tmp_path):
     assert [d["rank"] for d in summary["ranks"]] == [0, 1]
     assert [d["steps"] for d in summary["ranks"]] == [3, 3]
     assert summary["ranks"][0]["lora_sha256"] == summary["ranks"][1]["lora_sha256"]
+    # trackers log from the main process only: every TensorBoard events file has one writer's pid
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert events and all(p.is_relative_to(tmp_path / "tensorboard" / "stage2") for p in events)
+    assert len({p.name.split(".")[-2] for p in events}) == 1, [p.name for p in events]
 
     cfg = load_config(Stage2Config, TINY_CONFIG, overrides)
     single = batch_loss_and_grads(cfg, Accelerator(cpu=True), fixed_global_batch(8, size=64))
