@@ -169,7 +169,7 @@ def plot_confusion(result: dict, path: str | Path) -> Path:
     share = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
     side = max(5.0, 0.35 * len(names) + 2)
     fig, ax = plt.subplots(figsize=(side + 1, side))
-    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    im = ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     if len(names) <= 25:
