@@ -96,7 +96,7 @@ def render_card(*, run_log: dict, config: dict, selections: list[dict], export_c
     pretrained = model.get("pretrained") or "none (seeded random initialisation)"
     info = summary.get("model") or {}
     command = summary.get("command")
-    world = summary.get("command_world_size") or summary.get("world_size")
+    world = summary.get("world_size") or 1
     lines = ["---", "library_name: open_clip", "pipeline_tag: zero-shot-image-classification",
              "tags:", "- clip", "- remote-sensing", "- lora", "---", "",
              f"# {model.get('name')} fine-tuned with LoRA (Stage 2)", "",
@@ -132,7 +132,8 @@ def render_card(*, run_log: dict, config: dict, selections: list[dict], export_c
              "Retrieval counts every caption of an image as a query and a target (RemoteCLIP's protocol); "
              "zero-shot classifies each labelled image among the held-out class names.", "",
              "## Commands", "", "```bash",
-             (f"# {world} process(es) (accelerate launch) \n{command}" if command
+             (f"# {world} process(es){' under accelerate launch --num_processes ' + str(world) if world > 1 else ''}"
+              f"\n{command}" if command
               else "# training was started from Python (training.trainer.train); training_config.yaml "
                    "holds its whole configuration"),
              export_command or "# export command not recorded", "```", ""]

@@ -98,7 +98,6 @@ class RunTracking:
         if not self.main:
             return
         run_log.summary.setdefault("command", launch_command())
-        run_log.summary["command_world_size"] = accelerator.num_processes
         if self.on:
             out = Path(cfg.train.output)
             os.environ.setdefault("TRACKIO_DIR", str(out / "trackio"))
