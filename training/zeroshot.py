@@ -7,7 +7,7 @@ embeddings over ``eval.templates`` (aerial templates in RemoteCLIP's style); eac
 class of highest cosine similarity. Reported: top-1 and top-5 accuracy, per-class accuracy, their
 mean, and a confusion matrix (JSON and PNG).
 
-``python -m training.evaluate --config CFG [--adapter DIR] --zeroshot DIR [--zeroshot-out DIR]``
+``python -m training.evaluate --config CFG --output RUN [--adapter DIR] --zeroshot DIR [--zeroshot-out DIR]``
 writes ``zeroshot.json`` and ``confusion_matrix.png`` (default ``<train.output>/zeroshot_<name>``).
 """
 
@@ -207,7 +207,7 @@ def zeroshot_main(argv: list[str]) -> int:
     from clip_models.loading import model_name
     from clip_models.text_tower import build_tokenizer, tokenizer_spec
     from training.config import CLI_FLAGS, Stage2Config
-    from training.export import load_trained
+    from training.export import adapter_dir, load_trained
     from wds_tools.atomic import write_json
     from wds_tools.config import parse_cli, prog_name
 
@@ -216,7 +216,9 @@ def zeroshot_main(argv: list[str]) -> int:
     cfg = parse_cli(Stage2Config, argv, prog=prog_name("training.evaluate"), description=__doc__.splitlines()[0],
                     flags={**CLI_FLAGS, "--adapter": "eval.adapter"})
     scan_folder(root)  # a wrong folder fails before the model loads
-    model = load_trained(cfg, cfg.eval.adapter or None)
+    # as training.evaluate: the configured adapter (default <train.output>/peft_adapter; missing is an
+    # error), the base model alone only with eval.base_only
+    model = load_trained(cfg, None if getattr(cfg.eval, "base_only", False) else str(adapter_dir(cfg)))
     device = resolve_device(cfg.model.device)
     result = zeroshot_folder(model.to(device), root, tokenizer=build_tokenizer(tokenizer_spec(model_name(cfg.model))),
                              templates=cfg.eval.templates, device=device, batch_size=cfg.eval.batch_size,

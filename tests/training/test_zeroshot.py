@@ -96,14 +96,18 @@ def test_unreadable_images_are_counted_and_bad_folders_are_one_line_errors(label
         scan_folder(only)
 
 
-def test_evaluate_cli_writes_json_and_confusion_matrix(labelled, tmp_path, capsys):
+def test_evaluate_cli_writes_json_and_confusion_matrix(trained_run, labelled, tmp_path, capsys):
+    run, _ = trained_run  # the trained adapter at <train.output>/peft_adapter, as training.evaluate loads it
     out = tmp_path / "zs"
-    code = evaluate_main(["--config", str(TINY_CONFIG), "--zeroshot", str(labelled), "--zeroshot-out", str(out),
-                          "eval.batch_size=32"])
+    code = evaluate_main(["--config", str(TINY_CONFIG), "--output", str(run), "--zeroshot", str(labelled),
+                          "--zeroshot-out", str(out), "eval.batch_size=32"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads((out / "zeroshot.json").read_text())
     assert printed["top1"] == saved["top1"] and printed["num_classes"] == 10
     assert (out / "confusion_matrix.png").is_file() and saved["confusion_png"] == str(out / "confusion_matrix.png")
-    assert evaluate_main(["--config", str(TINY_CONFIG), "--zeroshot", str(tmp_path / "missing")]) == 2
+    assert evaluate_main(["--config", str(TINY_CONFIG), "--output", str(run), "--zeroshot", str(tmp_path / "no")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    # no adapter where the config points: an error, never a silent evaluation of the base model
+    assert evaluate_main(["--config", str(TINY_CONFIG), "--output", str(tmp_path), "--zeroshot", str(labelled)]) == 2
+    assert str(tmp_path / "peft_adapter") in capsys.readouterr().err
