@@ -88,12 +88,12 @@ python -m wds_tools.inspect "$OUT/shards/real/train" "$OUT/shards/synthetic/trai
 step "7/12 materialize: filtered reshard with the scores folded in -> $OUT/shards/real_filtered"
 python -m wds_tools.materialize --input "$OUT/shards/real/train" --output "$OUT/shards/real_filtered"
 
-step "8/12 Stage 2: 0.80 synthetic / 0.20 real mix, LoRA, two CPU processes (accelerate launch) -> $OUT/stage2_lora"
+step "8/12 Stage 2: 0.80 synthetic / 0.20 real mix, LoRA, two CPU processes (accelerate launch), TensorBoard events -> $OUT/stage2_lora"
 # Two ranks on gloo: --cpu --num_processes 2 alone starts ONE process; this spelling starts two.
 ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
     --mixed_precision no --dynamo_backend no --main_process_port "${DEMO_PORT:-29517}" -m training.train \
     --config "$TRAIN_CONFIG" --real "$OUT/shards/real/train" --synthetic "$OUT/shards/synthetic/train" \
-    --eval "$OUT/shards/real/val" --output "$OUT/stage2_lora" "${TRAIN_ARGS[@]}"
+    --eval "$OUT/shards/real/val" --output "$OUT/stage2_lora" "train.report_to=[tensorboard]" "${TRAIN_ARGS[@]}"
 
 step "9/12 for contrast: the same Stage 2 on the real set only (one process) -> $OUT/stage2_real"
 # What the synthetic share adds: the same Stage 2 on the real set only. With random-weight
@@ -107,8 +107,10 @@ step "10/12 evaluate the trained adapter ($OUT/stage2_lora/peft_adapter) on the 
 python -m training.evaluate --config "$TRAIN_CONFIG" --shards "$OUT/shards/real/val" \
     --output "$OUT/stage2_lora" "${TRAIN_ARGS[@]}"
 
-step "11/12 export a merged open_clip checkpoint"
+step "11/12 export a merged open_clip checkpoint, and the open_clip hub folder with a model card"
 python -m training.export --config "$TRAIN_CONFIG" --output "$OUT/stage2_lora" "${TRAIN_ARGS[@]}"
+python -m training.export --format open_clip-hub --config "$TRAIN_CONFIG" --output "$OUT/stage2_lora" \
+    "${TRAIN_ARGS[@]}"
 
 step "12/12 summary"
 python scripts/demo_summary.py "$OUT"

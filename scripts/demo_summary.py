@@ -77,6 +77,12 @@ def summary(out: Path) -> str:
                 out / "base" / "base_curves.png", out / "quality" / "quality_report.html",
                 out / "stage2_lora" / "training_curves.png", out / "stage2_real" / "training_curves.png"]
     lines += ["", "Pictures:"] + [f"  {p}{'' if p.exists() else '  (missing)'}" for p in pictures]
+    tensorboard, hub = out / "stage2_lora" / "tensorboard", out / "stage2_lora" / "open_clip_hub"
+    lines += ["", "For other tools:",
+              f"  TensorBoard events: {tensorboard}{'' if tensorboard.is_dir() else '  (missing)'}"
+              f"  (tensorboard --logdir {tensorboard})",
+              f"  open_clip hub folder with model card: {hub}{'' if (hub / 'README.md').exists() else '  (missing)'}"
+              f"  (open_clip.create_model_and_transforms('local-dir:{hub}'))"]
     return "\n".join(lines)
 
 

@@ -140,6 +140,9 @@ class TrainConfig:
     max_nonfinite_steps: int = 20
     # Append each step's sample keys to output/sample_keys.rank<R>.jsonl.
     log_sample_keys: bool = False
+    # Experiment trackers (Accelerate's log_with: tensorboard, wandb, trackio, ...), written under
+    # output/ by the main process; empty = none (training/tracking.py).
+    report_to: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad value, before any work starts."""

@@ -11,6 +11,9 @@ class names found in the held-out shards, averaging text embeddings over prompt 
 It evaluates the trained adapter the config names: ``--adapter`` / ``eval.adapter``, by default
 ``<train.output>/peft_adapter`` (``--output`` sets train.output); a missing one is an error.
 ``eval.base_only=true`` evaluates the base model alone.
+``... --zeroshot DIR``: zero-shot on a class-per-subfolder image tree (``training/zeroshot.py``);
+``... --shards DIR --export-clip-benchmark OUT``: the split as CLIP_benchmark datasets
+(``training/clip_benchmark_export.py``).
 """
 
 from __future__ import annotations
@@ -180,6 +183,15 @@ def _main(argv: Sequence[str] | None) -> int:
     from wds_tools.config import parse_cli, prog_name
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--zeroshot" in argv:  # a class-per-subfolder image tree (training/zeroshot.py)
+        from training.zeroshot import zeroshot_main
+
+        return zeroshot_main(argv)
+    if "--export-clip-benchmark" in argv:  # the held-out split as CLIP_benchmark datasets
+        from training.clip_benchmark_export import export_main
+
+        return export_main(argv)
     cfg = parse_cli(Stage2Config, argv, prog=prog_name("training.evaluate"), description=__doc__.splitlines()[0],
                     flags={**CLI_FLAGS, "--shards": "eval.shards", "--adapter": "eval.adapter"})
     if not cfg.eval.shards:

@@ -1,6 +1,8 @@
 """Merge a trained LoRA adapter + projection heads into a plain open_clip checkpoint.
 
 ``python -m training.export --config configs/train/lora.yaml [--adapter DIR] [--merged FILE]``
+``python -m training.export --format open_clip-hub [--hub-dir DIR] ...``: the folder open_clip
+pushes to a model hub, with a model card (``training/hub_export.py``; nothing is uploaded).
 
 The result is a stock open_clip state dict (MultiheadAttention restored) that
 ``open_clip.create_model(name, pretrained=FILE)`` loads; the command checks that it does.
@@ -88,6 +90,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
+    typed = list(argv)
+    fmt, hub_dir = _pop(argv, "--format") or "open_clip", _pop(argv, "--hub-dir")
     merged = None
     if "--merged" in argv:
         i = argv.index("--merged")
@@ -97,8 +101,27 @@ def _main(argv: Sequence[str] | None) -> int:
         del argv[i:i + 2]
     cfg = parse_cli(Stage2Config, argv, prog=prog_name("training.export"), description=__doc__.splitlines()[0],
                     flags={**CLI_FLAGS, "--adapter": "eval.adapter"})
-    print(export_merged(cfg, merged=merged))
+    if fmt == "open_clip-hub":
+        from training.hub_export import export_command, export_hub
+
+        print(export_hub(cfg, out=hub_dir, command=export_command(typed)))
+    elif fmt == "open_clip":
+        print(export_merged(cfg, merged=merged))
+    else:
+        raise ValueError(f"--format must be open_clip (a merged .pt) or open_clip-hub (a hub folder), got {fmt!r}")
     return 0
+
+
+def _pop(argv: list[str], flag: str) -> str | None:
+    """Remove ``flag VALUE`` from ``argv`` and return VALUE (None when the flag is absent)."""
+    if flag not in argv:
+        return None
+    i = argv.index(flag)
+    if i + 1 >= len(argv):
+        raise ValueError(f"{flag} needs a value")
+    value = argv[i + 1]
+    del argv[i:i + 2]
+    return value
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from training.preempt import Preempted, StopSignals
 from training.resume import apply_schedule_changes, check_resume, group_hyperparameters, resume_settings
 from training.runlog import RunLog, count_batch, log_entry, realised_share, sum_counters
 from training.selection import select_mix
+from training.tracking import RunTracking, accelerator_kwargs
 from wds_tools.config import config_to_dict, save_config
 from wds_tools.progress import progress
 
@@ -176,7 +177,7 @@ def _run_eval(accelerator, model: Stage2Model, cfg: Stage2Config, tokenizer, dat
 def train(cfg: Stage2Config) -> dict:
     """Run (or resume) Stage 2 training; returns the final log dict (main process) or {}."""
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
-                              gradient_accumulation_steps=cfg.train.grad_accum)
+                              gradient_accumulation_steps=cfg.train.grad_accum, **accelerator_kwargs(cfg))
     rank, world = accelerator.process_index, accelerator.num_processes
     if accelerator.is_main_process:
         # A launch that meant N processes but started one is visible here, not only in the speed.
@@ -225,6 +226,7 @@ def train(cfg: Stage2Config) -> dict:
     loader_saved = (data_state or {}).get("loader")
     counters = Counter((data_state or {}).get("counters", {}))
     run_log = RunLog(path=out_dir / "training_log.json", config=config_to_dict(cfg), saved=trainer_state.get("log"))
+    tracking = RunTracking(accelerator, cfg, run_log, step=step)
 
     clip_name = model_name(cfg.model)
     spec = LoaderSpec(sources=sources, batch_size=cfg.train.batch_size,
@@ -313,6 +315,7 @@ def train(cfg: Stage2Config) -> dict:
                 log_entry(accelerator, run_log, terms, step, steps_per_epoch, scheduler, window, counters,
                            (step - step_t0) * cfg.train.batch_size * cfg.train.grad_accum * world / (time.time() - t0))
                 window = Counter()
+                tracking.sync(step)
             # The last step is checkpointed too: a run killed while finishing resumes straight to the outputs.
             due = cfg.train.checkpoint_every and (step % cfg.train.checkpoint_every == 0 or step == total_steps)
             if due or n_stop:
@@ -327,8 +330,11 @@ def train(cfg: Stage2Config) -> dict:
     if keys_file:
         keys_file.close()
     if n_stop:
+        tracking.close(step)
         raise Preempted(signal_name=stop.name or "a stop signal to another rank", step=step, checkpoint=checkpoint)
-    return _finish(accelerator, model, cfg, run_log, counters, tokenizer, eval_data, step)
+    result = _finish(accelerator, model, cfg, run_log, counters, tokenizer, eval_data, step)
+    tracking.close(step)
+    return result
 
 
 def clamp_logit_scale(clip: nn.Module, *, max_scale: float = 100.0) -> None:

@@ -92,3 +92,19 @@ def shard_dirs(tmp_path_factory) -> dict[str, Path]:
     val = make_source(root / "val", source="real", n_shards=1, per_shard=8,
                       classes=["airport", "forest", "river", "beach"])
     return {"real": real, "synthetic": synth, "val": val}
+
+
+@pytest.fixture(scope="session")
+def trained_run(shard_dirs, tmp_path_factory):
+    """A finished tiny Stage 2 run with held-out figures before and after: ``(output folder, config)``."""
+    from training.config import Stage2Config
+    from training.trainer import train
+    from wds_tools.config import load_config
+
+    out = tmp_path_factory.mktemp("trained_run")
+    cfg = load_config(Stage2Config, TINY_CONFIG, [
+        f"data.real=[{shard_dirs['real']}]", f"data.synthetic=[{shard_dirs['synthetic']}]",
+        f"eval.shards=[{shard_dirs['val']}]", f"train.output={out}", "train.max_steps=6",
+        "train.checkpoint_every=0", "train.log_every=3"])
+    train(cfg)
+    return out, cfg

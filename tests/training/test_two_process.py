@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 
 OVERRIDES = ["train.max_steps=3", "train.checkpoint_every=0", "eval.before=false", "eval.after=false",
-             "data.num_workers=1"]
+             "data.num_workers=1", "train.report_to=[tensorboard]"]
 
 
 def _overrides(shard_dirs, out: Path) -> list[str]:
@@ -63,6 +63,10 @@ def test_two_ranks_train_in_sync_and_match_single_process(two_rank_run):
     assert [d["rank"] for d in summary["ranks"]] == [0, 1]
     assert [d["steps"] for d in summary["ranks"]] == [3, 3]
     assert summary["ranks"][0]["lora_sha256"] == summary["ranks"][1]["lora_sha256"]
+    # trackers log from the main process only: every TensorBoard events file has one writer's pid
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert events and all(p.is_relative_to(tmp_path / "tensorboard" / "stage2") for p in events)
+    assert len({p.name.split(".")[-2] for p in events}) == 1, [p.name for p in events]
 
     cfg = load_config(Stage2Config, TINY_CONFIG, overrides)
     single = batch_loss_and_grads(cfg, Accelerator(cpu=True), fixed_global_batch(8, size=64))
