@@ -42,6 +42,7 @@ from benchmarks.learning.plot import plot_results
 
 log = logging.getLogger("bench_learning")
 
+CORE_ARMS = ("lora_default", "plain")
 # The plain recipe: every sample, its primary caption (the first human one on captioned data).
 PLAIN = ["data.use_quality=false", "data.random_caption=false"]
 
@@ -137,8 +138,8 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
         arms.update({k: ("stage2", real, [], o) for k, (o, _) in ABLATIONS.items()})
         for k, (sel, _) in FILTER_ARMS.items():
             if wanted(k, args):
-                folder, result["filter_" + k] = filtering.reselect_copy(splits["train"], work / k, base=str(base_path),
-                                                                      extra=sel)
+                folder, result[f"{k}_selection"] = filtering.reselect_copy(
+                    splits["train"], work / k, base=str(base_path), extra=sel)
                 arms[k] = ("stage2", [folder], [], [])
     arms.update({k: ("stage2", real, [], o) for k, o in args.extra_arm})
     ft_reason = "skipped (--no-full-ft)" if args.no_full_ft else runs.open_clip_available()
@@ -149,22 +150,20 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
     arms = {k: v for k, v in arms.items() if wanted(k, args)}
     per_arm: dict[str, list[dict]] = {k: [] for k in arms}
     base_digest = runs.file_digest(base_path)
-    for seed in args.seeds:
-        for arm, (kind, real_dirs, syn, overrides) in arms.items():
-            if seed not in arm_seeds(arm, args):
-                continue
-            run_dir = work / "runs" / f"{arm}_s{seed}"
-            own = [*args.stage2, *overrides] if kind == "stage2" else overrides  # open_clip: [its LR]
-            spec = {"kind": kind, "real": real_dirs, "synthetic": syn, "overrides": own,
-                    "seed": seed, "samples": args.samples, "batch_size": args.batch_size, "base": base_digest}
-            t0 = time.time()
-            r = runs.saved_run(run_dir, spec) if args.resume else None
-            if r is None:
-                r = train_arm(spec, base=str(base_path), run_dir=run_dir, heldout=heldout, train_dir=splits["train"])
-            per_arm[arm].append(r)
-            log.info("%s %s seed %d: zero-shot %.1f, mean recall %.2f, %.0f samples/s, loss %s -> %s (%.0f s)",
-                     name, arm, seed, r["zeroshot"], r["mean_recall"], r["samples_per_s"] or 0,
-                     r["loss_first"], r["loss_last"], time.time() - t0)
+    for arm, seed in run_order(arms, args):
+        kind, real_dirs, syn, overrides = arms[arm]
+        run_dir = work / "runs" / f"{arm}_s{seed}"
+        own = [*args.stage2, *overrides] if kind == "stage2" else overrides  # open_clip: [its LR]
+        spec = {"kind": kind, "real": real_dirs, "synthetic": syn, "overrides": own,
+                "seed": seed, "samples": args.samples, "batch_size": args.batch_size, "base": base_digest}
+        t0 = time.time()
+        r = runs.saved_run(run_dir, spec) if args.resume else None
+        if r is None:
+            r = train_arm(spec, base=str(base_path), run_dir=run_dir, heldout=heldout, train_dir=splits["train"])
+        per_arm[arm].append(r)
+        log.info("%s %s seed %d: zero-shot %.1f, mean recall %.2f, %.0f samples/s, loss %s -> %s (%.0f s)",
+                 name, arm, seed, r["zeroshot"], r["mean_recall"], r["samples_per_s"] or 0,
+                 r["loss_first"], r["loss_last"], time.time() - t0)
     base_fig = {k: result["base"][k] for k in ("zeroshot", "mean_recall")}
     for arm, rs in per_arm.items():
         if not rs:
@@ -193,9 +192,22 @@ def wanted(arm: str, args) -> bool:
 
 
 def arm_seeds(arm: str, args) -> list[int]:
-    """The seeds an arm runs: --ablation-seeds for the one-at-a-time arms, else --seeds."""
-    one_at_a_time = arm in ABLATIONS or arm in FILTER_ARMS
-    return args.ablation_seeds if one_at_a_time and args.ablation_seeds is not None else args.seeds
+    """The seeds an arm runs: --seeds for the recipe arms and the full fine-tune, --ablation-seeds
+    (when given) for the variants: one-at-a-time, per-class filter, --extra-arm, study."""
+    return args.ablation_seeds if is_variant(arm) and args.ablation_seeds is not None else args.seeds
+
+
+def run_order(arms: dict, args) -> list[tuple[str, int]]:
+    """(arm, seed) pairs: every seed of the recipe arms and the full fine-tune first, then the
+    variants seed by seed, so a run cut short still has its core figures."""
+    jobs = [(arm, seed) for arm in arms for seed in arm_seeds(arm, args)]
+    names = list(arms)
+    return sorted(jobs, key=lambda j: (is_variant(j[0]), j[1], names.index(j[0])))
+
+
+def is_variant(arm: str) -> bool:
+    """Not a recipe arm nor the full fine-tune: one-at-a-time, per-class filter, --extra-arm, study."""
+    return arm not in CORE_ARMS and not arm.startswith("full_ft")
 
 
 def train_arm(spec: dict, *, base: str, run_dir: Path, heldout, train_dir: str) -> dict:
