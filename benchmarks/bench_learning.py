@@ -172,6 +172,7 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
         gains = {k: summarise([r[k] - base_fig[k] for r in rs]) for k in ("zeroshot", "mean_recall")}
         result["runs"][arm] = {"figures": figs, "gain_over_base": gains, "seeds": rs,
                                "what": {**ABLATIONS, **FILTER_ARMS}.get(arm, ("", arm))[1]}
+    paired_with_default(result["runs"])
     result["verdict"] = verdict(result)
     if args.study:
         from benchmarks.learning.peft_reference import compare_with_peft
@@ -282,6 +283,17 @@ def _joint(folder: Path, train_dir: str, synthetic: str, base: str, info: dict, 
         info[f"{name}_arm"] = "left out: filtered together, no synthetic sample is kept"
         return {}
     return sets
+
+
+def paired_with_default(arms: dict) -> None:
+    """Per arm, its difference from lora_default seed by seed (seeds both ran): the seeds share
+    data order and initialisation, so the paired spread is what resolves a default's effect."""
+    default = {r["seed"]: r for r in (arms.get("lora_default") or {}).get("seeds", [])}
+    for name, arm in arms.items():
+        pairs = [(r, default[r["seed"]]) for r in arm["seeds"] if r["seed"] in default]
+        if name != "lora_default" and pairs:
+            arm["minus_default"] = {k: summarise([round(r[k] - d[k], 3) for r, d in pairs])
+                                    for k in ("zeroshot", "mean_recall")}
 
 
 def verdict(result: dict) -> dict:
@@ -404,12 +416,16 @@ def format_table(results: dict) -> str:
         b = d["base"]
         lines.append(f"{name}: {d['heldout_images']} held-out images; synthetic arm: "
                      + ("available" if d["synthetic"]["available"] else f"not available ({d['synthetic']['reason']})"))
-        lines.append(f"  {'run':<18} {'zero-shot':>16} {'mean recall':>16} {'samples/s':>10}")
-        lines.append(f"  {'base':<18} {b['zeroshot']:>16.1f} {b['mean_recall']:>16.2f}")
+        lines.append(f"  {'run':<22} {'n':>2} {'zero-shot':>16} {'mean recall':>16} {'samples/s':>10} "
+                     f"{'- default, paired: zs / mr':>30}")
+        lines.append(f"  {'base':<22} {'':>2} {b['zeroshot']:>16.1f} {b['mean_recall']:>16.2f}")
         for arm, r in d["runs"].items():
             z, m, s = (r["figures"][k] for k in ("zeroshot", "mean_recall", "samples_per_s"))
-            lines.append(f"  {arm:<18} {z['mean']:>9.1f} ±{z['std']:<5.1f} {m['mean']:>9.2f} ±{m['std']:<5.2f} "
-                         f"{s['mean'] or 0:>10.0f}")
+            pd = r.get("minus_default")
+            paired = (f"{pd['zeroshot']['mean']:+.1f} ±{pd['zeroshot']['std']:.1f} / "
+                      f"{pd['mean_recall']['mean']:+.2f} ±{pd['mean_recall']['std']:.2f}") if pd else ""
+            lines.append(f"  {arm:<22} {len(r['seeds']):>2} {z['mean']:>9.1f} ±{z['std']:<5.1f} "
+                         f"{m['mean']:>9.2f} ±{m['std']:<5.2f} {s['mean'] or 0:>10.0f} {paired:>30}")
         lines.append(f"  verdict: {json.dumps(d['verdict'])}")
     return "\n".join(lines)
 
