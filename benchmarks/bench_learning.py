@@ -1,22 +1,27 @@
 """Learning benchmark: does Stage 2 make a model better on held-out aerial images?
 
-On real aerial tiles (the UCM sample, where present) and on the procedural demo tiles, each class
-split three ways (benchmarks/learning/datasets.py): base images, fine-tune images, held-out images.
+On real aerial tiles (the UCM sample and rsicd_dev, where present) and on the procedural demo
+tiles, each class split three ways (benchmarks/learning/datasets.py): base images, fine-tune
+images, held-out images. On rsicd_dev (human captions, 30 classes) the base is trained on the
+human captions of half of the classes' train images and Stage 2 on all of train, scored on val.
 
 1. a stand-in base (tiny open_clip CLIP, 64 px) trained briefly from scratch on the base images'
    captions, so it has seen the whole vocabulary but not the fine-tune images (LoRA cannot train
    token embeddings; RemoteCLIP knows its domain's words, not a user's new tiles);
 2. the quality filter scored by that base over the fine-tune shards;
 3. at one budget in samples, from the same base, on the same shards: Stage 2 LoRA with the shipped
-   defaults on real only; Stage 2 on the mix with synthetic samples (builders.synthetic with tiny
-   random-weight models); open_clip's own trainer (full fine-tune) at each --ft-lr; each Stage 2
-   default switched once;
+   defaults on real only; the plain recipe (no filter, primary caption); Stage 2 on the mix with
+   synthetic samples (builders.synthetic with tiny random-weight models); open_clip's own trainer
+   (full fine-tune) at each --ft-lr; each Stage 2 default switched once (and the filter cut per
+   class);
 4. held-out zero-shot accuracy and retrieval mean recall (human captions only), samples/s, several
    seeds with their spread.
 
     python -m benchmarks.bench_learning [--quick] [--seeds 0 1 2] [--out bench_out/learning]
+    python -m benchmarks.bench_learning --datasets rsicd --seeds 0 1 2 --ablation-seeds 0 1 --ft-lr 1e-3
 
-Writes results.json and learning.png under --out.
+Writes results.json and learning.png under --out. With --resume, a run whose result is saved in
+its folder with the same settings is read back instead of trained again.
 """
 
 from __future__ import annotations
@@ -37,12 +42,24 @@ from benchmarks.learning.plot import plot_results
 
 log = logging.getLogger("bench_learning")
 
+CORE_ARMS = ("lora_default", "plain")
+# The plain recipe: every sample, its primary caption (the first human one on captioned data).
+PLAIN = ["data.use_quality=false", "data.random_caption=false"]
+
 # name -> (Stage 2 overrides, what it shows)
 ABLATIONS = {
     "no_filter": (["data.use_quality=false"], "quality filter off"),
     "primary_caption": (["data.random_caption=false"], "generated captions off (primary caption only)"),
     # off by default since the benchmark measured its cost; the arm turns it back on
     "word_region_on": (["loss.use_fine_grained=true"], "word-region loss on (the seed's default)"),
+    "rare_weights_off": (["loss.rare_class_weight=1.0"], "rare-class weights off"),
+    "augment_off": (["data.crop_scale_min=1.0", "data.hflip=false"], "Stage 2's random crop and flip off"),
+    "same_source_negatives": (["loss.mask_same_source=false"], "same-source masking off"),
+}
+# name -> (quality-filter selection overrides, what it shows): the defaults on a copy of the
+# train shards whose scores are selected again with these settings.
+FILTER_ARMS = {
+    "filter_per_class": (["selection.per_class=true"], "filter cut per class (top 70% of each class)"),
 }
 
 
@@ -63,6 +80,14 @@ STUDY_ARMS = {
 def prepare(name: str, work: Path, args) -> dict | None:
     """Shards of one data set, or None (with a message) when it is absent."""
     quick = args.quick
+    if name == "rsicd":
+        root = Path(args.rsicd)
+        if not (root / datasets.RSICD_JSON).exists():
+            print(f"rsicd: skipped, {root / datasets.RSICD_JSON} is absent")
+            return None
+        records = datasets.rsicd_records(root, base=args.rsicd_base, train_per_class=args.rsicd_train_per_class,
+                                         val_per_class=args.rsicd_val_per_class)
+        return datasets.build_rsicd_splits(records, work, size=64, images_per_shard=30)
     if name == "ucm":
         if not (Path(args.ucm) / "captions.json").exists():
             print(f"ucm: skipped, {args.ucm} is absent")
@@ -90,17 +115,20 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
     if splits is None:
         return {"skipped": "data set absent"}
     heldout = load_split(splits["test"], size=64)
-    steps = args.base_steps if name == "ucm" else args.demo_base_steps
+    steps = {"ucm": args.base_steps, "rsicd": args.rsicd_base_steps}.get(name, args.demo_base_steps)
     base_info = runs.stand_in_base(splits["base"], work / "base", steps=steps, batch_size=args.batch_size)
     base_path = Path(base_info["path"])
-    filt = filtering.run_filter(splits["train"], base=str(base_path), report_dir=work / "filter_report")
+    filt = filtering.cached_filter(splits["train"], base=str(base_path), report_dir=work / "filter_report",
+                                   reuse=args.resume)
     base_scores = runs.score_checkpoint(str(base_path), heldout)
     result = {"splits": {k: str(v) for k, v in splits.items()}, "base": {**base_info, **base_scores},
               "filter": filt, "heldout_images": len(heldout.images), "runs": {}}
     log.info("%s base: %s", name, {k: result["base"][k] for k in ("zeroshot", "mean_recall")})
-    synthetic, joint = prepare_synthetic(args, work, splits["train"], str(base_path), result)
+    synthetic, joint = prepare_synthetic(args, work, splits["train"], str(base_path), result,
+                                         skip="not run on rsicd (a human-caption study)" if name == "rsicd" else None)
     real = [splits["train"]]
-    arms: dict[str, tuple[str, list[str], list[str], list[str]]] = {"lora_default": ("stage2", real, [], [])}
+    arms: dict[str, tuple[str, list[str], list[str], list[str]]] = {"lora_default": ("stage2", real, [], []),
+                                                                     "plain": ("stage2", real, [], PLAIN)}
     if synthetic:
         arms["lora_mix"] = ("stage2", real, [synthetic], [])
         arms["lora_mix_share_0.5"] = ("stage2", real, [synthetic], ["data.synthetic_ratio=0.5"])
@@ -108,38 +136,43 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
             arms[arm] = ("stage2", [sets["real"]], [sets["synthetic"]], [])
     if not args.no_ablations:
         arms.update({k: ("stage2", real, [], o) for k, (o, _) in ABLATIONS.items()})
+        for k, (sel, _) in FILTER_ARMS.items():
+            if wanted(k, args):
+                folder, result[f"{k}_selection"] = filtering.reselect_copy(
+                    splits["train"], work / k, base=str(base_path), extra=sel)
+                arms[k] = ("stage2", [folder], [], [])
     arms.update({k: ("stage2", real, [], o) for k, o in args.extra_arm})
     ft_reason = "skipped (--no-full-ft)" if args.no_full_ft else runs.open_clip_available()
     if ft_reason is None:
         for lr in args.ft_lr:  # the full fine-tune at each learning rate asked; the verdict takes its best
             arms["full_ft" if len(args.ft_lr) == 1 else f"full_ft_lr{lr:g}"] = ("open_clip", real, [], [f"{lr}"])
     result["full_ft_unavailable"] = ft_reason
+    arms = {k: v for k, v in arms.items() if wanted(k, args)}
     per_arm: dict[str, list[dict]] = {k: [] for k in arms}
-    for seed in args.seeds:
-        for arm, (kind, real_dirs, syn, overrides) in arms.items():
-            run_dir = work / "runs" / f"{arm}_s{seed}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            t0 = time.time()
-            if kind == "stage2":
-                cfg = runs.stage2_config(base=str(base_path), real=real_dirs, synthetic=syn, out=run_dir,
-                                         seed=seed, samples=args.samples, batch_size=args.batch_size,
-                                         overrides=[*args.stage2, *overrides])
-                r = runs.run_stage2(cfg, heldout)
-            else:
-                r = runs.run_open_clip(base=str(base_path), train_dir=splits["train"], out=run_dir, seed=seed,
-                                       samples=args.samples, batch_size=args.batch_size, lr=float(overrides[0]),
-                                       heldout=heldout)
-            r["seed"] = seed
-            per_arm[arm].append(r)
-            log.info("%s %s seed %d: zero-shot %.1f, mean recall %.2f, %.0f samples/s, loss %s -> %s (%.0f s)",
-                     name, arm, seed, r["zeroshot"], r["mean_recall"], r["samples_per_s"] or 0,
-                     r["loss_first"], r["loss_last"], time.time() - t0)
+    base_digest = runs.file_digest(base_path)
+    for arm, seed in run_order(arms, args):
+        kind, real_dirs, syn, overrides = arms[arm]
+        run_dir = work / "runs" / f"{arm}_s{seed}"
+        own = [*args.stage2, *overrides] if kind == "stage2" else overrides  # open_clip: [its LR]
+        spec = {"kind": kind, "real": real_dirs, "synthetic": syn, "overrides": own,
+                "seed": seed, "samples": args.samples, "batch_size": args.batch_size, "base": base_digest}
+        t0 = time.time()
+        r = runs.saved_run(run_dir, spec) if args.resume else None
+        if r is None:
+            r = train_arm(spec, base=str(base_path), run_dir=run_dir, heldout=heldout, train_dir=splits["train"])
+        per_arm[arm].append(r)
+        log.info("%s %s seed %d: zero-shot %.1f, mean recall %.2f, %.0f samples/s, loss %s -> %s (%.0f s)",
+                 name, arm, seed, r["zeroshot"], r["mean_recall"], r["samples_per_s"] or 0,
+                 r["loss_first"], r["loss_last"], time.time() - t0)
     base_fig = {k: result["base"][k] for k in ("zeroshot", "mean_recall")}
     for arm, rs in per_arm.items():
+        if not rs:
+            continue
         figs = {k: summarise([r[k] for r in rs]) for k in ("zeroshot", "mean_recall", "samples_per_s", "loss_last")}
         gains = {k: summarise([r[k] - base_fig[k] for r in rs]) for k in ("zeroshot", "mean_recall")}
         result["runs"][arm] = {"figures": figs, "gain_over_base": gains, "seeds": rs,
-                               "what": ABLATIONS.get(arm, ("", arm))[1]}
+                               "what": {**ABLATIONS, **FILTER_ARMS}.get(arm, ("", arm))[1]}
+    paired_with_default(result["runs"])
     result["verdict"] = verdict(result)
     if args.study:
         from benchmarks.learning.peft_reference import compare_with_peft
@@ -154,13 +187,54 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
     return result
 
 
+def wanted(arm: str, args) -> bool:
+    """Whether --only (when given) names ``arm``."""
+    return not args.only or arm in args.only
+
+
+def arm_seeds(arm: str, args) -> list[int]:
+    """The seeds an arm runs: --seeds for the recipe arms and the full fine-tune, --ablation-seeds
+    (when given) for the variants: one-at-a-time, per-class filter, --extra-arm, study."""
+    return args.ablation_seeds if is_variant(arm) and args.ablation_seeds is not None else args.seeds
+
+
+def run_order(arms: dict, args) -> list[tuple[str, int]]:
+    """(arm, seed) pairs: every seed of the recipe arms and the full fine-tune first, then the
+    variants seed by seed, so a run cut short still has its core figures."""
+    jobs = [(arm, seed) for arm in arms for seed in arm_seeds(arm, args)]
+    names = list(arms)
+    return sorted(jobs, key=lambda j: (is_variant(j[0]), j[1], names.index(j[0])))
+
+
+def is_variant(arm: str) -> bool:
+    """Not a recipe arm nor the full fine-tune: one-at-a-time, per-class filter, --extra-arm, study."""
+    return arm not in CORE_ARMS and not arm.startswith("full_ft")
+
+
+def train_arm(spec: dict, *, base: str, run_dir: Path, heldout, train_dir: str) -> dict:
+    """Train one arm from ``spec`` in a fresh ``run_dir``, score it and save the result beside it."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if spec["kind"] == "stage2":
+        cfg = runs.stage2_config(base=base, real=spec["real"], synthetic=spec["synthetic"], out=run_dir,
+                                 seed=spec["seed"], samples=spec["samples"], batch_size=spec["batch_size"],
+                                 overrides=spec["overrides"])
+        r = runs.run_stage2(cfg, heldout)
+    else:  # open_clip: the one "override" is its learning rate
+        r = runs.run_open_clip(base=base, train_dir=train_dir, out=run_dir, seed=spec["seed"], samples=spec["samples"],
+                               batch_size=spec["batch_size"], lr=float(spec["overrides"][-1]), heldout=heldout)
+    r["seed"] = spec["seed"]
+    runs.save_run(run_dir, spec, r)
+    return r
+
+
 # The demo's recipe for random-weight generators: the inpaint modes, which keep the real tile
 # outside the mask (img2img and text2img redraw it all as noise); see scripts/demo.sh.
 INPAINT_MIX = ["modes.mix.inpaint_replace=0.4", "modes.mix.inpaint_remove=0.4", "modes.mix.img2img=0.1",
                "modes.mix.text2img=0.1"]
 
 
-def prepare_synthetic(args, work: Path, train_dir: str, base: str, result: dict) -> tuple[str | None, dict]:
+def prepare_synthetic(args, work: Path, train_dir: str, base: str, result: dict,
+                      skip: str | None = None) -> tuple[str | None, dict]:
     """The synthetic set from the train split (tiny random-weight models), filtered two ways, and
     a second one with the demo's inpaint-heavy mode mix, filtered together with the real set.
 
@@ -170,7 +244,7 @@ def prepare_synthetic(args, work: Path, train_dir: str, base: str, result: dict)
     "synthetic"}} of the jointly filtered copies), or (None, {}) with the reason in
     ``result["synthetic"]``.
     """
-    reason = "skipped (--no-synthetic)" if args.no_synthetic else filtering.synthetic_unavailable()
+    reason = skip or ("skipped (--no-synthetic)" if args.no_synthetic else filtering.synthetic_unavailable())
     info: dict = {}
     synthetic, joint = None, {}
     if reason is None:
@@ -211,10 +285,23 @@ def _joint(folder: Path, train_dir: str, synthetic: str, base: str, info: dict, 
     return sets
 
 
+def paired_with_default(arms: dict) -> None:
+    """Per arm, its difference from lora_default seed by seed (seeds both ran): the seeds share
+    data order and initialisation, so the paired spread is what resolves a default's effect."""
+    default = {r["seed"]: r for r in (arms.get("lora_default") or {}).get("seeds", [])}
+    for name, arm in arms.items():
+        pairs = [(r, default[r["seed"]]) for r in arm["seeds"] if r["seed"] in default]
+        if name != "lora_default" and pairs:
+            arm["minus_default"] = {k: summarise([round(r[k] - d[k], 3) for r, d in pairs])
+                                    for k in ("zeroshot", "mean_recall")}
+
+
 def verdict(result: dict) -> dict:
     """Issue-14 target: the default LoRA's gain > 3x its seed spread and >= half the full FT's gain."""
     out = {}
     lora = result["runs"].get("lora_default")
+    if lora is None:
+        return {}
     fts = {k: v for k, v in result["runs"].items() if k.startswith("full_ft")}
     for metric in ("zeroshot", "mean_recall"):
         g = lora["gain_over_base"][metric]
@@ -235,8 +322,22 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_learning", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench_out/learning")
     p.add_argument("--ucm", default=str(datasets.UCM_DIR), help="the UCM sample folder (captions.json, images/)")
-    p.add_argument("--datasets", nargs="+", default=["ucm", "demo"], choices=["ucm", "demo"])
+    p.add_argument("--rsicd", default=str(datasets.RSICD_DIR),
+                   help=f"the rsicd_dev folder ({datasets.RSICD_JSON}, images/)")
+    p.add_argument("--rsicd-base", choices=["classes", "images"], default="classes",
+                   help="rsicd stand-in base on the train images of every other class (classes) or on the "
+                        "first half of each class's train images (images)")
+    p.add_argument("--rsicd-base-steps", type=int, default=400, help="stand-in base steps (rsicd)")
+    p.add_argument("--rsicd-train-per-class", type=int, default=0, help="rsicd train images per class (0: all)")
+    p.add_argument("--rsicd-val-per-class", type=int, default=0, help="rsicd val images per class (0: all)")
+    p.add_argument("--datasets", nargs="+", default=None, choices=["ucm", "demo", "rsicd"],
+                   help="default: ucm demo (--quick: demo)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--ablation-seeds", nargs="+", type=int, default=None,
+                   help="seeds of the one-at-a-time arms (default: --seeds; each must be in --seeds)")
+    p.add_argument("--only", nargs="+", default=[], metavar="ARM", help="run only these arms (names as in results)")
+    p.add_argument("--resume", action="store_true",
+                   help="read back a run saved in its folder with the same settings instead of training it again")
     p.add_argument("--samples", type=int, default=6144, help="training budget in samples, every run")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--base-steps", type=int, default=200, help="stand-in base steps (UCM)")
@@ -267,9 +368,14 @@ def parse_args(argv=None):
         args.extra_arm = list(STUDY_ARMS.items()) + args.extra_arm
     args.extra_arm = [(n, o.split()) for n, o in args.extra_arm]
     if args.quick:
-        args.datasets, args.seeds, args.samples, args.demo_base_steps = ["demo"], args.seeds[:1], 16, 3
+        args.datasets, args.seeds, args.samples, args.demo_base_steps = args.datasets or ["demo"], args.seeds[:1], 16, 3
         args.batch_size, args.peft_steps, args.no_ablations, args.ft_lr = 8, 2, True, args.ft_lr[:1]
-        args.extra_arm = args.extra_arm[:1]
+        args.extra_arm, args.ablation_seeds, args.rsicd_base_steps = args.extra_arm[:1], None, 3
+        args.rsicd_train_per_class = args.rsicd_train_per_class or 4
+        args.rsicd_val_per_class = args.rsicd_val_per_class or 2
+    args.datasets = args.datasets or ["ucm", "demo"]
+    if args.ablation_seeds is not None and not set(args.ablation_seeds) <= set(args.seeds):
+        p.error(f"--ablation-seeds {args.ablation_seeds} must be among --seeds {args.seeds}")
     return args
 
 
@@ -310,12 +416,16 @@ def format_table(results: dict) -> str:
         b = d["base"]
         lines.append(f"{name}: {d['heldout_images']} held-out images; synthetic arm: "
                      + ("available" if d["synthetic"]["available"] else f"not available ({d['synthetic']['reason']})"))
-        lines.append(f"  {'run':<18} {'zero-shot':>16} {'mean recall':>16} {'samples/s':>10}")
-        lines.append(f"  {'base':<18} {b['zeroshot']:>16.1f} {b['mean_recall']:>16.2f}")
+        lines.append(f"  {'run':<22} {'n':>2} {'zero-shot':>16} {'mean recall':>16} {'samples/s':>10} "
+                     f"{'- default, paired: zs / mr':>30}")
+        lines.append(f"  {'base':<22} {'':>2} {b['zeroshot']:>16.1f} {b['mean_recall']:>16.2f}")
         for arm, r in d["runs"].items():
             z, m, s = (r["figures"][k] for k in ("zeroshot", "mean_recall", "samples_per_s"))
-            lines.append(f"  {arm:<18} {z['mean']:>9.1f} ±{z['std']:<5.1f} {m['mean']:>9.2f} ±{m['std']:<5.2f} "
-                         f"{s['mean'] or 0:>10.0f}")
+            pd = r.get("minus_default")
+            paired = (f"{pd['zeroshot']['mean']:+.1f} ±{pd['zeroshot']['std']:.1f} / "
+                      f"{pd['mean_recall']['mean']:+.2f} ±{pd['mean_recall']['std']:.2f}") if pd else ""
+            lines.append(f"  {arm:<22} {len(r['seeds']):>2} {z['mean']:>9.1f} ±{z['std']:<5.1f} "
+                         f"{m['mean']:>9.2f} ±{m['std']:<5.2f} {s['mean'] or 0:>10.0f} {paired:>30}")
         lines.append(f"  verdict: {json.dumps(d['verdict'])}")
     return "\n".join(lines)
 

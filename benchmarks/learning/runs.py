@@ -3,6 +3,7 @@ open_clip's own trainer (``open_clip_train.main``, full fine-tune, a subprocess)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -42,7 +43,8 @@ def score(model: torch.nn.Module, heldout: EvalSet) -> dict:
     tok = build_tokenizer(tokenizer_spec(MODEL_NAME))
     r = evaluate_model(model, heldout, tokenizer=tok, templates=TEMPLATES, batch_size=128)
     return {"zeroshot": r["zeroshot"]["accuracy"], "mean_recall": r["retrieval"]["mean_recall"],
-            "retrieval": r["retrieval"], "num_images": r["num_images"]}
+            "retrieval": r["retrieval"], "num_images": r["num_images"], "num_captions": r["num_captions"],
+            "zeroshot_classes": r["zeroshot"]["num_classes"]}
 
 
 def score_checkpoint(path: str, heldout: EvalSet) -> dict:
@@ -70,6 +72,33 @@ def stand_in_base(train_dir: str, out: Path, *, steps: int, batch_size: int) -> 
     return {"path": str(out / "base.pt"), "steps": steps, "batch_size": batch_size,
             "seconds": saved["summary"]["seconds"], "loss_first": entries[0]["total_loss"],
             "loss_last": entries[-1]["total_loss"]}
+
+
+def file_digest(path: Path) -> str:
+    """blake2b of a file's bytes (which base a saved run started from)."""
+    return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+
+
+RUN_RESULT = "bench_run.json"
+
+
+def save_run(run_dir: Path, spec: dict, result: dict) -> None:
+    """The run's settings and figures beside its outputs (written whole, then renamed)."""
+    tmp = run_dir / (RUN_RESULT + ".tmp")
+    tmp.write_text(json.dumps({"spec": spec, "result": result}))
+    tmp.replace(run_dir / RUN_RESULT)
+
+
+def saved_run(run_dir: Path, spec: dict) -> dict | None:
+    """The figures saved by :func:`save_run` under the same settings, else None."""
+    f = run_dir / RUN_RESULT
+    if not f.exists():
+        return None
+    doc = json.loads(f.read_text())
+    if doc.get("spec") != json.loads(json.dumps(spec)):
+        return None
+    log.info("reusing %s", run_dir)
+    return doc["result"]
 
 
 def stage2_config(*, base: str, real: list[str], synthetic: list[str], out: Path, seed: int,
