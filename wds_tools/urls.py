@@ -8,6 +8,7 @@ passes ``allow_pipe=True``.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,17 @@ import braceexpand
 import fsspec
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "https://", "http://", "file://", "memory://")
+# Two or more letters before "://", so a Windows drive ("C:/x") is not a scheme.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+CLOUD_EXTRA_HINT = "pip install 'remoteclip-wds[cloud]'"
+
+
+class MissingBackendError(ValueError):
+    """An object-store URL whose fsspec backend (s3fs, gcsfs) is not installed."""
+
+
+class UrlOutputError(ValueError):
+    """An output given as a URL to a tool that writes only to local folders."""
 
 
 class PipeRefusedError(ValueError):
@@ -49,8 +61,34 @@ def sidecar_url(shard_url: str, name: str) -> str:
     return f"{shard_url[: -len('.tar')]}.{name}.tar"
 
 
-def _fs_and_path(url: str):
-    return fsspec.core.url_to_fs(url)
+def has_scheme(path: str | Path) -> bool:
+    """True for ``scheme://...`` (``s3://b/x``, ``file:///x``): a URL, not a local path."""
+    return bool(_SCHEME.match(str(path)))
+
+
+def local_output(value: str | Path, arg: str) -> Path:
+    """``value`` as a local Path; a URL is a :class:`UrlOutputError` naming ``arg`` (else
+    ``Path("s3://b/x")`` would quietly become a local folder named ``s3:``)."""
+    if has_scheme(value):
+        raise UrlOutputError(f"{arg}={str(value)!r} is a URL: this tool writes only to a local folder; "
+                             "write there and upload the finished folder (e.g. aws s3 sync)")
+    return Path(value)
+
+
+def _backend_error(url: str, e: ImportError) -> MissingBackendError:
+    return MissingBackendError(f"{url!r} needs an fsspec backend that is not installed ({e}): "
+                               f"{CLOUD_EXTRA_HINT}")
+
+
+def url_to_fs(url: str):
+    """``(filesystem, path)`` for ``url``; a missing backend is a one-line :class:`MissingBackendError`."""
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        raise _backend_error(url, e) from None
+
+
+_fs_and_path = url_to_fs
 
 
 def url_exists(url: str) -> bool:
@@ -154,5 +192,7 @@ def open_url(url: str, mode: str = "rb", *, allow_pipe: bool = False) -> IO:
         return proc.stdout
     try:
         return fsspec.open(url, mode).open()
+    except ImportError as e:
+        raise _backend_error(url, e) from None
     except FileNotFoundError as e:
         raise FileNotFoundError(f"shard not found: {url!r}") from e
