@@ -7,10 +7,11 @@ passes ``allow_pipe=True``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -25,6 +26,35 @@ CLOUD_EXTRA_HINT = "pip install 'remoteclip-wds[cloud]'"
 
 class MissingBackendError(ValueError):
     """An object-store URL whose fsspec backend (s3fs, gcsfs) is not installed."""
+
+
+class StoreAccessError(PermissionError, ValueError):
+    """The object store refused the request or found no credentials: a user error (one line at
+    start), and still a ``PermissionError`` for readers that skip refused shards mid-run."""
+
+
+# Credential errors of the stores' client libraries, by name: wds_tools imports neither botocore
+# nor google-auth, and a missing key is not an OSError there.
+_CREDENTIAL_ERRORS = frozenset({"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError",
+                                "RefreshError", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
+CREDENTIALS_HINT = ("check the store's credentials and endpoint (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                    "AWS_PROFILE, AWS_ENDPOINT_URL; GOOGLE_APPLICATION_CREDENTIALS for gs://)")
+
+
+@contextlib.contextmanager
+def store_errors(url: str) -> Iterator[None]:
+    """Around a call on remote ``url``: a refusal or missing credentials becomes a one-line
+    :class:`StoreAccessError` naming the URL (a missing object stays ``FileNotFoundError``)."""
+    try:
+        yield
+    except StoreAccessError:
+        raise
+    except Exception as e:
+        names = {t.__name__ for t in type(e).__mro__}
+        if not is_remote(url) or not (isinstance(e, PermissionError) or names & _CREDENTIAL_ERRORS):
+            raise
+        raise StoreAccessError(f"{url!r}: the object store refused access ({type(e).__name__}: "
+                               f"{' '.join(str(e).split())}); {CREDENTIALS_HINT}") from None
 
 
 class UrlOutputError(ValueError):
@@ -95,12 +125,15 @@ def url_exists(url: str) -> bool:
     if url.startswith("pipe:"):
         return True
     fs, path = _fs_and_path(url)
-    return fs.exists(path)
+    with store_errors(url):
+        return fs.exists(path)
 
 
 def _list_dir(url: str) -> list[str]:
     fs, path = _fs_and_path(url)
-    names = sorted(p for p in fs.ls(path, detail=False) if is_shard_name(p.rsplit("/", 1)[-1]))
+    with store_errors(url):
+        listed = fs.ls(path, detail=False)
+    names = sorted(p for p in listed if is_shard_name(p.rsplit("/", 1)[-1]))
     if not names:
         raise FileNotFoundError(f"no shards (*.tar) in directory {url!r}")
     if is_remote(url):
@@ -129,7 +162,8 @@ def _read_list_file(url: str) -> list[str]:
 def _is_dir(url: str) -> bool:
     if is_remote(url):
         fs, path = _fs_and_path(url)
-        return fs.isdir(path)
+        with store_errors(url):
+            return fs.isdir(path)
     return os.path.isdir(url)
 
 
@@ -191,7 +225,8 @@ def open_url(url: str, mode: str = "rb", *, allow_pipe: bool = False) -> IO:
         proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE)
         return proc.stdout
     try:
-        return fsspec.open(url, mode).open()
+        with store_errors(url):
+            return fsspec.open(url, mode).open()
     except ImportError as e:
         raise _backend_error(url, e) from None
     except FileNotFoundError as e:
