@@ -8,25 +8,16 @@ message where ``moto[server]`` or ``s3fs`` (the ``cloud`` and ``dev`` extras) is
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.store.server import start_moto, stop
+
 BUCKET = "shards"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -48,27 +39,6 @@ class S3Server:
         return self.url(*parts)
 
 
-def _start(auth: bool) -> tuple[subprocess.Popen, str]:
-    env = dict(os.environ)
-    if auth:  # check every request's access key against the server's (empty) IAM users
-        env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
-    for _ in range(3):  # a free port can be taken between the probe and the bind: try another
-        port = _free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        endpoint = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
-                return proc, endpoint
-            except OSError:
-                time.sleep(0.2)
-        proc.kill()
-        proc.wait()
-    raise RuntimeError("moto_server did not start on 127.0.0.1")
-
-
 @pytest.fixture
 def start_s3_server(monkeypatch) -> Iterator[Callable[..., S3Server]]:
     """``start_s3_server(auth=False)``: a fresh server (``auth=True``: one that refuses unknown
@@ -78,7 +48,7 @@ def start_s3_server(monkeypatch) -> Iterator[Callable[..., S3Server]]:
     procs: list[subprocess.Popen] = []
 
     def start(*, auth: bool = False) -> S3Server:
-        proc, endpoint = _start(auth)
+        proc, endpoint = start_moto(auth=auth)
         procs.append(proc)
         for name, value in (("AWS_ENDPOINT_URL", endpoint), ("AWS_ACCESS_KEY_ID", "testing"),
                             ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
@@ -93,12 +63,7 @@ def start_s3_server(monkeypatch) -> Iterator[Callable[..., S3Server]]:
 
     yield start
     for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     s3fs.S3FileSystem.clear_instance_cache()
 
 
