@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import re
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -142,6 +143,14 @@ def _list_dir(url: str) -> list[str]:
     return names
 
 
+def _join(base: str, rel: str) -> str:
+    """``base/rel``; on a store ``..`` is resolved here, as keys have no parent folders to follow."""
+    if not is_remote(base):
+        return f"{base}/{rel}"
+    proto, path = base.split("://", 1)
+    return f"{proto}://{posixpath.normpath(f'{path}/{rel}')}"
+
+
 def _read_list_file(url: str) -> list[str]:
     base = url.rsplit("/", 1)[0] if "/" in url else "."
     out = []
@@ -152,14 +161,15 @@ def _read_list_file(url: str) -> list[str]:
                 continue
             # Relative entries are relative to the list file, so a list travels with its shards.
             if not (is_remote(line) or line.startswith(("/", "pipe:"))):
-                line = f"{base}/{line}"
+                line = _join(base, line)
             out.append(line)
     if not out:
         raise ValueError(f"URL list {url!r} names no shards")
     return out
 
 
-def _is_dir(url: str) -> bool:
+def is_folder(url: str) -> bool:
+    """True when ``url`` is a local directory or a folder (prefix with objects) on a store."""
     if is_remote(url):
         fs, path = _fs_and_path(url)
         with store_errors(url):
@@ -206,7 +216,7 @@ def expand_urls(
             for u in _read_list_file(url):
                 urls.extend(expand_urls(u, allow_pipe=allow_pipe, check_exists=check_exists,
                                         _lists=(*_lists, ident)))
-        elif _is_dir(url):
+        elif is_folder(url):
             urls.extend(_list_dir(url))
         elif check_exists and not url_exists(url):
             missing.append(url)

@@ -40,6 +40,9 @@ def test_a_url_list_mixing_s3_and_local_reads_what_local_disk_reads(s3_server, l
     local = expand_urls(str(local_shards))
     assert _keys(mixed) == _keys(local) == _keys(expand_urls(remote)) and len(_keys(local)) == 9
     assert expand_urls(s3_server.url("real", "all.txt")) == [f"{remote}/{n}" for n in names]
+    # a list in another folder of the bucket, naming the shards by a relative path with ".."
+    s3_server.fs.pipe(s3_server.url("lists", "up.txt"), "".join(f"../real/{n}\n" for n in names).encode())
+    assert expand_urls(s3_server.url("lists", "up.txt")) == [f"{remote}/{n}" for n in names]
 
 
 def test_a_shard_deleted_after_listing_is_a_counted_skip_with_its_url(s3_server, local_shards, caplog):
