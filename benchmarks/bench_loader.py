@@ -13,12 +13,17 @@ the Stage 2 loader gains nothing it would not gain on a real set; ``--caption-re
 real set, where an original and its five augmentations share a caption.
 
     python -m benchmarks.bench_loader [--workers 2] [--batches 40] [--caption-repeats 1] [--out bench_out/loader]
+
+``--source s3``: instead, the Stage 2 loader on the same shards from local disk and from an S3 API
+server on 127.0.0.1 (moto's standalone server, the ``dev`` extra; s3fs from the ``cloud`` extra),
+side by side in one run, at ``shards_per_chunk`` 1, 2 and 4.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -79,12 +84,12 @@ def make_shards(root: Path, *, source: str, shards: int, per_shard: int, size: i
     return out
 
 
-def stage2_loader(dirs: dict[str, Path], *, batch: int, workers: int, size: int):
+def stage2_loader(dirs: dict[str, Path | str], *, batch: int, workers: int, size: int, shards_per_chunk: int = 2):
     from training.data import LoaderSpec, build_sources, make_loader
 
     sources = build_sources([str(dirs["real"])], [str(dirs["synthetic"])], 0.8)
     spec = LoaderSpec(sources=sources, batch_size=batch, image_size=size, num_workers=workers,
-                      tokenizer={"hf_name": None, "context_length": 77}, shards_per_chunk=2)
+                      tokenizer={"hf_name": None, "context_length": 77}, shards_per_chunk=shards_per_chunk)
     return make_loader(spec)
 
 
@@ -137,6 +142,43 @@ def measure(loader, *, batches: int, warmup: int, batch: int, consume=None) -> f
     return rate
 
 
+def compare_s3(args, dirs: dict[str, Path], out: Path) -> dict:
+    """Stage 2 loader samples/s, local disk vs the same shards on a loopback S3 server."""
+    import s3fs
+
+    from tests.store.server import start_moto, stop
+
+    proc, endpoint = start_moto()
+    try:
+        os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                          AWS_DEFAULT_REGION="us-east-1")  # the loader's workers inherit them
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir("bench")
+        remote = {}
+        for name, d in dirs.items():
+            fs.put([str(p) for p in sorted(d.iterdir()) if p.is_file()], f"bench/{d.name}/")
+            remote[name] = f"s3://bench/{d.name}"
+        runs = [(f"{where} shards_per_chunk={k}", src, k) for k in (1, 2, 4)
+                for where, src in (("local", dirs), ("s3", remote))]
+        results: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+        for _ in range(args.rounds):  # alternate so both see the same machine load
+            for name, src, k in runs:
+                loader = stage2_loader(src, batch=args.batch, workers=args.workers, size=args.size,
+                                       shards_per_chunk=k)
+                results[name].append(measure(loader, batches=args.batches, warmup=args.warmup, batch=args.batch))
+    finally:
+        stop(proc)
+    best = {k: max(v) for k, v in results.items()}
+    print(f"Stage 2 loader, workers={args.workers} batch={args.batch} image={args.size}px from "
+          f"{args.source_size}px JPEG; S3 = moto server on 127.0.0.1 via s3fs")
+    for k in (1, 2, 4):
+        loc, s3 = best[f"local shards_per_chunk={k}"], best[f"s3 shards_per_chunk={k}"]
+        print(f"  shards_per_chunk={k}: local {loc:8.1f}  s3 {s3:8.1f} samples/s   s3/local {s3 / loc:.2f}x")
+    doc = {"args": vars(args), "samples_per_s": results, "best": best}
+    (out / "results_s3.json").write_text(json.dumps(doc, indent=2))
+    return doc
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
@@ -147,6 +189,8 @@ def main(argv=None) -> int:
     ap.add_argument("--source-size", type=int, default=256, help="stored JPEG size")
     ap.add_argument("--out", default="bench_out/loader")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds, best of each kept")
+    ap.add_argument("--source", choices=("local", "s3"), default="local",
+                    help="s3: Stage 2 loader from local disk vs a loopback S3 server, side by side")
     ap.add_argument("--caption-repeats", type=int, default=1,
                     help="samples sharing one caption (1 = every caption distinct; a real set repeats about 6)")
     args = ap.parse_args(argv)
@@ -156,6 +200,9 @@ def main(argv=None) -> int:
     dirs = {name: make_shards(out / "shards", source=name, shards=6, per_shard=100, size=args.source_size,
                               quality=(name == "synthetic"), caption_repeats=args.caption_repeats)
             for name in ("real", "synthetic")}
+    if args.source == "s3":
+        compare_s3(args, dirs, out)
+        return 0
     runs = (("stage2_uint8", stage2_loader, None),
             ("stage2_uint8+normalise", stage2_loader, normalise_like_trainer),
             ("openclip_float", openclip_style_loader, None))

@@ -39,7 +39,6 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,7 +55,7 @@ from wds_tools.quality_record import PENDING, QualityRecordError, decode, keep, 
 from wds_tools.reader import SkipLog, decode_sample
 from wds_tools.sample import IMAGE_EXTS
 from wds_tools.stages import stage
-from wds_tools.urls import expand_urls, unique_urls
+from wds_tools.urls import expand_urls, is_folder, unique_urls
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +369,7 @@ def _manifest_dirs(source: list[str]) -> list[str]:
     dirs = []
     for s in source:
         s = str(s)
-        d = s if Path(s).is_dir() else s.rsplit("/", 1)[0] if "/" in s else "."
+        d = s if is_folder(s) else s.rsplit("/", 1)[0] if "/" in s else "."  # s3:// folders too
         if d not in dirs:
             dirs.append(d)
     return dirs

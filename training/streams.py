@@ -70,7 +70,9 @@ def raw_stream(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int, offse
             if name and url not in has_sidecar:
                 has_sidecar[url] = url_exists(sidecar_url(url, name))
             sidecars = (name,) if name and has_sidecar[url] else ()
-            streams.append(iter_shard(url, sidecars=sidecars, allow_pipe=spec.allow_pipe, skips=skips))
+            # a shard deleted (or refused) since the run started: a counted skip, its URL logged
+            streams.append(iter_shard(url, sidecars=sidecars, allow_pipe=spec.allow_pipe, skips=skips,
+                                      skip_missing=True))
         n = -1
         for n, sample in enumerate(interleave(streams)):
             if n >= offset:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from training.config import CLI_FLAGS, Stage2Config
 from wds_tools.config import parse_cli, prog_name, run_main
+from wds_tools.urls import local_output
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,6 +31,7 @@ def _main(argv: Sequence[str] | None) -> int:
     # the first two paragraphs: what it does and what --max-steps 0 means
     description = " ".join(__doc__.split("\n\n")[:2])
     cfg = parse_cli(Stage2Config, argv, prog=prog_name("training.train"), description=description, flags=CLI_FLAGS)
+    local_output(cfg.train.output, "train.output")  # never a local folder named "s3:"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from training.preempt import PREEMPTED_EXIT_CODE, Preempted
     from training.trainer import train  # heavy imports after the config is known to be valid

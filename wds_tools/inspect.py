@@ -14,20 +14,19 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 
-import fsspec
 import msgpack
 
 from wds_tools.config import prog_name, run_main
 from wds_tools.manifest import classes_per_shard
 from wds_tools.reader import SkipLog, iter_shard
-from wds_tools.urls import expand_urls
+from wds_tools.urls import expand_urls, url_to_fs
 
 
 def find_sidecars(shard_url: str) -> list[str]:
     """Names of the sidecars that exist beside ``shard_url`` (``X.<name>.tar``)."""
     if shard_url.startswith("pipe:"):
         return []
-    fs, path = fsspec.core.url_to_fs(shard_url)
+    fs, path = url_to_fs(shard_url)
     stem = path[: -len(".tar")]
     names = []
     for p in fs.glob(f"{stem}.*.tar"):

@@ -28,7 +28,7 @@ from wds_tools.lock import OutputLock, remove_stale_temps
 from wds_tools.manifest import stats_path, write_index
 from wds_tools.progress import progress
 from wds_tools.reader import SkipLog, iter_shard
-from wds_tools.urls import expand_urls, is_remote, is_shard_name
+from wds_tools.urls import expand_urls, is_remote, is_shard_name, local_output
 from wds_tools.writer import RollingShardWriter
 
 log = logging.getLogger("wds_tools.materialize")
@@ -60,7 +60,7 @@ class MaterializeConfig:
 def check_output_apart(output: str | Path, inputs: Sequence[str], urls: Sequence[str]) -> None:
     """Refuse an output folder that is, contains or lies inside an input (it would rewrite its
     index and add its own shards to it); ``urls`` are the expanded input shards."""
-    out = Path(output).resolve()
+    out = local_output(output, "output").resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {str(output)!r} is a file, not a folder")
     places = {Path(u).resolve().parent for u in urls if not is_remote(u) and not u.startswith("pipe:")}

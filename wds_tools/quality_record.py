@@ -30,14 +30,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fsspec
 import msgpack
 
 from wds_tools.atomic import write_json
 from wds_tools.reader import iter_tar_samples
 from wds_tools.shard_identity import identity_problem, mtime_ns, sha256_url
 from wds_tools.skips import SkipLog
-from wds_tools.urls import is_remote, open_url, sidecar_url, url_exists
+from wds_tools.urls import is_remote, open_url, sidecar_url, url_exists, url_to_fs
 
 SIDECAR = "quality"
 MEMBER = f"{SIDECAR}.msgpack"
@@ -207,7 +206,7 @@ def write_selection(doc: dict, folder: str) -> str:
     if not is_remote(folder):
         return str(write_json(Path(folder) / SELECTION_NAME, rel))
     url = f"{folder.rstrip('/')}/{SELECTION_NAME}"
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = url_to_fs(url)
     with tempfile.TemporaryDirectory(prefix="selection-") as tmp:
         fs.put_file(str(write_json(Path(tmp) / SELECTION_NAME, rel)), path)
     return url

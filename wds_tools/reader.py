@@ -58,17 +58,30 @@ def is_unsafe_ext(ext: str) -> bool:
     return ext.rsplit(".", 1)[-1].lower() in UNSAFE_EXTS
 
 
+def _unreadable(url: str, e: OSError, skips: SkipLog) -> None:
+    skips.add("unreadable_shard", None, url)
+    log.warning("skipped the rest of shard %s: %s: %s", url, type(e).__name__, e)
+
+
 def iter_tar_samples(
-    url: str, *, allow_pipe: bool = False, skips: SkipLog | None = None
+    url: str, *, allow_pipe: bool = False, skips: SkipLog | None = None, skip_missing: bool = False,
 ) -> Iterator[dict]:
     """Yield raw samples ``{"__key__", "__url__", ext: bytes}`` from one tar, in file order.
 
     A cut or corrupt tar is a counted ``corrupt_tar`` skip: the samples before the damage are
-    yielded, the sample it cut through is not (it may be missing members).
+    yielded, the sample it cut through is not (it may be missing members). A shard that is gone
+    (or refused) when opened or while read raises, unless ``skip_missing``: then it is a counted
+    ``unreadable_shard`` skip with its URL logged (a long training run outlives a deleted object).
     """
     skips = skips if skips is not None else SkipLog()
     current: dict | None = None
-    stream = open_url(url, "rb", allow_pipe=allow_pipe)
+    try:
+        stream = open_url(url, "rb", allow_pipe=allow_pipe)
+    except (FileNotFoundError, PermissionError) as e:
+        if not skip_missing:
+            raise
+        _unreadable(url, e, skips)
+        return
     try:
         for member in iter_members(stream):
             if not member.is_file or is_meta_member(member.name):
@@ -88,8 +101,11 @@ def iter_tar_samples(
                 current = {"__key__": key, "__url__": url}
             current[ext] = member.data
     except (tarfile.ReadError, EOFError, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
+        if isinstance(e, (FileNotFoundError, PermissionError)):
+            if not skip_missing:  # a store's message ("The specified key does not exist") names no URL
+                raise type(e)(f"shard not found or refused: {url!r} ({e})") from e
+            _unreadable(url, e, skips)
+            return
         skips.add("corrupt_tar", current["__key__"] if current else None, url)
         log.warning("stopped reading %s: %s", url, e)
         current = None
@@ -105,13 +121,17 @@ def iter_shard(
     sidecars: Sequence[str] = (),
     allow_pipe: bool = False,
     skips: SkipLog | None = None,
+    skip_missing: bool = False,
 ) -> Iterator[dict]:
-    """Yield the samples of one shard with each named sidecar's members joined by key."""
+    """Yield the samples of one shard with each named sidecar's members joined by key
+    (``skip_missing``: see :func:`iter_tar_samples`; it applies to the shard, not its sidecars)."""
+    skips = skips if skips is not None else SkipLog()
+    unreadable = skips.counts["unreadable_shard"]
     side_iters = [
         (sidecar_url(url, name), iter_tar_samples(sidecar_url(url, name), allow_pipe=allow_pipe, skips=skips))
         for name in sidecars
     ]
-    for sample in iter_tar_samples(url, allow_pipe=allow_pipe, skips=skips):
+    for sample in iter_tar_samples(url, allow_pipe=allow_pipe, skips=skips, skip_missing=skip_missing):
         for side_url, it in side_iters:
             side = next(it, None)
             if side is None or side["__key__"] != sample["__key__"]:
@@ -122,6 +142,8 @@ def iter_shard(
                 )
             sample.update((k, v) for k, v in side.items() if not k.startswith("__"))
         yield sample
+    if skips.counts["unreadable_shard"] > unreadable:
+        return  # the shard's rest is gone, so its sidecar's rest has nothing to match
     for side_url, it in side_iters:
         extra = next(it, None)
         if extra is not None:

@@ -7,9 +7,12 @@ passes ``allow_pipe=True``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import posixpath
+import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -17,6 +20,46 @@ import braceexpand
 import fsspec
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "https://", "http://", "file://", "memory://")
+# Two or more letters before "://", so a Windows drive ("C:/x") is not a scheme.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+CLOUD_EXTRA_HINT = "pip install 'remoteclip-wds[cloud]'"
+
+
+class MissingBackendError(ValueError):
+    """An object-store URL whose fsspec backend (s3fs, gcsfs) is not installed."""
+
+
+class StoreAccessError(PermissionError, ValueError):
+    """The object store refused the request or found no credentials: a user error (one line at
+    start), and still a ``PermissionError`` for readers that skip refused shards mid-run."""
+
+
+# Credential errors of the stores' client libraries, by name: wds_tools imports neither botocore
+# nor google-auth, and a missing key is not an OSError there.
+_CREDENTIAL_ERRORS = frozenset({"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError",
+                                "RefreshError", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
+CREDENTIALS_HINT = ("check the store's credentials and endpoint (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                    "AWS_PROFILE, AWS_ENDPOINT_URL; GOOGLE_APPLICATION_CREDENTIALS for gs://)")
+
+
+@contextlib.contextmanager
+def store_errors(url: str) -> Iterator[None]:
+    """Around a call on remote ``url``: a refusal or missing credentials becomes a one-line
+    :class:`StoreAccessError` naming the URL (a missing object stays ``FileNotFoundError``)."""
+    try:
+        yield
+    except StoreAccessError:
+        raise
+    except Exception as e:
+        names = {t.__name__ for t in type(e).__mro__}
+        if not is_remote(url) or not (isinstance(e, PermissionError) or names & _CREDENTIAL_ERRORS):
+            raise
+        raise StoreAccessError(f"{url!r}: the object store refused access ({type(e).__name__}: "
+                               f"{' '.join(str(e).split())}); {CREDENTIALS_HINT}") from None
+
+
+class UrlOutputError(ValueError):
+    """An output given as a URL to a tool that writes only to local folders."""
 
 
 class ShardNotFoundError(FileNotFoundError):
@@ -63,26 +106,63 @@ def sidecar_url(shard_url: str, name: str) -> str:
     return f"{shard_url[: -len('.tar')]}.{name}.tar"
 
 
-def _fs_and_path(url: str):
-    return fsspec.core.url_to_fs(url)
+def has_scheme(path: str | Path) -> bool:
+    """True for ``scheme://...`` (``s3://b/x``, ``file:///x``): a URL, not a local path."""
+    return bool(_SCHEME.match(str(path)))
+
+
+def local_output(value: str | Path, arg: str) -> Path:
+    """``value`` as a local Path; a URL is a :class:`UrlOutputError` naming ``arg`` (else
+    ``Path("s3://b/x")`` would quietly become a local folder named ``s3:``)."""
+    if has_scheme(value):
+        raise UrlOutputError(f"{arg}={str(value)!r} is a URL: this tool writes only to a local folder; "
+                             "write there and upload the finished folder (e.g. aws s3 sync)")
+    return Path(value)
+
+
+def _backend_error(url: str, e: ImportError) -> MissingBackendError:
+    return MissingBackendError(f"{url!r} needs an fsspec backend that is not installed ({e}): "
+                               f"{CLOUD_EXTRA_HINT}")
+
+
+def url_to_fs(url: str):
+    """``(filesystem, path)`` for ``url``; a missing backend is a one-line :class:`MissingBackendError`."""
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        raise _backend_error(url, e) from None
+
+
+_fs_and_path = url_to_fs
 
 
 def url_exists(url: str) -> bool:
     if url.startswith("pipe:"):
         return True
     fs, path = _fs_and_path(url)
-    return fs.exists(path)
+    with store_errors(url):
+        return fs.exists(path)
 
 
 def _list_dir(url: str) -> list[str]:
     fs, path = _fs_and_path(url)
-    names = sorted(p for p in fs.ls(path, detail=False) if is_shard_name(p.rsplit("/", 1)[-1]))
+    with store_errors(url):
+        listed = fs.ls(path, detail=False)
+    names = sorted(p for p in listed if is_shard_name(p.rsplit("/", 1)[-1]))
     if not names:
         raise FileNotFoundError(f"no shards (*.tar) in directory {url!r}")
     if is_remote(url):
         proto = url.split("://", 1)[0]
         return [n if "://" in n else f"{proto}://{n}" for n in names]
     return names
+
+
+def _join(base: str, rel: str) -> str:
+    """``base/rel``; on a store ``..`` is resolved here, as keys have no parent folders to follow."""
+    if not is_remote(base):
+        return f"{base}/{rel}"
+    proto, path = base.split("://", 1)
+    return f"{proto}://{posixpath.normpath(f'{path}/{rel}')}"
 
 
 def _read_list_file(url: str) -> list[str]:
@@ -95,17 +175,19 @@ def _read_list_file(url: str) -> list[str]:
                 continue
             # Relative entries are relative to the list file, so a list travels with its shards.
             if not (is_remote(line) or line.startswith(("/", "pipe:"))):
-                line = f"{base}/{line}"
+                line = _join(base, line)
             out.append(line)
     if not out:
         raise ValueError(f"URL list {url!r} names no shards")
     return out
 
 
-def _is_dir(url: str) -> bool:
+def is_folder(url: str) -> bool:
+    """True when ``url`` is a local directory or a folder (prefix with objects) on a store."""
     if is_remote(url):
         fs, path = _fs_and_path(url)
-        return fs.isdir(path)
+        with store_errors(url):
+            return fs.isdir(path)
     return os.path.isdir(url)
 
 
@@ -148,7 +230,7 @@ def expand_urls(
             for u in _read_list_file(url):
                 urls.extend(expand_urls(u, allow_pipe=allow_pipe, check_exists=check_exists,
                                         _lists=(*_lists, ident)))
-        elif _is_dir(url):
+        elif is_folder(url):
             urls.extend(_list_dir(url))
         elif check_exists and not url_exists(url):
             missing.append(url)
@@ -184,6 +266,9 @@ def open_url(url: str, mode: str = "rb", *, allow_pipe: bool = False) -> IO:
         proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE)
         return proc.stdout
     try:
-        return fsspec.open(url, mode).open()
+        with store_errors(url):
+            return fsspec.open(url, mode).open()
+    except ImportError as e:
+        raise _backend_error(url, e) from None
     except FileNotFoundError as e:
         raise ShardNotFoundError(f"shard not found: {url!r} (deleted or moved?)") from e

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from wds_tools.lock import OutputLock, remove_stale_temps
 from wds_tools.manifest import stats_path
+from wds_tools.urls import local_output
 from wds_tools.writer import is_shard_complete, remove_sidecars, shard_problem
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,8 @@ class NothingWritten(ValueError):
 
 
 def check_output_dir(out: str | Path) -> Path:
-    """``out`` as a Path; ValueError when it, or a folder above it, exists and is not a folder."""
-    out = Path(out)
+    """``out`` as a Path; ValueError when it is a URL, or it or a folder above it is a file."""
+    out = local_output(out, "output")
     for p in (out, *out.parents):
         if p.exists():
             if not p.is_dir():

@@ -58,7 +58,7 @@ from wds_tools.quality_record import (
 )
 from wds_tools.shard_identity import identity_problem, mtime_ns
 from wds_tools.sidecar import read_shard_identity, shard_keys, write_sidecar
-from wds_tools.urls import expand_urls, is_remote, sidecar_url, url_exists
+from wds_tools.urls import expand_urls, is_remote, local_output, sidecar_url, url_exists
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "quality_report.json"
@@ -320,6 +320,8 @@ def write_selections(cfg: QualityConfig, report_dir: Path, selected: dict, urls:
 def run(cfg: QualityConfig) -> dict:
     """Both phases and the report; returns the report dict."""
     cfg.validate()
+    if cfg.output:  # the report folder: before any shard is read
+        local_output(cfg.output, "output")
     if not cfg.input:
         raise ValueError("input is empty: give shard URLs, a directory, a brace pattern or a .txt list")
     urls = expand_urls(cfg.input, allow_pipe=cfg.loader.allow_pipe)

@@ -29,6 +29,7 @@ from builders.synthetic.config import STAGES, SyntheticBuildConfig
 from builders.synthetic.preview import write_synthetic_preview
 from builders.synthetic.unit import build_unit
 from wds_tools.config import ConfigError, config_to_dict
+from wds_tools.urls import local_output
 
 log = logging.getLogger(__name__)
 STAGE_LIBRARIES = "builders.synthetic.stages.libraries"  # preloaded by a local worker pool
@@ -113,6 +114,8 @@ def build_synthetic(cfg: SyntheticBuildConfig, *, progress: bool = True) -> dict
     if not cfg.input or not cfg.output:
         raise ConfigError("both input and output must be set (--input SHARDS_OR_IMAGES --output DIR)")
     out = check_output_dir(cfg.output)
+    if cfg.work_dir:
+        local_output(cfg.work_dir, "work_dir")
     with lock_output(out, tool="builders.synthetic"):
         remove_killed_temps(out, ("train",))
         return _build_locked(cfg, out, progress=progress)
