@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from wds_tools.reader import SkipLog, iter_shard
-from wds_tools.urls import sidecar_url, url_exists
+from wds_tools.urls import ShardNotFoundError, sidecar_url, url_exists
 
 if TYPE_CHECKING:
     from training.data import LoaderSpec
@@ -63,7 +63,8 @@ def raw_stream(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int, offse
     shards are opened together and read interleaved, holding one sample of each at a time."""
     name = spec.quality_sidecar
     has_sidecar: dict[str, bool] = {}
-    empty = 0
+    empty = missing = 0
+    url = ""
     while True:
         streams = []
         for url in chunk_urls(spec, src_idx, worker, chunk):
@@ -73,14 +74,23 @@ def raw_stream(*, spec: LoaderSpec, src_idx: int, worker: int, chunk: int, offse
             # a shard deleted (or refused) since the run started: a counted skip, its URL logged
             streams.append(iter_shard(url, sidecars=sidecars, allow_pipe=spec.allow_pipe, skips=skips,
                                       skip_missing=True))
-        n = -1
+        n, unreadable = -1, skips.counts["unreadable_shard"]
         for n, sample in enumerate(interleave(streams)):
             if n >= offset:
                 yield chunk, n, sample
         empty = 0 if n >= 0 else empty + 1
+        gone = skips.counts["unreadable_shard"] > unreadable
+        missing = 0 if n >= 0 else (missing + 1 if gone else 0)
         if empty > _MAX_EMPTY_CHUNKS:
-            raise ValueError(f"source {spec.sources[src_idx].name!r}: its shards yield no samples")
+            _no_samples(spec.sources[src_idx].name, missing == empty, url)
         chunk, offset = chunk + 1, 0
+
+
+def _no_samples(source: str, all_gone: bool, url: str) -> None:
+    if all_gone:  # every shard deleted or refused since the start: one line, not a worker traceback
+        raise ShardNotFoundError(f"source {source!r}: no shard can be read any more (the last tried: "
+                                 f"shard not found: {url!r}; deleted or moved?)")
+    raise ValueError(f"source {source!r}: its shards yield no samples")
 
 
 def _delays(spec: LoaderSpec, src_idx: int, worker: int):

@@ -346,6 +346,13 @@ def writing_under(*folders: str | Path) -> Iterator[None]:
         raise
 
 
+def _names_the_path(e: BaseException, os_error: OSError) -> bool:
+    """A user error raised from ``os_error`` whose own words already name its path (Stage 2's
+    ``cannot write PATH: ... (train.output=...)``) is kept: it says more than the bare OSError."""
+    return e is not os_error and isinstance(e, USER_ERRORS) and os_error.filename is not None \
+        and str(os_error.filename) in str(e)
+
+
 def run_main(fn: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None, *,
              prog: str) -> int:
     """Run an entry point's body: a user error (:data:`USER_ERRORS`, config errors included) prints
@@ -358,7 +365,7 @@ def run_main(fn: Callable[[Sequence[str] | None], int | None], argv: Sequence[st
         return int(fn(argv) or 0)
     except Exception as e:
         os_error = path_error(e)
-        if os_error is not None:
+        if os_error is not None and not _names_the_path(e, os_error):
             message = path_error_message(os_error)
         elif isinstance(e, USER_ERRORS):
             message = str(e) or type(e).__name__
