@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from clip_models.preprocess import decode_uint8, resized_crop
 from clip_models.text_tower import CachedTokenizer, build_tokenizer
 from training.preempt import ignore_stop_signals
 from training.streams import _TAG_BATCH, _TAG_SAMPLE, _rng, resampled_samples, worker_shards  # noqa: F401
+from wds_tools.caption_geometry import mirror_caption
 from wds_tools.malloc import keep_freed_memory
 from wds_tools.manifest import read_index
 from wds_tools.quality_record import PENDING, QualityRecordError, decode, keep, kept_caption_indices, sample_captions
@@ -106,15 +106,6 @@ def mix_plan(rng: np.random.Generator, weights: list[float], batch_size: int, st
     for i in sorted(range(len(p)), key=lambda i: (-(exact[i] - counts[i]), i))[: batch_size - counts.sum()]:
         counts[i] += 1
     return rng.permutation(np.repeat(np.arange(len(p)), counts))
-
-
-_LEFT_RIGHT = re.compile(r"\b(left|right|Left|Right|LEFT|RIGHT)\b")
-_SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT", "RIGHT": "LEFT"}
-
-
-def mirror_caption(caption: str) -> str:
-    """Swap left/right so a caption still describes a horizontally flipped image."""
-    return _LEFT_RIGHT.sub(lambda m: _SWAP[m.group(1)], caption)
 
 
 def random_resized_crop(img: torch.Tensor, *, size: int, scale_min: float, hflip: bool,

@@ -14,6 +14,7 @@ Spatial score: each position phrase defines a soft region over box centres (e.g.
 Boxes whose label matches the claimed noun (directly or through ``LABEL_WORDS``, e.g. "shrubs" ->
 vegetation) are preferred; when no box label matches, all boxes count. A sample's claims are
 gathered from all of its captions (the primary ``txt`` and ``meta["captions"]``).
+The count and position words are the shared vocabulary of ``wds_tools.caption_geometry``.
 """
 
 from __future__ import annotations
@@ -23,17 +24,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from wds_tools.caption_geometry import CENTRE_WORDS, COUNT_RANGES, DOWN_WORDS, UP_WORDS
+
 INF = math.inf
 
-# number word -> allowed count range
-COUNT_WORDS: dict[str, tuple[float, float]] = {
-    "one": (1, 1), "single": (1, 1), "lone": (1, 1), "two": (2, 2), "three": (3, 3),
-    "four": (4, 4), "five": (5, 5), "six": (6, 6), "seven": (7, 7), "eight": (8, 8),
-    "nine": (9, 9), "ten": (10, 10), "eleven": (11, 11), "twelve": (12, 12),
-    "pair": (2, 2), "couple": (2, 3), "few": (2, 4), "several": (3, 7), "some": (2, 8),
-    "multiple": (2, INF), "many": (5, INF), "numerous": (5, INF), "lots": (5, INF),
-    "dozens": (12, INF), "dozen": (10, 14),
-}
+# number word -> allowed count range (the shared vocabulary; the name is kept for callers)
+COUNT_WORDS: dict[str, tuple[float, float]] = COUNT_RANGES
 _COUNT_RE = re.compile(
     r"\b(" + "|".join(sorted(COUNT_WORDS, key=len, reverse=True)) + r"|\d{1,3})\b"
     r"(?:\s+of)?((?:\s+[a-z]+){1,4})",
@@ -45,16 +41,23 @@ _STOP_NOUNS = {
 }
 
 # position phrase -> (axis constraints); each constraint is (axis, kind) with kind low/high/mid
+_UP, _DOWN, _MID = "|".join(UP_WORDS), "|".join(DOWN_WORDS), "|".join(CENTRE_WORDS)
+
+
+def _corner(vert: str, side: str) -> re.Pattern[str]:
+    return re.compile(rf"\b(?:{vert})[\s-]+{side}\b|\b{side}[\s-]+(?:{vert})\b")
+
+
 _POSITIONS: list[tuple[re.Pattern[str], tuple[tuple[str, str], ...]]] = [
-    (re.compile(r"\b(?:upper|top)[\s-]+left\b|\bleft[\s-]+(?:top|upper)\b"), (("x", "low"), ("y", "low"))),
-    (re.compile(r"\b(?:upper|top)[\s-]+right\b|\bright[\s-]+(?:top|upper)\b"), (("x", "high"), ("y", "low"))),
-    (re.compile(r"\b(?:lower|bottom)[\s-]+left\b|\bleft[\s-]+(?:bottom|lower)\b"), (("x", "low"), ("y", "high"))),
-    (re.compile(r"\b(?:lower|bottom)[\s-]+right\b|\bright[\s-]+(?:bottom|lower)\b"), (("x", "high"), ("y", "high"))),
+    (_corner(_UP, "left"), (("x", "low"), ("y", "low"))),
+    (_corner(_UP, "right"), (("x", "high"), ("y", "low"))),
+    (_corner(_DOWN, "left"), (("x", "low"), ("y", "high"))),
+    (_corner(_DOWN, "right"), (("x", "high"), ("y", "high"))),
     (re.compile(r"\bleft\b"), (("x", "low"),)),
     (re.compile(r"\bright\b(?!\s+(?:angle|next))"), (("x", "high"),)),
-    (re.compile(r"\b(?:top|upper)\b"), (("y", "low"),)),
-    (re.compile(r"\b(?:bottom|lower)\b"), (("y", "high"),)),
-    (re.compile(r"\b(?:center|centre|middle)\b"), (("x", "mid"), ("y", "mid"))),
+    (re.compile(rf"\b(?:{_UP})\b"), (("y", "low"),)),
+    (re.compile(rf"\b(?:{_DOWN})\b"), (("y", "high"),)),
+    (re.compile(rf"\b(?:{_MID})\b"), (("x", "mid"), ("y", "mid"))),
 ]
 
 

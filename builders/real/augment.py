@@ -4,16 +4,22 @@ Each augmentation is one of the seven non-identity elements of the square's symm
 (horizontal flip, then ``rot90`` quarter turns counter-clockwise: aerial images have no "up"),
 a crop of ``crop_scale`` of the area, and a colour jitter. Parameters depend only on
 (seed, key, index) and are recorded in the sample's ``aug`` meta. Position words in captions
-("left", "upper right", "north", "horizontal") are rewritten to match the flip and rotation.
+("left", "upper right", "north", "horizontal") are rewritten to match the flip and rotation by
+``wds_tools.caption_geometry.rewrite_positions``.
 """
 from __future__ import annotations
 
 import hashlib
 import math
-import re
 
 import numpy as np
 from PIL import Image, ImageEnhance
+
+# The caption rewrite lives with the shared position vocabulary; re-exported for the recipe.
+from wds_tools.caption_geometry import rewrite_positions
+
+__all__ = ["apply_aug", "aug_params", "center_square", "resize_square", "rewrite_positions", "rng_for",
+           "transform_box"]
 
 
 def rng_for(seed: int, *parts: object) -> np.random.Generator:
@@ -78,87 +84,6 @@ def apply_aug(square: Image.Image, params: dict, size: int) -> Image.Image:
         if params[name] != 1.0:
             img = enhancer(img).enhance(params[name])
     return img
-
-
-# --- caption rewriting ---------------------------------------------------------------------
-# Directions as (dx, dy) with x to the right and y downwards (image coordinates).
-_FAMILIES = {
-    "side": {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)},
-    "adj": {"left": (-1, 0), "right": (1, 0), "upper": (0, -1), "lower": (0, 1)},
-    "compass": {"west": (-1, 0), "east": (1, 0), "north": (0, -1), "south": (0, 1)},
-    "rel": {"to the left of": (-1, 0), "to the right of": (1, 0), "above": (0, -1), "below": (0, 1)},
-}
-_WORD_FAMILY = {"left": "side", "right": "side", "top": "side", "bottom": "side",
-                "upper": "adj", "lower": "adj", "west": "compass", "east": "compass",
-                "north": "compass", "south": "compass", "above": "rel", "below": "rel",
-                "to the left of": "rel", "to the right of": "rel"}
-_CORNER = re.compile(r"\b(upper|lower|top|bottom|north|south)([ -]?)(left|right|west|east)\b", re.I)
-_SINGLE = re.compile(r"\b(to the left of|to the right of|left|right|top|bottom|upper|lower|"
-                     r"north|south|east|west|above|below|horizontal|vertical|horizontally|"
-                     r"vertically)\b", re.I)
-_AXIS = {"horizontal": "vertical", "vertical": "horizontal",
-         "horizontally": "vertically", "vertically": "horizontally"}
-
-
-def _move(vec: tuple[int, int], flip: bool, rot90: int) -> tuple[int, int]:
-    dx, dy = vec
-    if flip:
-        dx = -dx
-    for _ in range(rot90 % 4):
-        dx, dy = dy, -dx  # a quarter turn counter-clockwise: right -> top -> left -> bottom
-    return dx, dy
-
-
-def _word_for(vec: tuple[int, int], family: str) -> str:
-    return next(w for w, v in _FAMILIES[family].items() if v == vec)
-
-
-def _match_case(new: str, old: str) -> str:
-    return new[0].upper() + new[1:] if old[:1].isupper() else new
-
-
-def rewrite_positions(text: str, *, flip: bool, rot90: int) -> str:
-    """Rewrite position words in ``text`` for a horizontal flip followed by ``rot90`` CCW turns."""
-    if not flip and rot90 % 4 == 0:
-        return text
-
-    def corner(m: re.Match) -> str:
-        vert, sep, hor = m.group(1).lower(), m.group(2), m.group(3).lower()
-        compass = vert in ("north", "south")
-        vfam = "compass" if compass else ("adj" if vert in ("upper", "lower") else "side")
-        hfam = "compass" if compass else "side"
-        vy = _FAMILIES[vfam][vert][1]
-        hx = _FAMILIES["compass" if hor in ("west", "east") else "side"][hor][0]
-        nx, ny = _move((hx, 0), flip, rot90)
-        mx, my = _move((0, vy), flip, rot90)
-        dx, dy = nx + mx, ny + my
-        new_v = _word_for((0, dy), vfam)
-        new_h = _word_for((dx, 0), hfam)
-        return _match_case(f"{new_v}{sep}{new_h}", m.group(0))
-
-    def single(m: re.Match) -> str:
-        word = m.group(0).lower()
-        if word in _AXIS:
-            return _match_case(_AXIS[word] if rot90 % 2 else word, m.group(0))
-        fam = _WORD_FAMILY[word]
-        new = _word_for(_move(_FAMILIES[fam][word], flip, rot90), fam)
-        return _match_case(new, m.group(0))
-
-    # Corners first, protected from the single-word pass by a placeholder.
-    corners: list[str] = []
-
-    def stash(m: re.Match) -> str:
-        corners.append(corner(m))
-        return f"\x00{len(corners) - 1}\x00"
-
-    out = _CORNER.sub(stash, text)
-    out = _SINGLE.sub(single, out)
-    out = re.sub("\x00(\\d+)\x00", lambda m: corners[int(m.group(1))], out)
-    # Sides and ends take different prepositions: "on the left", "at the top".
-    out = re.sub(r"\b([Aa])t the (left|right)\b",
-                 lambda m: ("On" if m.group(1) == "A" else "on") + f" the {m.group(2)}", out)
-    return re.sub(r"\b([Oo])n the (top|bottom)\b",
-                  lambda m: ("At" if m.group(1) == "O" else "at") + f" the {m.group(2)}", out)
 
 
 def transform_box(box: list[float], params: dict, *, min_keep: float = 0.3) -> list[float] | None:

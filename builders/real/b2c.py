@@ -7,8 +7,9 @@ left side", "across the image") and a short element description from its texture
 """
 from __future__ import annotations
 
-_ROWS = ("top", "middle", "bottom")
-_COLS = ("left", "center", "right")
+from wds_tools.caption_geometry import COLUMN_WORDS as _COLS
+from wds_tools.caption_geometry import ROW_ADJECTIVES
+from wds_tools.caption_geometry import ROW_WORDS as _ROWS
 
 _ELEMENTS = {
     # label -> (smooth description, busy description)
@@ -55,7 +56,7 @@ def spatial_phrase(box: list[float], *, area: float = 1.0) -> str:
         return f"on the {_COLS[col]}"
     if col == 1:
         return f"at the {_ROWS[row]}"
-    return f"in the {('upper', None, 'lower')[row]} {_COLS[col]}"
+    return f"in the {ROW_ADJECTIVES[row]} {_COLS[col]}"
 
 
 def describe_element(region: dict, *, busy_threshold: float = 0.09) -> str:

@@ -21,16 +21,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-            "eleven", "twelve"]
+from wds_tools.caption_geometry import NUMBER_WORDS as _NUMBERS
+from wds_tools.caption_geometry import POSITION_PHRASE as _POSITION
+
 _COUNT = {w: i for i, w in enumerate(_NUMBERS)} | {"a": 1, "an": 1, "single": 1, "a single": 1}
 _VAGUE = ("the", "some", "several", "many", "multiple", "numerous", "a few", "few", "a couple of",
           "a row of", "rows of", "a group of", "groups of", "a line of", "lots of", "a lot of")
 _STOP = {"with", "and", "or", "of", "in", "on", "at", "near", "next", "to", "by", "along", "beside",
          "the", "a", "an", "is", "are", "there", "from", "between", "around", "across", "its",
          "their", "some", "several", "many", "as", "for", "into", "over", "under", "behind",
-         "showing", "has", "have", "contains", "where", "which", "that", "while", "one", "two",
-         "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"}
+         "showing", "has", "have", "contains", "where", "which", "that", "while", *_NUMBERS[1:]}
 _IRREGULAR = {"person": "people", "man": "men", "woman": "women", "child": "children",
               "leaf": "leaves", "sheep": "sheep", "fish": "fish", "aircraft": "aircraft",
               "bus": "buses", "greenhouse": "greenhouses", "cactus": "cacti"}
@@ -39,10 +39,6 @@ _DET = "|".join(sorted([re.escape(w) for w in _COUNT] + [re.escape(w) for w in _
                        key=len, reverse=True))
 _PREPS = ("with", "of", "near", "beside", "showing", "has", "have", "contains", "including",
           "and", "there is", "there are", "next to", "by")
-_POSITION = (r"(?:scattered\s+)?(?:in|on|at|along|across|down|near|to|toward|towards)\s+the\s+"
-             r"(?:(?:upper|lower|top|bottom|middle|center|centre|left|right|north|south|east|west|"
-             r"northern|southern|eastern|western|far|image|half|side|edge|corner|part|border|"
-             r"foreground|background)\b[ -]?){1,3}(?:of\s+the\s+(?:image|tile|scene|picture))?")
 _POSITION_RE = re.compile(_POSITION, re.I)
 
 

@@ -20,3 +20,29 @@ def test_cli_flags_fill_the_config(tmp_path):
     with pytest.raises(SystemExit):
         parse_cli(Stage2Config, ["--config", str(REPO / "configs/train/lora.yaml"), "lora.rnak=4"],
                   prog="t", description="t", flags=CLI_FLAGS)
+
+
+def _flat(cfg, prefix: str = "") -> dict:
+    from dataclasses import fields, is_dataclass
+
+    out = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        out.update(_flat(value, f"{prefix}{f.name}.") if is_dataclass(value) else {prefix + f.name: value})
+    return out
+
+
+def test_seed_recipe_config_loads_with_the_seed_values():
+    def load(name):
+        return parse_cli(Stage2Config, ["--config", str(REPO / "configs/train" / name)], prog="t",
+                         description="t", flags=CLI_FLAGS)
+
+    seed = load("seed.yaml")
+    assert seed.loss.use_fine_grained is True and seed.loss.fine_grained_weight == 0.3
+    assert (seed.train.num_epochs, seed.train.learning_rate, seed.train.batch_size) == (10, 1e-4, 32)
+    assert (seed.lora.rank, seed.lora.alpha) == (8, 16.0)
+    assert (seed.data.synthetic_ratio, seed.loss.rare_class_weight) == (0.8, 2.0)
+    assert seed.train.max_steps == 0 and seed.train.grad_accum == 1  # the epochs, not a step cap, end it
+    # Beside the tuned default it differs only in the fine-grained loss and its output folder.
+    default, ours = _flat(load("lora.yaml")), _flat(seed)
+    assert {k for k in ours if ours[k] != default[k]} == {"loss.use_fine_grained", "train.output"}

@@ -125,6 +125,14 @@ def test_flipped_images_get_mirrored_captions():
         "trees on the right, water in the Left corner; bright roofs"
 
 
+def test_training_flip_rewrites_compass_words_like_the_build_time_flip():
+    # The build-time flip (builders/real/augment.py) turns west into east; the training-time
+    # flip once swapped left/right only, leaving "a river in the west" false of the image.
+    assert mirror_caption("a river in the west of a road on the left") == \
+        "a river in the east of a road on the right"
+    assert mirror_caption("FIELDS TO THE LEFT, a lake north-west") == "FIELDS TO THE RIGHT, a lake north-east"
+
+
 def test_tokenizer_spec_of_tiny_model():
     from clip_models.loading import register_model_config
 
