@@ -37,6 +37,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -354,6 +355,20 @@ def make_loader(spec: LoaderSpec, resume: dict | None = None) -> DataLoader:
     return DataLoader(MixDataset(spec=spec, resume=resume), batch_size=None, num_workers=nw,
                       prefetch_factor=2 if nw else None, persistent_workers=False,
                       pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_stop_signals if nw else None)
+
+
+@contextmanager
+def worker_shutdown(loader: Iterable) -> Iterator[Iterator]:
+    """Iterate ``loader`` (a :func:`make_loader`), its worker processes shut down however the loop
+    ends: workers ignore SIGTERM, so one left behind by an exception would block the interpreter's
+    exit (multiprocessing stops daemon children with SIGTERM, then joins them)."""
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process iterator
+        if shutdown is not None:
+            shutdown()
 
 
 def _manifest_dirs(source: list[str]) -> list[str]:

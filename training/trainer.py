@@ -31,7 +31,7 @@ from training.checkpoint import (
     save_final,
 )
 from training.config import Stage2Config
-from training.data import LoaderSpec, LoaderState, build_sources, make_loader, read_manifests
+from training.data import LoaderSpec, LoaderState, build_sources, make_loader, read_manifests, worker_shutdown
 from training.evaluate import evaluate_model, load_eval_set
 from training.lora import apply_lora, lora_state_dict, mark_trainable
 from training.losses import rare_class_weights, sparc_loss, weighted_clip_loss, weighted_mean, word_token_mask
@@ -273,8 +273,10 @@ def train(cfg: Stage2Config) -> dict:
     model.train()
     micro, n_stop, checkpoint = 0, 0, None
     clip_ref = model_of(accelerator, model)
-    with StopSignals() as stop:  # SIGTERM / SIGUSR1: finish the step, checkpoint, exit (training/preempt.py)
-        for batch in make_loader(spec, loader_saved) if step < total_steps else ():
+    # SIGTERM / SIGUSR1: finish the step, checkpoint, exit (training/preempt.py)
+    loader = make_loader(spec, loader_saved) if step < total_steps else ()
+    with StopSignals() as stop, worker_shutdown(loader) as batches:
+        for batch in batches:
             loader_state.update(batch)
             count_batch(batch, counters, window)
             if keys_file:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import shutil
 import tarfile
 from pathlib import Path
@@ -160,6 +161,8 @@ def test_every_shard_deleted_while_training_is_one_line_and_exit_2(tmp_path, mon
     # one deleted shard is a counted skip (tests/store); a source with none left is this one line
     assert "shard not found" in errors[0] and str(shards / "real-0000") in errors[0]
     assert "Traceback" not in errors[0] and len(errors[0]) < 300, errors[0]
+    # the loader's workers ignore SIGTERM: one left running would block the interpreter's exit
+    assert not multiprocessing.active_children(), multiprocessing.active_children()
 
 
 def test_selection_is_byte_equal_whatever_order_shards_finished_in(tmp_path):
