@@ -274,7 +274,7 @@ def check_loader(ctx: Ctx) -> dict:
     if ctx.smoke:
         shards, per_shard, src_px, batch, workers, size, batches, warmup = 2, 32, 64, 16, 1, 56, 4, 1
     else:
-        shards, per_shard, src_px, batch, workers, size, batches, warmup = 6, 200, 256, 256, cpu_workers(), 224, 20, 3
+        shards, per_shard, src_px, batch, workers, size, batches, warmup = 6, 200, 256, 256, cpu_workers(), 224, 40, 3
     dirs = {name: make_shards(ctx.scratch / "loader_shards", source=name, shards=shards, per_shard=per_shard,
                               size=src_px, quality=name == "synthetic") for name in ("real", "synthetic")}
     device = torch.device(ctx.device)

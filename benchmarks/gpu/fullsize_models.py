@@ -12,9 +12,13 @@ code exactly as they load a local path:
 - ``ground``: Grounding DINO tiny (``GroundingDinoConfig()``'s defaults are that model: Swin-T and
   BERT-base), a transformers folder with processor and tokenizer;
 - ``segment``: SAM ViT-H, the ``.pth`` state dict of ``segment_anything``'s ``Sam``;
-- ``generate``: SD3.5-Medium (transformer, SD3 VAE, CLIP-L and CLIP-G text encoders, no T5), a
-  diffusers folder with ``model_index.json``.
+- ``generate``: SD3.5-Medium (transformer, SD3 VAE, CLIP-L and CLIP-G text encoders), a diffusers
+  folder whose ``model_index.json`` names T5 as the real one does, without T5's folders (the stage
+  loads with T5 off).
 
+Processor and tokenizer files are laid out as the hub repos have them (``preprocessor_config.json``,
+``chat_template.json``, ``vocab.json`` + ``merges.txt`` for SD3's CLIP tokenizers, ``vocab.txt`` for
+BERT), not as transformers 5 would save them, so loading takes the path a user's download takes.
 Tokenizers are built from files on this machine: SD3's CLIP tokenizers from the CLIP BPE vocabulary
 open_clip ships (the same 49,408 tokens and merges); Grounding DINO's BERT WordPiece vocabulary of
 the real size with the real special ids ([CLS] 101, [SEP] 102, "." 1012, "?" 1029, which the model
@@ -158,6 +162,30 @@ def qwen2_tokenizer():
                                    model_max_length=32768)
 
 
+def hub_processor_layout(out: Path, *, tokenizer_class: str, extra: dict | None = None) -> None:
+    """Rewrite a processor saved by transformers 5 (``processor_config.json``, ``chat_template.jinja``)
+    into the files the hub repos ship: ``preprocessor_config.json``, ``chat_template.json`` and a
+    ``tokenizer_config.json`` naming the model's tokenizer class, as a user's download has them."""
+    proc = json.loads((out / "processor_config.json").read_text())
+    pre = {**proc["image_processor"], **(extra or {}), "processor_class": proc["processor_class"]}
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    (out / "processor_config.json").unlink()
+    template = out / "chat_template.jinja"
+    if template.exists():
+        (out / "chat_template.json").write_text(json.dumps({"chat_template": template.read_text()}))
+        template.unlink()
+    tc = json.loads((out / "tokenizer_config.json").read_text())
+    (out / "tokenizer_config.json").write_text(json.dumps({**tc, "tokenizer_class": tokenizer_class}, indent=2))
+
+
+def hub_clip_tokenizer_layout(out: Path) -> None:
+    """SD3's tokenizer folders as shipped: ``vocab.json`` and ``merges.txt``, no ``tokenizer.json``."""
+    vocab, merges = clip_bpe()
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    (out / "tokenizer.json").unlink()
+
+
 def save_esrgan_x4(out: Path, nf: int = 64, nb: int = 23) -> Path:
     """RealESRGAN_x4.pth: ``{"params_ema": RRDBNet state dict}`` (BasicSR's layout)."""
     from tests.builders.synthetic.conftest import _rrdb_state
@@ -192,6 +220,8 @@ def save_grounding_dino(out: Path, device: str = "cpu") -> Path:
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(bert_uncased_vocab())}, do_lower_case=True,
                             model_max_length=512)
     GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tok).save_pretrained(out)
+    (out / "vocab.txt").write_text("\n".join(bert_uncased_vocab()) + "\n")
+    hub_processor_layout(out, tokenizer_class="BertTokenizer")
     return out
 
 
@@ -219,6 +249,8 @@ def save_qwen2vl(out: Path, device: str = "cpu") -> Path:
                                temporal_patch_size=2)
     Qwen2VLProcessor(image_processor=ip, tokenizer=qwen2_tokenizer(), video_processor=Qwen2VLVideoProcessor(),
                      chat_template=QWEN2_VL_CHAT_TEMPLATE).save_pretrained(out)
+    hub_processor_layout(out, tokenizer_class="Qwen2Tokenizer",
+                         extra={"min_pixels": ip.size["shortest_edge"], "max_pixels": ip.size["longest_edge"]})
     return out
 
 
@@ -253,7 +285,18 @@ def save_sd35_medium(out: Path, device: str = "cpu") -> Path:
         text_encoder=encoders["text_encoder"], tokenizer=clip_tokenizer(),
         text_encoder_2=encoders["text_encoder_2"], tokenizer_2=clip_tokenizer(pad_token="!"),
         text_encoder_3=None, tokenizer_3=None).save_pretrained(out)
+    for sub in ("tokenizer", "tokenizer_2"):
+        hub_clip_tokenizer_layout(out / sub)
+    hub_model_index_with_t5(out)
     return out
+
+
+def hub_model_index_with_t5(out: Path) -> None:
+    """Name T5 in ``model_index.json`` as the real repo does; its folders are not written (4.7B
+    parameters), so a load that passed ``text_encoder_3=None`` proves it never reads them."""
+    index = json.loads((out / "model_index.json").read_text())
+    index.update(text_encoder_3=["transformers", "T5EncoderModel"], tokenizer_3=["transformers", "T5TokenizerFast"])
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
 SAVERS = {"upscale": save_esrgan_x4, "describe": save_qwen2vl, "ground": save_grounding_dino,
