@@ -215,7 +215,7 @@ def check_inpaint(ctx: Ctx) -> dict:
     ]
     stage.unload()
     head = (f"inside the mask: {d_shift:.2f} levels from the shifted decode, {d_plain:.2f} from the unshifted "
-            f"(they differ by {effect:.2f}); {gen_s:.1f} s/image at {size} px, {cfg.steps} steps")
+            f"(they differ by {effect:.2f}); {gen_s:.2f} s/image at {size} px, {cfg.steps} steps")
     return {"figures": figures, "targets": targets, "headline": head}
 
 
@@ -294,7 +294,8 @@ def check_loader(ctx: Ctx) -> dict:
     targets = [target("loader samples/s, fed to the device", rate,
                       f"> the trainer's {trainer:.0f}" if trainer else "> the trainer's (train check gave none)",
                       rate > trainer if trainer else None)]
-    head = f"{rate:.0f} samples/s with {workers} workers, batch {batch}, against the trainer's {trainer or 'n/a'}"
+    head = (f"{rate:.0f} samples/s with {workers} workers, batch {batch}, against the trainer's "
+            f"{f'{trainer:.0f}' if trainer else 'n/a'}")
     return {"figures": figures, "targets": targets, "headline": head}
 
 

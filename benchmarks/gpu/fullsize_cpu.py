@@ -40,6 +40,13 @@ def peak_rss_gb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
 
 
+def cpu_s() -> float:
+    """CPU seconds of this process so far (all its threads): a figure other load on the machine
+    does not inflate as it inflates wall time."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def disk_gb(path: Path) -> float:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return round(sum(p.stat().st_size for p in files) / 1e9, 2)
@@ -127,12 +134,14 @@ def child_run(args) -> dict:
     stage.load()
     load_s = time.perf_counter() - t0
     net = main_module(stage, args.stage)
-    times, out = [], None
+    times, cpu, out = [], [], None
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_s()
         out = stage([item])[0]
         times.append(round(time.perf_counter() - t0, 2))
+        cpu.append(round(cpu_s() - c0, 1))
     return {"load_s": round(load_s, 1), "s_first_image": times[0], "s_per_image": times[-1],
+            "cpu_s_per_image": cpu[-1],
             "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 1),
             "dtype": str(next(net.parameters()).dtype).removeprefix("torch."), "peak_rss_gb": peak_rss_gb(),
             "output": summary(args.stage, out), "threads": torch.get_num_threads()}
@@ -161,16 +170,16 @@ def run_child(kind: str, stage: str, args, out: Path) -> dict:
 def table(results: dict, args) -> str:
     """The markdown table of the per-stage figures."""
     head = ("| stage | architecture | params (M) | weights on disk (GB) | dtype | build s | load s | "
-            "first image s | s/image | peak RSS (GB) | output |")
+            "first image s | s/image | CPU s/image | peak RSS (GB) | output |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s, r in results.items():
         if "error" in r:
             lines.append(f"| {s} | {ARCH[s]} | | {r.get('disk_gb', '')} | | {r.get('build_s', '')} | "
-                         f"| | | | failed: {r['error']} |")
+                         f"| | | | | failed: {r['error']} |")
             continue
         lines.append(f"| {s} | {ARCH[s]} | {r['params_m']:,} | {r['disk_gb']} | {r['dtype']} "
-                     f"| {r.get('build_s', 'reused')} | {r['load_s']} | {r['s_first_image']} | {r['s_per_image']} "
-                     f"| {r['peak_rss_gb']} | {r['output']} |")
+                     f"| {r.get('build_s')} | {r['load_s']} | {r['s_first_image']} | {r['s_per_image']} "
+                     f"| {r.get('cpu_s_per_image')} | {r['peak_rss_gb']} | {r['output']} |")
     return "\n".join(lines)
 
 
@@ -207,7 +216,7 @@ def main(argv=None) -> int:
             b = run_child("build", s, args, built)
             print(f"{s}: built {b}", flush=True)
         else:
-            b = {**json.loads(built.read_text()), "build_s": "reused"}
+            b = {**json.loads(built.read_text()), "build_reused": True}
         r = b if "error" in b else {**b, **run_child("run", s, args, root / "results" / f"{s}-run.json")}
         print(f"{s}: {r}", flush=True)
         results[s] = r
