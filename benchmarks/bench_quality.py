@@ -47,8 +47,9 @@ from builders.quality.config import QualityConfig  # noqa: E402
 from builders.quality.image_quality import ImageQualityConfig, image_quality_scores  # noqa: E402
 from builders.quality.loader import clip_input, decode_rgb  # noqa: E402
 from builders.quality.run import score_shards  # noqa: E402
-from clip_models.device import resolve_device  # noqa: E402
+from clip_models.device import autocast, resolve_device  # noqa: E402
 from clip_models.loading import load_clip  # noqa: E402
+from clip_models.preprocess import normalize  # noqa: E402
 from clip_models.text_tower import CachedTokenizer  # noqa: E402
 from wds_tools.malloc import keep_freed_memory  # noqa: E402
 from wds_tools.reader import iter_tar_samples  # noqa: E402
@@ -178,6 +179,54 @@ def best_of(repeats: int, runs: dict) -> dict[str, float]:
     return best
 
 
+def bare_encode_rate(model, scorer: ClipScorer, tokenizer, *, size: int, batch: int, n: int, device) -> float:
+    """Images/s of the model's bare ``encode_image`` on pre-made uint8 batches moved to ``device``
+    and normalised there (one warm-up pass first); the filter's ceiling on a GPU."""
+    x = torch.randint(0, 255, (batch, 3, size, size), dtype=torch.uint8)
+    reps = max(1, n // batch)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def bare_encode():
+        with torch.inference_mode(), autocast(scorer.precision, device):
+            for _ in range(reps):
+                model.encode_image(normalize(x.to(device, non_blocking=True), scorer.mean, scorer.std))
+        sync()
+    bare_encode()
+    t_enc, _ = timed(bare_encode, "encode")
+    return reps * batch / t_enc
+
+
+def scorer_vs_encode_image(model_name: str, *, images: int, shards: int, image_px: int, batch: int, workers: int,
+                           device: str = "auto", repeats: int = 1, pretrained: str | None = None) -> dict:
+    """The quality filter's phase 1 (all scores, default config) against a bare ``encode_image`` loop.
+
+    Both on the same model object and batch size; the filter decodes ``images`` JPEGs from
+    ``shards`` shards in ``workers`` processes, the bare loop only encodes pre-made batches.
+    Returns both rates and ``ratio`` (filter over bare; the GPU target is >= 0.8).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    keep_freed_memory()
+    dev = resolve_device(device)
+    cfg = QualityConfig(input=["unused"])
+    cfg.model.name, cfg.model.pretrained, cfg.model.device = model_name, pretrained, str(dev)
+    cfg.model.batch_size, cfg.loader.num_workers = batch, workers
+    model, size, tokenizer = load_clip(cfg.model)
+    scorer = ClipScorer(model=model, device=dev, precision=cfg.model.precision)
+
+    def filter_run(urls):
+        res = score_shards(cfg, urls, clip=(model, size, tokenizer))
+        if len(res["scored"]) != len(urls) or res["failed"]:
+            raise RuntimeError(f"filter scored {len(res['scored'])} of {len(urls)} shards: {res['failed']}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        urls = make_shards(Path(tmp), images=images, shards=shards, size=image_px)
+        filter_run(urls[:1])  # warm-up: worker start-up paths, autocast kernels
+        best = best_of(repeats, {"filter": lambda: filter_run(urls)})["filter"]
+    enc = bare_encode_rate(model, scorer, tokenizer, size=size, batch=batch, n=images, device=dev)
+    return {"device": str(dev), "model": model_name, "images": images, "batch": batch, "workers": workers,
+            "filter_images_per_s": images / best, "bare_encode_image_per_s": enc, "ratio": images / best / enc}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=4800)
@@ -261,19 +310,11 @@ def main() -> None:
                    "images_per_s": {names[k]: n / best[k] for k in names} | {"bare, untrimmed text": n / t_full},
                    "cpu_ms_per_image": {names[k]: CPU[k] / n * 1000 for k in names}, "ratios": ratios}
         if device.type == "cuda":
+            enc = bare_encode_rate(model, scorer, tokenizer, size=size, batch=args.batch, n=n, device=device)
             x = torch.randint(0, 255, (args.batch, 3, size, size), dtype=torch.uint8)
             tok = tokenizer([CAPTIONS[i % len(CAPTIONS)] for i in range(args.batch)])  # all distinct
             reps = max(1, n // args.batch)
-
-            def bare_encode():
-                with torch.inference_mode(), scorer._autocast():
-                    for _ in range(reps):
-                        model.encode_image((x.to(device).float() - scorer.mean) / scorer.std)
-                torch.cuda.synchronize()
-            bare_encode()
-            t_enc, _ = timed(bare_encode, "encode")
             t_score, _ = timed(lambda: [scorer(x, tok) for _ in range(reps)], "scorer")
-            enc = reps * args.batch / t_enc
             print(f"bare encode_image               {enc:9.1f} images/s")
             print(f"scorer (image+text) on batches  {reps * args.batch / t_score:9.1f} images/s")
             print(f"filter end-to-end / bare encode_image: {n / best['filter'] / enc:.2f} (target >= 0.8)")

@@ -99,33 +99,46 @@ def main(argv=None) -> int:
     else:
         cfg = ModelConfig(name=args.model)
         torch.backends.cuda.matmul.allow_tf32 = True
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    base = create_model(cfg)
-    size = image_size(base)
-    results = {}
-    for name in args.variants.split(","):
-        model = variant(base, name)
-        results[name] = run(model, batch=args.batch, size=size,
-                            steps=args.steps, warmup=max(args.warmup, 3 if name.endswith("compiled") else 0),
-                            device=device, amp_dtype=amp, compile_=name.endswith("compiled"))
-        del model
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    results = run_variants(cfg, args.variants.split(","), batch=args.batch, steps=args.steps, warmup=args.warmup,
+                           device=device)
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (tiny smoke mode, not a GPU figure)"
-    print(f"{cfg.name} batch {args.batch}, {where}, bf16={amp is not None}")
+    print(f"{cfg.name} batch {args.batch}, {where}, bf16={device.type == 'cuda'}")
     for name, r in results.items():
         mem = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "n/a"
-        ref_name = baseline_of(name)
-        ref = results.get(ref_name, {}).get("samples_per_s")
-        ratio = f"{r['samples_per_s'] / ref:.2f}x {ref_name}" if ref and ref_name != name else ""
-        r["ratio_to"] = {ref_name: r["samples_per_s"] / ref} if ratio else {}
+        ratio = "".join(f"{v:.2f}x {k}" for k, v in r["ratio_to"].items())
         print(f"  {name:14s} {r['samples_per_s']:9.1f} samples/s  peak {mem:9s} trainable {r['trainable']:>11,}  "
               f"warm-up {r['warmup_s']:.1f}s  {ratio}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"device": where, "args": vars(args), "results": results}, indent=2))
     return 0
+
+
+def run_variants(cfg: ModelConfig, variants: list[str], *, batch: int, steps: int, warmup: int,
+                 device: torch.device) -> dict[str, dict]:
+    """Train each variant of ``cfg``'s model in turn (bf16 autocast on CUDA); its figures and ratio.
+
+    A compiled variant gets at least 3 warm-up steps (compilation happens there). Each result
+    holds ``ratio_to``: its samples/s over its baseline's (:func:`baseline_of`) when both ran.
+    """
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    base = create_model(cfg)
+    size = image_size(base)
+    results = {}
+    for name in variants:
+        model = variant(base, name)
+        results[name] = run(model, batch=batch, size=size, steps=steps,
+                            warmup=max(warmup, 3 if name.endswith("compiled") else 0),
+                            device=device, amp_dtype=amp, compile_=name.endswith("compiled"))
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    for name, r in results.items():
+        ref_name = baseline_of(name)
+        ref = results.get(ref_name, {}).get("samples_per_s")
+        r["ratio_to"] = {ref_name: r["samples_per_s"] / ref} if ref and ref_name != name else {}
+    return results
 
 
 def baseline_of(name: str) -> str:
