@@ -14,60 +14,35 @@ CLIP_benchmark reads (one task per dataset folder)::
         test/..., dataset_type.txt ("retrieval")
 
 and prints the ``clip_benchmark eval`` commands for a model folder written by
-``training.export --format open_clip-hub``. Image bytes are copied as they are (other formats
-re-encoded as PNG), so CLIP_benchmark applies open_clip's own preprocessing.
+``training.export --format open_clip-hub``. Image bytes are copied as they are (evaluate reads only
+formats CLIP_benchmark decodes), so CLIP_benchmark applies open_clip's own preprocessing.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
 from clip_models.preprocess import decode_uint8, image_size
+from training.evaluate import iter_heldout
 from wds_tools.atomic import atomic_open, write_json
-from wds_tools.quality_record import sample_captions
-from wds_tools.reader import SkipLog, decode_sample, iter_shard
-from wds_tools.urls import expand_urls
+from wds_tools.reader import SkipLog
 from wds_tools.writer import write_tar_members
 
 log = logging.getLogger(__name__)
-BENCH_EXTS = ("jpg", "png", "webp", "jpeg")  # what CLIP_benchmark's wds reader decodes
-SOURCE_EXTS = BENCH_EXTS + ("tif", "tiff")
 
 
-def iter_heldout(urls: Sequence[str], *, caption_sources: Sequence[str] = (), max_samples: int = 0,
-                 allow_pipe: bool = False, max_pixels: int = 0, skips: SkipLog) -> Iterator[dict]:
-    """The samples ``training.evaluate.load_eval_set`` evaluates, in its order, with the image bytes."""
-    def checked(data: bytes) -> bytes:
-        decode_uint8(data)  # a sample evaluate cannot decode is skipped here too
-        return data
-
-    n = 0
-    for url in expand_urls(list(urls), allow_pipe=allow_pipe):
-        for raw in iter_shard(url, allow_pipe=allow_pipe, skips=skips):
-            s = decode_sample(raw, image=checked, skips=skips, max_pixels=max_pixels)
-            ext = next((e for e in SOURCE_EXTS if s and e in s), None)
-            if s is None or ext is None:
-                continue
-            meta = s.get("json") if isinstance(s.get("json"), dict) else {}
-            pairs = sample_captions(meta, s.get("txt"))
-            caps = [c for c, src in pairs if not caption_sources or src in caption_sources]
-            if not caps:
-                skips.add("no_caption_of_sources" if pairs else "no_caption", raw["__key__"], url)
-                continue
-            yield {"key": raw["__key__"], "ext": ext, "image": s[ext], "captions": caps, "class": meta.get("class")}
-            n += 1
-            if max_samples and n >= max_samples:
-                return
+def _decodable_bytes(data: bytes) -> bytes:
+    """The image bytes as stored, once evaluation's decoder has read them (one it cannot read is the
+    same counted skip in both)."""
+    decode_uint8(data)
+    return data
 
 
 def bench_templates(templates: Sequence[str]) -> list[str]:
@@ -81,12 +56,7 @@ def bench_templates(templates: Sequence[str]) -> list[str]:
 
 def _members(i: int, sample: dict, label: int | None) -> list[tuple[str, bytes]]:
     key = f"{i:06d}"  # CLIP_benchmark's keys only need to be unique and free of dots
-    ext, data = sample["ext"], sample["image"]
-    if ext not in BENCH_EXTS:
-        buf = io.BytesIO()
-        with Image.open(io.BytesIO(data)) as img:
-            img.convert("RGB").save(buf, format="PNG")
-        ext, data = "png", buf.getvalue()
+    ext, data = sample["ext"], sample["image"]  # evaluate's formats: all read by CLIP_benchmark
     text = "\n".join(" ".join(c.split()) for c in sample["captions"])
     members = [(f"{key}.{ext}", data), (f"{key}.txt", text.encode("utf-8"))]
     if label is not None:
@@ -121,8 +91,8 @@ def export_clip_benchmark(urls: Sequence[str], out: str | Path, *, name: str, te
         raise ValueError(f"--name must be a plain dataset name without '/' or '.', got {name!r}")
     lines = bench_templates(templates)
     skips = SkipLog()
-    samples = list(iter_heldout(urls, caption_sources=caption_sources, max_samples=max_samples,
-                                allow_pipe=allow_pipe, max_pixels=max_pixels, skips=skips))
+    samples = list(iter_heldout(urls, image=_decodable_bytes, caption_sources=caption_sources,
+                                max_samples=max_samples, allow_pipe=allow_pipe, max_pixels=max_pixels, skips=skips))
     if not samples:
         raise ValueError(f"no evaluable samples in {list(urls)} (skips: {skips.as_dict()})")
     out = Path(out)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +48,37 @@ class EvalSet:
     skipped: dict = field(default_factory=dict)
 
 
+HELDOUT_EXTS = IMAGE_EXTS + ("jpeg",)
+
+
+def iter_heldout(urls: Sequence[str], *, image: Callable = decode_uint8, max_samples: int = 0,
+                 allow_pipe: bool = False, caption_sources: Sequence[str] = (), max_pixels: int = 0,
+                 skips: SkipLog) -> Iterator[dict]:
+    """The held-out samples evaluation reads, in order: ``{"key", "ext", "image", "captions",
+    "class"}``, ``image`` as the ``image`` decoder returned it (the CLIP_benchmark export keeps
+    the bytes). Each shard is read once, however often it is listed. See :func:`load_eval_set`."""
+    expanded, repeats = unique_urls(expand_urls(list(urls), allow_pipe=allow_pipe))
+    if repeats:  # each held-out image counts once
+        log.warning("eval.shards lists %d shard(s) more than once; each is read once", len(repeats))
+    n = 0
+    for url in expanded:
+        for raw in iter_shard(url, allow_pipe=allow_pipe, skips=skips):
+            s = decode_sample(raw, image=image, skips=skips, max_pixels=max_pixels)
+            ext = next((e for e in HELDOUT_EXTS if s and e in s), None)
+            if s is None or ext is None:
+                continue
+            meta = s.get("json") if isinstance(s.get("json"), dict) else {}
+            pairs = sample_captions(meta, s.get("txt"))
+            caps = [c for c, src in pairs if not caption_sources or src in caption_sources]
+            if not caps:
+                skips.add("no_caption_of_sources" if pairs else "no_caption", raw["__key__"], url)
+                continue
+            yield {"key": raw["__key__"], "ext": ext, "image": s[ext], "captions": caps, "class": meta.get("class")}
+            n += 1
+            if max_samples and n >= max_samples:
+                return
+
+
 def load_eval_set(urls: Sequence[str], *, size: int, max_samples: int = 0, allow_pipe: bool = False,
                   caption_sources: Sequence[str] = (), max_pixels: int = 0) -> EvalSet:
     """Read held-out shards (no sidecars: evaluation sees the whole held-out set).
@@ -59,28 +90,11 @@ def load_eval_set(urls: Sequence[str], *, size: int, max_samples: int = 0, allow
     """
     skips = SkipLog()
     images, captions, classes = [], [], []
-    expanded, repeats = unique_urls(expand_urls(list(urls), allow_pipe=allow_pipe))
-    if repeats:  # each held-out image counts once
-        log.warning("eval.shards lists %d shard(s) more than once; each is read once", len(repeats))
-    for url in expanded:
-        for raw in iter_shard(url, allow_pipe=allow_pipe, skips=skips):
-            s = decode_sample(raw, image=decode_uint8, skips=skips, max_pixels=max_pixels)
-            ext = next((e for e in IMAGE_EXTS + ("jpeg",) if s and e in s), None)
-            if s is None or ext is None:
-                continue
-            meta = s.get("json") if isinstance(s.get("json"), dict) else {}
-            pairs = sample_captions(meta, s.get("txt"))
-            caps = [c for c, src in pairs if not caption_sources or src in caption_sources]
-            if not caps:
-                skips.add("no_caption_of_sources" if pairs else "no_caption", raw["__key__"], url)
-                continue
-            images.append(resize_center_crop(s[ext], size))
-            captions.append(caps)
-            classes.append(meta.get("class"))
-            if max_samples and len(images) >= max_samples:
-                break
-        if max_samples and len(images) >= max_samples:
-            break
+    for s in iter_heldout(urls, max_samples=max_samples, allow_pipe=allow_pipe, caption_sources=caption_sources,
+                          max_pixels=max_pixels, skips=skips):
+        images.append(resize_center_crop(s["image"], size))
+        captions.append(s["captions"])
+        classes.append(s["class"])
     if not images:
         raise ValueError(f"no evaluable samples in {list(urls)}")
     return EvalSet(images=torch.stack(images), captions=captions, classes=classes, skipped=skips.as_dict())

@@ -157,12 +157,7 @@ def zeroshot_folder(model, root: str | Path, *, tokenizer, templates: Sequence[s
 
 def plot_confusion(result: dict, path: str | Path) -> Path:
     """Confusion matrix picture (rows: true class, columns: predicted), row-normalised colours."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from wds_tools.atomic import atomic_open
+    from training.plots import plt, save_png  # matplotlib (Agg) only when a picture is drawn
 
     names = list(result["per_class"])
     counts = torch.tensor(result["confusion"], dtype=torch.float)
@@ -182,11 +177,7 @@ def plot_confusion(result: dict, path: str | Path) -> Path:
            title=f"zero-shot: top-1 {result['top1']:.1f}%, top-5 {result['top5']:.1f}% ({result['num_images']} images)")
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def pop_option(argv: list[str], flag: str) -> str | None:

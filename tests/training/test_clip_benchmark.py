@@ -56,6 +56,12 @@ def test_export_writes_both_datasets_from_the_samples_evaluate_reads(heldout, tm
     assert _members(ret_dir / "test" / "0.tar").keys() == members.keys() - {n for n in members if n.endswith(".cls")}
 
 
+def test_export_reads_a_shard_listed_twice_once_as_evaluate_does(heldout, tmp_path):
+    twice = [heldout[0], heldout[0], heldout[1]]
+    summary = export_clip_benchmark(twice, tmp_path, name="twice", templates=TEMPLATES)
+    assert summary["images"] == len(load_eval_set(twice, size=32).captions) == 16
+
+
 def test_export_follows_caption_sources_and_max_samples(heldout, tmp_path):
     summary = export_clip_benchmark(heldout, tmp_path, name="vlm", templates=TEMPLATES, caption_sources=["vlm"],
                                     max_samples=5)
