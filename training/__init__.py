@@ -1,10 +1,13 @@
 """Stage 2: stream a weighted real/synthetic shard mix into an Accelerate LoRA fine-tune of open_clip.
 
-Modules: ``config`` (dataclass config tree), ``data`` (resumable weighted mix loader), ``model``
-(open_clip loading, MultiheadAttention <-> Linear + SDPA swap, image token encoder), ``text_tower``
-(text encoders cut to the batch's longest caption), ``lora`` (lean LoRA
-layer saved as a peft adapter), ``losses`` (weighted CLIP loss, SPARC fine-grained loss),
-``checkpoint``, ``trainer`` (the loop), ``evaluate`` (retrieval + zero-shot), ``export`` (merged
+Modules: ``config`` (dataclass config tree), ``mix`` (the mix specification: sources, weights,
+loader settings), ``streams`` (per-source resampled, shuffled raw streams and their resume state),
+``augment`` (decode, seeded crop/flip, caption choice), ``data`` (the resumable loader that mixes
+them into batches), ``selection`` (the quality filter's verdicts for the mix), ``model`` (the
+LoRA-wrapped open_clip model and the loss terms of a batch), ``lora`` (lean LoRA layer saved as a
+peft adapter), ``losses`` (weighted CLIP loss, SPARC fine-grained loss), ``optim`` (optimizer,
+schedule, run length), ``checkpoint`` and ``resume``, ``runlog`` (training_log.json),
+``trainer`` (setup, loop, finish), ``evaluate`` (retrieval + zero-shot), ``export`` (merged
 open_clip checkpoint), ``plots``. Entry points: ``python -m training.train``, ``training.evaluate``,
 ``training.export``.
 """

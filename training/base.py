@@ -87,10 +87,12 @@ def train_base(cfg: BaseConfig) -> dict:
     from clip_models.loading import create_model, model_name
     from clip_models.preprocess import image_size
     from clip_models.text_tower import tokenizer_spec, trim_text
-    from training.data import LoaderSpec, MixSource, make_loader
+    from training.data import make_loader
     from training.losses import weighted_clip_loss
+    from training.mix import LoaderSpec, MixSource
+    from training.model import Stage2Model, clamp_logit_scale
+    from training.optim import cosine_with_warmup
     from training.plots import plot_training_log
-    from training.trainer import Stage2Model, clamp_logit_scale, cosine_with_warmup
     from wds_tools.atomic import atomic_open
     from wds_tools.config import config_to_dict, save_config
     from wds_tools.urls import expand_urls

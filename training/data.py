@@ -23,111 +23,44 @@ Each batch also carries int64 ``groups`` (source image: ``json["parent"]`` or th
 original) and ``caption_ids`` (its token row) for the loss's false-negative masking, and ``mix``
 (distinct classes, same-source pairs) for the training log.
 
-A worker's position is ``{"batch": b, "streams": [[chunk, offset, t, last_key, last_t], ...]}``
-(per source, the shuffle's resume state, None before the first sample); it travels with every
-batch, the trainer keeps the newest one per worker, and a resumed loader restarts each worker from
-it (rotating worker ids so DataLoader's round-robin continues where it stopped). Quality-sidecar
-drops and corrupt samples are counted per batch and summed by the trainer.
+A worker's position is ``{"worker": w, "batch": b, "streams": [<ShuffleState dict> | None, ...]}``
+(per source, the shuffle's resume state ``training.streams.ShuffleState``, None before the first
+sample); it travels with every batch, the trainer keeps the newest one per worker
+(:class:`LoaderState`, which documents the saved schema), and a resumed loader restarts each worker
+from it (rotating worker ids so DataLoader's round-robin continues where it stopped).
+Quality-sidecar drops and corrupt samples are counted per batch and summed by the trainer.
+
+Where the rest lives: the mix specification (sources, weights, loader settings) in
+``training.mix``; per-source raw streams and the shuffle in ``training.streams``; decode, crop,
+flip and caption choice in ``training.augment``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from clip_models.preprocess import decode_uint8, resized_crop
 from clip_models.text_tower import CachedTokenizer, build_tokenizer
+from training.augment import CAPTION_KEEP, prepare_sample, random_resized_crop, source_group
+from training.mix import LoaderSpec, MixSource, build_sources, mix_plan, read_manifests
 from training.preempt import ignore_stop_signals
-from training.streams import _TAG_BATCH, _TAG_SAMPLE, _rng, resampled_samples, worker_shards  # noqa: F401
+from training.streams import TAG_BATCH, TAG_SAMPLE, ShuffleState, counter_rng, resampled_samples
 from wds_tools.caption_geometry import mirror_caption
 from wds_tools.malloc import keep_freed_memory
-from wds_tools.manifest import read_index
-from wds_tools.quality_record import PENDING, QualityRecordError, decode, keep, kept_caption_indices, sample_captions
-from wds_tools.reader import SkipLog, decode_sample
-from wds_tools.sample import IMAGE_EXTS
+from wds_tools.quality_record import PENDING, QualityRecordError, decode, keep
+from wds_tools.reader import SkipLog
 from wds_tools.stages import stage
-from wds_tools.urls import expand_urls, is_folder, unique_urls
 
-log = logging.getLogger(__name__)
-
-
-
-@dataclass(kw_only=True)
-class MixSource:
-    """One weighted shard source."""
-
-    name: str
-    urls: list[str]
-    weight: float
-
-
-@dataclass(kw_only=True)
-class LoaderSpec:
-    """Everything a loader worker needs (picklable)."""
-
-    sources: list[MixSource]
-    batch_size: int
-    image_size: int
-    tokenizer: dict
-    seed: int = 0
-    rank: int = 0
-    world_size: int = 1
-    num_workers: int = 0
-    stratified: bool = False
-    shards_per_chunk: int = 16
-    shuffle_buffer: int = 2000
-    crop_scale_min: float = 0.8
-    hflip: bool = True
-    random_caption: bool = True
-    quality_sidecar: str | None = "quality"
-    allow_pipe: bool = False
-    class_weights: dict[str, float] = field(default_factory=dict)
-    # images above this many pixels are counted skips (0 = PIL's Image.MAX_IMAGE_PIXELS)
-    max_image_pixels: int = 0
-
-
-def mix_plan(rng: np.random.Generator, weights: list[float], batch_size: int, stratified: bool) -> np.ndarray:
-    """Source index of every slot of one batch."""
-    p = np.asarray(weights, dtype=float) / sum(weights)
-    if not stratified:
-        return rng.choice(len(p), size=batch_size, p=p)
-    exact = p * batch_size
-    counts = np.floor(exact).astype(int)
-    # Largest remainder; ties go to the lower source index so the plan is deterministic.
-    for i in sorted(range(len(p)), key=lambda i: (-(exact[i] - counts[i]), i))[: batch_size - counts.sum()]:
-        counts[i] += 1
-    return rng.permutation(np.repeat(np.arange(len(p)), counts))
-
-
-def random_resized_crop(img: torch.Tensor, *, size: int, scale_min: float, hflip: bool,
-                        rng: np.random.Generator) -> tuple[torch.Tensor, bool]:
-    """Seeded RandomResizedCrop + optional flip on a uint8 CHW tensor; returns (image, flipped)."""
-    _, h, w = img.shape
-    top, left, ch, cw = 0, 0, min(h, w), min(h, w)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    for _ in range(10):
-        area = h * w * rng.uniform(scale_min, 1.0)
-        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        cw_, ch_ = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
-        if 0 < cw_ <= w and 0 < ch_ <= h:
-            top, left, ch, cw = int(rng.integers(0, h - ch_ + 1)), int(rng.integers(0, w - cw_ + 1)), ch_, cw_
-            break
-    out = resized_crop(img, top=top, left=left, height=ch, width=cw, size=size)
-    flipped = bool(hflip and rng.random() < 0.5)
-    return (out.flip(-1) if flipped else out).contiguous(), flipped
-
-
-CAPTION_KEEP = "__caption_keep__"
+# Re-exported: imported from here before the mix specification and augmentation had their modules.
+__all__ = ["LoaderSpec", "LoaderState", "MixSource", "build_sources", "iter_batches", "make_loader",
+           "mirror_caption", "mix_plan", "prepare_sample", "random_resized_crop", "read_manifests",
+           "source_group", "stable_id", "worker_shutdown"]
 
 
 def quality_select(src: Iterable[dict], *, member: str | None, skips: SkipLog, drops: Counter,
@@ -166,7 +99,7 @@ def decode_augment(src: Iterable[dict], *, spec: LoaderSpec, worker: int, skips:
     """Stage: uint8 decode, seeded crop/flip and caption choice (rng from the sample's position)."""
     for raw in src:
         s, chunk, offset = raw["__pos__"]
-        rng = _rng(spec.seed, spec.rank, worker, s, chunk, offset, _TAG_SAMPLE)
+        rng = counter_rng(spec.seed, spec.rank, worker, s, chunk, offset, TAG_SAMPLE)
         item = prepare_sample(raw, spec=spec, rng=rng, skips=skips)
         if item is not None:
             item["__pos__"], item["__resume__"] = raw["__pos__"], raw["__resume__"]
@@ -177,7 +110,7 @@ quality_selected = stage(quality_select)
 decoded_augmented = stage(decode_augment)
 
 
-def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, resume: list[int] | None,
+def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, resume: ShuffleState | None,
                     skips: SkipLog, drops: Counter) -> wds.DataPipeline:
     """Resampled, shuffled shards -> quality selection -> decode + augment, for one source.
 
@@ -189,51 +122,6 @@ def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, resume: list
         lambda: resampled_samples(spec=spec, src_idx=src_idx, worker=worker, resume=resume, skips=skips),
         quality_selected(member=member, skips=skips, drops=drops),
         decoded_augmented(spec=spec, worker=worker, skips=skips))
-
-
-def prepare_sample(raw: dict, *, spec: LoaderSpec, rng: np.random.Generator, skips: SkipLog) -> dict | None:
-    """Decode to uint8, crop, caption choice and class weight; None = counted skip.
-
-    The caption is drawn among the captions the quality record kept (all without a record).
-    """
-    key, url = raw["__key__"], raw.get("__url__")
-    sample = decode_sample({k: v for k, v in raw.items() if k not in ("__pos__", "__resume__", CAPTION_KEEP)},
-                           image=decode_uint8, skips=skips, max_pixels=spec.max_image_pixels)
-    if sample is None:
-        return None
-    ext = next((e for e in IMAGE_EXTS + ("jpeg",) if e in sample), None)
-    if ext is None:
-        skips.add("no_image", key, url)
-        return None
-    meta = sample.get("json") if isinstance(sample.get("json"), dict) else {}
-    primary = sample.get("txt") if isinstance(sample.get("txt"), str) else None
-    captions = [c for c, _ in sample_captions(meta, primary)]
-    if not captions:
-        skips.add("no_caption", key, url)
-        return None
-    record = raw.get(CAPTION_KEEP)
-    if record is not None:
-        kept = kept_caption_indices(record, len(captions))
-        if not kept:  # None: the record's captions do not line up with the sample's
-            skips.add("no_kept_caption" if kept == [] else "quality_captions_mismatch", key, url)
-            return None
-        primary = primary if primary in (captions[i] for i in kept) else None
-        captions = [captions[i] for i in kept]
-    caption = captions[int(rng.integers(len(captions)))] if spec.random_caption else (primary or captions[0])
-    image, flipped = random_resized_crop(sample[ext], size=spec.image_size, scale_min=spec.crop_scale_min,
-                                         hflip=spec.hflip, rng=rng)
-    if flipped:
-        caption = mirror_caption(caption)
-    cls = meta.get("class")
-    weight = spec.class_weights.get(str(cls), 1.0) if cls is not None else 1.0
-    return {"key": key, "image": image, "caption": caption, "weight": weight, "class": cls,
-            "group": source_group(meta, key)}
-
-
-def source_group(meta: dict, key: str) -> str:
-    """The source image a sample was made from: ``json["parent"]``, or its own key (an original)."""
-    parent = meta.get("parent")
-    return parent if isinstance(parent, str) and parent else key
 
 
 def stable_id(data: str | bytes) -> int:
@@ -256,23 +144,25 @@ def _deltas(before: dict, after: dict, prefix: str = "") -> dict[str, int]:
 def mix_batches(spec: LoaderSpec, worker: int, state: dict | None = None) -> Iterator[dict]:
     """Source stage of a worker: per slot, the next sample of the source the batch plan names."""
     skips, drops = SkipLog(), Counter()
-    positions = [list(p) if p else None for p in (state["streams"] if state else [None] * len(spec.sources))]
+    positions = [ShuffleState.from_saved(p) if p else None
+                 for p in (state["streams"] if state else [None] * len(spec.sources))]
     streams = [iter(source_pipeline(spec=spec, src_idx=i, worker=worker, resume=p, skips=skips,
                                      drops=drops)) for i, p in enumerate(positions)]
     weights = [s.weight for s in spec.sources]
     b = state["batch"] if state else 0
     while True:
-        plan = mix_plan(_rng(spec.seed, spec.rank, worker, b, _TAG_BATCH), weights, spec.batch_size, spec.stratified)
+        plan = mix_plan(counter_rng(spec.seed, spec.rank, worker, b, TAG_BATCH), weights, spec.batch_size,
+                        spec.stratified)
         before, dropped_before = skips.as_dict(), dict(drops)
         items = []
         for s in plan:
             item = next(streams[s])
-            positions[s] = list(item["__resume__"])
+            positions[s] = item["__resume__"]
             items.append({**item, "source": spec.sources[s].name})
         b += 1
         counts = {**_deltas(before, skips.as_dict(), "skip_"), **_deltas(dropped_before, drops)}
         yield {"items": items, "counts": counts,
-               "state": {"worker": worker, "batch": b, "streams": [list(p) if p else None for p in positions]}}
+               "state": {"worker": worker, "batch": b, "streams": [p.to_dict() if p else None for p in positions]}}
 
 
 def collate_tokenize(src: Iterable[dict], *, tokenizer: dict) -> Iterator[dict]:
@@ -327,7 +217,18 @@ class MixDataset(IterableDataset):
 
 
 class LoaderState:
-    """The trainer's view of the data position: newest state per logical worker."""
+    """The trainer's view of the data position: newest state per logical worker.
+
+    Saved schema (``to_dict``; a checkpoint's ``data_state.rank<R>.json`` holds it under
+    ``"loader"``, beside the rank's ``"counters"``)::
+
+        {"workers": {"<worker>": {"worker": int, "batch": int,   # batches this worker has made
+                                  "streams": [ShuffleState.to_dict() | None, ...]}},  # per source
+         "next_worker": int,   # the worker whose batch DataLoader hands out next
+         "batches": int}       # batches this rank has taken
+
+    ``training.streams.ShuffleState`` documents a stream's five numbers.
+    """
 
     def __init__(self, *, num_workers: int, saved: dict | None = None) -> None:
         self.num_workers = max(num_workers, 1)
@@ -369,67 +270,3 @@ def worker_shutdown(loader: Iterable) -> Iterator[Iterator]:
         shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process iterator
         if shutdown is not None:
             shutdown()
-
-
-def _manifest_dirs(source: list[str]) -> list[str]:
-    dirs = []
-    for s in source:
-        s = str(s)
-        d = s if is_folder(s) else s.rsplit("/", 1)[0] if "/" in s else "."  # s3:// folders too
-        if d not in dirs:
-            dirs.append(d)
-    return dirs
-
-
-def read_manifests(source: list[str]) -> dict:
-    """Summed ``total_samples`` and ``stats.by_class`` of the dataset.json beside a source's shards."""
-    total, by_class, found = 0, Counter(), []
-    for d in _manifest_dirs(source):
-        try:
-            index = read_index(d)
-        except (FileNotFoundError, OSError, ValueError) as e:
-            log.warning("no dataset.json for %s (%s): epoch size and class weights ignore it", d, e)
-            continue
-        total += int(index.get("total_samples", 0))
-        by_class.update(index.get("stats", {}).get("by_class", {}))
-        found.append(d)
-    return {"total_samples": total, "by_class": dict(by_class), "dirs": found}
-
-
-def build_sources(real: list[str], synthetic: list[str], synthetic_ratio: float, *,
-                  allow_pipe: bool = False) -> list[MixSource]:
-    """The weighted sources; a missing source is left out with a warning stating the realised mix.
-
-    A shard listed more than once in a source (by any spelling of its path) is read once, with a
-    warning counting the repeats: listing it twice would otherwise double its weight unnoticed.
-    """
-    if not 0.0 <= synthetic_ratio <= 1.0:
-        raise ValueError(f"data.synthetic_ratio must be in [0, 1], got {synthetic_ratio}")
-    sources, unused = [], []
-    for name, urls, weight in (("real", real, 1.0 - synthetic_ratio), ("synthetic", synthetic, synthetic_ratio)):
-        if urls and weight > 0:
-            expanded, repeats = unique_urls(expand_urls(list(urls), allow_pipe=allow_pipe))
-            if repeats:
-                log.warning("data.%s lists %d shard(s) more than once; each is read once (%s)", name,
-                            len(repeats), ", ".join(f"{u} x{n}" for u, n in list(repeats.items())[:5]))
-            sources.append(MixSource(name=name, urls=expanded, weight=weight))
-        elif urls:
-            unused.append(name)
-            log.warning("source %s has weight 0 and is not read", name)
-    if not sources and unused:
-        other = "synthetic" if unused == ["real"] else "real"
-        raise ValueError(f"data.synthetic_ratio={synthetic_ratio:g} gives data.{unused[0]} weight 0, so it is "
-                         f"unused, and data.{other} is empty: give data.{other} shards (--{other}) or change "
-                         "data.synthetic_ratio")
-    if not sources:
-        raise ValueError("no data: give data.real and/or data.synthetic shard URLs (--real / --synthetic)")
-    if len(sources) == 2:
-        both = set(unique_urls(sources[0].urls + sources[1].urls)[1])
-        if both:
-            log.warning("%d shard(s) are in both data.real and data.synthetic and are read by both (%s)",
-                        len(both), ", ".join(sorted(both)[:5]))
-    if len(sources) == 1:
-        sources[0].weight = 1.0
-        log.warning("only the %s source is given: training on 100%% %s (requested synthetic_ratio %.2f)",
-                    sources[0].name, sources[0].name, synthetic_ratio)
-    return sources

@@ -5,7 +5,7 @@ the lake") and how many there are ("three tanks"). The words, the directions the
 the rewrites that keep a caption true of a flipped or turned image live here, so the build-time
 augmentation (``builders/real/augment.py``), the captioner (``builders/real/b2c.py``), the
 synthetic caption edits (``builders/synthetic/captions.py``), the sanity check
-(``builders/quality/sanity.py``) and the training-time flip (``training/data.py``) agree.
+(``builders/quality/sanity.py``) and the training-time flip (``training/augment.py``) agree.
 
 Geometry: a horizontal flip, then ``rot90`` quarter turns counter-clockwise (aerial images have
 no "up"). Directions are (dx, dy) with x to the right and y downwards (image coordinates).

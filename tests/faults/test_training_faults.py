@@ -338,7 +338,7 @@ def test_a_shard_listed_twice_is_read_once_with_a_counted_warning(shard_dirs, ca
     real = shard_dirs["real"]
     first = sorted(real.glob("real-??????.tar"))[0]
     spelled_again = f"{real}/./{first.name}"
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.mix"):
         sources = build_sources([str(real), str(first), spelled_again], [], 0.0)
     assert sources[0].urls == sorted(str(p) for p in real.glob("real-??????.tar"))  # 4 shards, not 6
     warned = [r.getMessage() for r in caplog.records if "more than once" in r.getMessage()]

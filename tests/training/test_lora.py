@@ -141,7 +141,7 @@ def test_full_parameters_beside_lora_follow_the_config():
 
 def test_schedule_and_optimizer_groups():
     from training.config import Stage2Config
-    from training.trainer import cosine_with_warmup, make_optimizer
+    from training.optim import cosine_with_warmup, make_optimizer
 
     model = create_model(TINY)
     swap_attention(model)

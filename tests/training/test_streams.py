@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.training.test_data import TOKENIZER, _class_sorted_source
@@ -46,3 +48,22 @@ def test_shuffle_buffer_bounds_memory_and_resumes_across_chunks(tmp_path, monkey
                                     worker=0, skips=streams.SkipLog()))
     with pytest.raises(ValueError, match="older loader"):
         next(streams.resampled_samples(spec=spec, src_idx=0, worker=0, resume=[3, 4], skips=streams.SkipLog()))
+
+
+def test_shuffle_state_is_named_json_and_older_five_item_lists_still_resume(tmp_path):
+    src = _class_sorted_source(tmp_path / "sorted", n_shards=2, originals=2, augs=1)
+    spec = LoaderSpec(sources=build_sources([str(src)], [], 0.0), batch_size=4, image_size=16,
+                      tokenizer=TOKENIZER, shards_per_chunk=2, shuffle_buffer=6, quality_sidecar=None)
+    stream = streams.resampled_samples(spec=spec, src_idx=0, worker=0, skips=streams.SkipLog())
+    out = [next(stream) for _ in range(30)]
+    state = out[11]["__resume__"]
+    saved = json.loads(json.dumps(state.to_dict()))   # as a checkpoint stores it
+    assert sorted(saved) == ["chunk", "last_key", "last_t", "offset", "t"]
+    older = [saved[k] for k in ("chunk", "offset", "t", "last_key", "last_t")]  # the pre-dataclass form
+    assert streams.ShuffleState.from_saved(saved) == streams.ShuffleState.from_saved(older) == state
+    expected = [it["__key__"] for it in out[12:30]]
+    for form in (saved, older):
+        resumed = streams.resampled_samples(spec=spec, src_idx=0, worker=0, resume=form, skips=streams.SkipLog())
+        assert [next(resumed)["__key__"] for _ in range(18)] == expected
+    with pytest.raises(ValueError, match="not a shuffle state"):
+        streams.ShuffleState.from_saved({"chunk": 1})
