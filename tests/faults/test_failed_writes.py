@@ -15,8 +15,8 @@ import pytest
 
 import wds_tools.atomic as atomic
 import wds_tools.writer as writer
+from tests.common.quality import score_all
 from tests.conftest import make_contract_samples
-from tests.wds_tools.test_materialize import _score_all
 from wds_tools.atomic import write_json
 from wds_tools.lock import LockHeld, OutputLock
 from wds_tools.materialize import MaterializeConfig, materialize
@@ -85,7 +85,7 @@ def _dead_pid() -> int:
 
 def test_materialize_on_a_full_disk_leaves_no_temp_and_the_next_run_cleans_a_killed_ones(
         shard_dir, tmp_path_factory, monkeypatch):
-    _score_all(shard_dir)
+    score_all(shard_dir)
     out = tmp_path_factory.mktemp("reshard") / "filtered"
     cfg = MaterializeConfig(input=[str(shard_dir)], output=str(out), maxcount=3)
     with monkeypatch.context() as m:
@@ -104,7 +104,7 @@ def test_materialize_on_a_full_disk_leaves_no_temp_and_the_next_run_cleans_a_kil
 
 def test_materialize_refuses_a_second_run_on_its_output(shard_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("reshard") / "filtered"
-    _score_all(shard_dir)
+    score_all(shard_dir)
     with OutputLock(out / LOCK_NAME, tool="wds_tools.materialize"):
         with pytest.raises(LockHeld, match="in use by wds_tools.materialize"):
             materialize(MaterializeConfig(input=[str(shard_dir)], output=str(out)))

@@ -23,19 +23,9 @@ from builders.real.__main__ import main as real_main
 from builders.synthetic import unit as synthetic_unit
 from builders.synthetic.__main__ import main as synthetic_main
 from tests.builders.conftest import demo_tree  # noqa: F401 - the builders' own fixture
-from tests.builders.quality.conftest import REPO, good_sample
+from tests.common.cli import FILTER, PROG, REAL, SYNTHETIC, error_line, filter_shards
 from wds_tools.config import run_main, writing_under
 from wds_tools.materialize import main as materialize_main
-from wds_tools.writer import shard_name, write_shard
-
-PROG = "remoteclip-job"
-REAL = ["--config", str(REPO / "configs" / "build" / "real.yaml"), "size=32", "images_per_shard=3", "workers=1",
-        "m2b.analysis_size=32", "preview=false"]
-FILTER = ["--config", str(REPO / "configs" / "filter" / "tiny.yaml"),
-          f"model.name={REPO / 'configs' / 'models' / 'tiny-clip.json'}", "model.batch_size=4",
-          "loader.num_workers=0", "report.thumb_size=48"]
-SYNTHETIC = ["--config", str(REPO / "configs" / "build" / "synthetic-tiny.yaml"), "size=32", "workers=1",
-             "device=cpu", "preview=false"]
 
 
 def _under(path, root: Path) -> bool:
@@ -104,15 +94,6 @@ def disk_full(monkeypatch, root: Path) -> None:
     monkeypatch.setattr(io, "open", fake_open)
 
 
-def _error_line(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err[-3000:]
-    errors = [line for line in err.splitlines() if line.startswith(f"{PROG}: error: ")]
-    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err[-3000:]
-    assert all(n in errors[0] for n in needles), (needles, errors[0])
-    return errors[0]
-
-
 @pytest.fixture(autouse=True)
 def _console_name(monkeypatch):
     monkeypatch.setattr(sys, "argv", [PROG])  # as a console script: prog is its name
@@ -131,13 +112,13 @@ def test_run_main_names_the_path_of_a_permission_read_only_or_full_error(capsys)
         def job(argv, error=error):
             raise error
         assert run_main(job, [], prog=PROG) == 2
-        assert _error_line(capsys, expected)
+        assert error_line(capsys, expected)
 
     def cut_short(argv):  # write() on a full disk names no file: the job says where it writes
         with writing_under("/data/out"):
             raise RuntimeError("unit failed") from OSError(errno.ENOSPC, "No space left on device")
     assert run_main(cut_short, [], prog=PROG) == 2
-    _error_line(capsys, "no space left on device while writing under '/data/out'")
+    error_line(capsys, "no space left on device while writing under '/data/out'")
     with pytest.raises(OSError, match="Input/output error"):  # not the user's to fix: a traceback
         run_main(lambda argv: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")), [], prog=PROG)
 
@@ -147,35 +128,29 @@ def test_real_builder_on_a_read_only_output(demo_tree, tmp_path, monkeypatch, ca
     out = tmp_path / "ro" / "real"
     read_only(monkeypatch, tmp_path / "ro", code)
     assert real_main([*REAL, "--input", str(demo_tree), "--output", str(out)]) == 2
-    _error_line(capsys, str(out), reason)
+    error_line(capsys, str(out), reason)
 
 
 def test_real_builder_on_a_full_disk(demo_tree, tmp_path, monkeypatch, capsys):  # noqa: F811
     out = tmp_path / "full" / "real"
     disk_full(monkeypatch, tmp_path / "full")
     assert real_main([*REAL, "--input", str(demo_tree), "--output", str(out)]) == 2
-    _error_line(capsys, "no space left on device", f"writing under {str(out)!r}")
-
-
-def _shards(folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    write_shard(folder / shard_name("f", 0), [good_sample(i) for i in range(4)])
-    return folder
+    error_line(capsys, "no space left on device", f"writing under {str(out)!r}")
 
 
 @CODES
 def test_filter_with_read_only_shards(tmp_path, monkeypatch, capsys, code, reason):
-    shards = _shards(tmp_path / "ro" / "shards")  # sidecars go beside the shards
+    shards = filter_shards(tmp_path / "ro" / "shards")  # sidecars go beside the shards
     read_only(monkeypatch, tmp_path / "ro", code)
     assert quality_main([*FILTER, "--input", str(shards), "--output", str(tmp_path / "report")]) == 2
-    _error_line(capsys, str(shards), reason)
+    error_line(capsys, str(shards), reason)
 
 
 def test_filter_on_a_full_disk(tmp_path, monkeypatch, capsys):
-    shards = _shards(tmp_path / "full" / "shards")
+    shards = filter_shards(tmp_path / "full" / "shards")
     disk_full(monkeypatch, tmp_path / "full")
     assert quality_main([*FILTER, "--input", str(shards), "--output", str(tmp_path / "report")]) == 2
-    _error_line(capsys, "no space left on device while writing under", str(shards))
+    error_line(capsys, "no space left on device while writing under", str(shards))
 
 
 @CODES
@@ -184,7 +159,7 @@ def test_materialize_on_a_read_only_output(shard_dir, tmp_path_factory, monkeypa
     read_only(monkeypatch, root, code)
     out = root / "m"
     assert materialize_main(["--input", str(shard_dir), "--output", str(out), "sidecars=[]", "require_keep=[]"]) == 2
-    _error_line(capsys, str(out), reason)
+    error_line(capsys, str(out), reason)
 
 
 def test_materialize_on_a_full_disk(shard_dir, tmp_path_factory, monkeypatch, capsys):
@@ -192,7 +167,7 @@ def test_materialize_on_a_full_disk(shard_dir, tmp_path_factory, monkeypatch, ca
     disk_full(monkeypatch, root)
     out = root / "m"
     assert materialize_main(["--input", str(shard_dir), "--output", str(out), "sidecars=[]", "require_keep=[]"]) == 2
-    _error_line(capsys, f"no space left on device while writing under {str(out)!r}")
+    error_line(capsys, f"no space left on device while writing under {str(out)!r}")
 
 
 @CODES
@@ -201,7 +176,7 @@ def test_synthetic_builder_on_a_read_only_output(shard_dir, tmp_path_factory, mo
     read_only(monkeypatch, root, code)
     out = root / "syn"
     assert synthetic_main([*SYNTHETIC, "--input", str(shard_dir), "--output", str(out)]) == 2
-    _error_line(capsys, str(out), reason)
+    error_line(capsys, str(out), reason)
 
 
 def test_synthetic_builder_stops_at_a_full_disk_instead_of_failing_every_unit(shard_dir, tmp_path_factory,
@@ -215,5 +190,5 @@ def test_synthetic_builder_stops_at_a_full_disk_instead_of_failing_every_unit(sh
 
     monkeypatch.setattr(synthetic_unit, "load_sources", full)
     assert synthetic_main([*SYNTHETIC, "--input", str(shard_dir), "--output", str(out)]) == 2
-    _error_line(capsys, f"no space left on device while writing under {str(out)!r}")
+    error_line(capsys, f"no space left on device while writing under {str(out)!r}")
     assert len(calls) == 1  # the other units were not tried: they would fail alike

@@ -20,7 +20,8 @@ import psutil
 import pytest
 import torch
 
-from tests.faults.test_wds_tools_faults import png_bomb
+from tests.common.images import png_bomb
+from tests.common.loader import TOKENIZER
 from tests.training.conftest import REPO, TINY_CONFIG, shard_dirs  # noqa: F401 - the shared shard fixture
 from training.config import Stage2Config
 from training.data import LoaderSpec, build_sources, iter_batches
@@ -31,7 +32,6 @@ from wds_tools.manifest import write_index
 from wds_tools.sample import make_sample
 from wds_tools.writer import shard_name, write_shard
 
-TOKENIZER = {"hf_name": None, "context_length": 77}
 STEPS = 7  # checkpoints at 3 and 6, and at 7 (the last step)
 
 

@@ -12,7 +12,7 @@ from builders.quality.__main__ import main as quality_main
 from builders.real.__main__ import main as real_main
 from builders.synthetic.__main__ import main as synthetic_main
 from tests.builders.conftest import demo_tree  # noqa: F401 - the builders' own fixture
-from tests.faults.test_output_faults import FILTER, PROG, REAL, SYNTHETIC, _error_line, _shards
+from tests.common.cli import FILTER, PROG, REAL, SYNTHETIC, error_line, filter_shards
 from training.train import main as train_main
 from wds_tools.materialize import main as materialize_main
 
@@ -31,7 +31,7 @@ def _in_empty_cwd(tmp_path, monkeypatch):
 
 
 def _refused(capsys, arg: str, url: str) -> None:
-    _error_line(capsys, f"{arg}={url!r} is a URL")
+    error_line(capsys, f"{arg}={url!r} is a URL")
 
 
 @URLS
@@ -55,7 +55,7 @@ def test_synthetic_builder_refuses_a_url_work_dir(shard_dir, tmp_path, capsys):
 
 @URLS
 def test_filter_refuses_a_url_report_folder(tmp_path, capsys, url):
-    shards = _shards(tmp_path / "shards")
+    shards = filter_shards(tmp_path / "shards")
     assert quality_main([*FILTER, "--input", str(shards), "--output", url]) == 2
     _refused(capsys, "output", url)
     assert sorted(p.name for p in shards.iterdir()) == ["f-000000.stats.json", "f-000000.tar"]

@@ -7,14 +7,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-import struct
 import tarfile
-import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from tests.common.images import png_bomb
 from tests.conftest import make_contract_samples
 from wds_tools.inspect import inspect_shard
 from wds_tools.materialize import main as materialize_main
@@ -24,20 +23,6 @@ from wds_tools.skips import SkipLog
 from wds_tools.tar_members import iter_members
 from wds_tools.urls import expand_urls
 from wds_tools.writer import shard_name, write_tar_members
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_bomb(width: int = 12_000, height: int = 12_000) -> bytes:
-    """A valid 1-bit grayscale PNG of ``width`` x ``height`` black pixels: a few KB on disk,
-    ``3 * width * height`` bytes once decoded to RGB (12000x12000: 432 MB, under PIL's own 2x limit)."""
-    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
-    comp = zlib.compressobj(9)
-    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from builders.real.__main__ import main as real_main
 from tests.builders.conftest import demo_tree  # noqa: F401 - the builders' own fixture
-from tests.faults.test_output_faults import REAL
+from tests.common.cli import REAL
 from tests.training.conftest import TINY_CONFIG, make_source
 from training.config import Stage2Config
 from training.train import main as train_main

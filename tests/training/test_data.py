@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from clip_models.text_tower import tokenizer_spec
+from tests.common.loader import TOKENIZER, class_sorted_source
 from training.data import (
     LoaderSpec,
     LoaderState,
@@ -21,8 +22,6 @@ from training.data import (
     random_resized_crop,
     read_manifests,
 )
-
-TOKENIZER = {"hf_name": None, "context_length": 77}
 
 
 def _spec(shard_dirs, **kw) -> LoaderSpec:
@@ -166,32 +165,8 @@ def test_corrupt_images_and_quality_members_are_counted_skips(tmp_path):
     assert "quality_dropped" not in counts
 
 
-CLASSES8 = ["airport", "forest", "river", "beach"] * 2
-
-
-def _class_sorted_source(root, *, n_shards=8, originals=4, augs=2):
-    """Shards of one class each (a class-sorted build): originals followed by their augmentations."""
-    from tests.training.conftest import tile
-    from wds_tools.sample import encode_image, make_sample
-    from wds_tools.writer import shard_name, write_shard
-
-    root.mkdir(parents=True, exist_ok=True)
-    for s in range(n_shards):
-        cls, samples = f"{CLASSES8[s]}{s}", []
-        for i in range(originals):
-            key = f"c{s}_img{i}"
-            for a in range(augs + 1):
-                meta = {"source": "real", "class": cls, "captions": [f"{cls} image {i} copy {a}"],
-                        "parent": key if a else None}
-                samples.append(make_sample(key=key if a == 0 else f"{key}_aug_{a}",
-                                           image=encode_image(tile(CLASSES8[s], 10 * s + i, size=16)),
-                                           caption=meta["captions"][0], meta=meta))
-        write_shard(root / shard_name("real", s), samples)
-    return root
-
-
 def test_batches_from_class_sorted_shards_hold_many_classes(tmp_path):
-    src = _class_sorted_source(tmp_path / "sorted")
+    src = class_sorted_source(tmp_path / "sorted")
     sources = build_sources([str(src)], [], 0.0)
     spec = LoaderSpec(sources=sources, batch_size=8, image_size=16, tokenizer=TOKENIZER,
                       shards_per_chunk=8, shuffle_buffer=48, quality_sidecar=None)

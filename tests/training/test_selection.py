@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.common.loader import TOKENIZER
 from tests.training.conftest import TINY_CONFIG, make_source, write_test_selection
 from training.config import DataConfig, Stage2Config
 from training.data import LoaderSpec, build_sources, iter_batches
@@ -19,7 +20,6 @@ from wds_tools.config import load_config
 from wds_tools.quality_record import MEMBER, SIDECAR
 from wds_tools.sidecar import read_sidecar, write_sidecar
 
-TOKENIZER = {"hf_name": None, "context_length": 77}
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.training.test_data import TOKENIZER, _class_sorted_source
+from tests.common.loader import TOKENIZER, class_sorted_source
 from training import streams
 from training.data import LoaderSpec, build_sources
 
@@ -16,7 +16,7 @@ def test_interleave_is_round_robin_until_each_ends():
 
 
 def test_shuffle_buffer_bounds_memory_and_resumes_across_chunks(tmp_path, monkeypatch):
-    src = _class_sorted_source(tmp_path / "sorted", n_shards=4, originals=2, augs=1)  # 4 a shard
+    src = class_sorted_source(tmp_path / "sorted", n_shards=4, originals=2, augs=1)  # 4 a shard
     spec = LoaderSpec(sources=build_sources([str(src)], [], 0.0), batch_size=4, image_size=16,
                       tokenizer=TOKENIZER, shards_per_chunk=2, shuffle_buffer=20, quality_sidecar=None)
     pulled = [0]
@@ -51,7 +51,7 @@ def test_shuffle_buffer_bounds_memory_and_resumes_across_chunks(tmp_path, monkey
 
 
 def test_shuffle_state_is_named_json_and_older_five_item_lists_still_resume(tmp_path):
-    src = _class_sorted_source(tmp_path / "sorted", n_shards=2, originals=2, augs=1)
+    src = class_sorted_source(tmp_path / "sorted", n_shards=2, originals=2, augs=1)
     spec = LoaderSpec(sources=build_sources([str(src)], [], 0.0), batch_size=4, image_size=16,
                       tokenizer=TOKENIZER, shards_per_chunk=2, shuffle_buffer=6, quality_sidecar=None)
     stream = streams.resampled_samples(spec=spec, src_idx=0, worker=0, skips=streams.SkipLog())

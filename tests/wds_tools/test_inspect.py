@@ -1,11 +1,11 @@
 import json
 
-from tests.wds_tools.test_materialize import _score_all
+from tests.common.quality import score_all
 from wds_tools.inspect import main
 
 
 def test_inspect_json_reports_sidecar_score_ranges(shard_dir, capsys):
-    _score_all(shard_dir)
+    score_all(shard_dir)
     assert main([str(shard_dir), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     total = report["total"]

@@ -2,24 +2,15 @@ import json
 
 import pytest
 
+from tests.common.quality import score_all
 from wds_tools.materialize import main
 from wds_tools.reader import decode_sample, iter_shard
-from wds_tools.sidecar import shard_keys, write_sidecar
+from wds_tools.sidecar import write_sidecar
 from wds_tools.urls import expand_urls
 
 
-def _score_all(shard_dir):
-    for shard in sorted(shard_dir.glob("real-train-*.tar")):
-        records = [
-            (k, {"msgpack": {"keep": int(k[1:]) % 3 != 0, "composite": int(k[1:]) / 10,
-                             "reasons": [] if int(k[1:]) % 3 else ["below_threshold"]}})
-            for k in shard_keys(str(shard))
-        ]
-        write_sidecar(shard, "quality", records)
-
-
 def test_reshard_keeps_selected_and_folds_sidecars(shard_dir, tmp_path_factory, capsys):
-    _score_all(shard_dir)
+    score_all(shard_dir)
     out = tmp_path_factory.mktemp("reshard") / "filtered"  # apart from the input folder
     assert main(["--input", str(shard_dir), "--output", str(out), "maxcount=3"]) == 0
     assert "6 samples kept" in capsys.readouterr().out
@@ -43,7 +34,7 @@ def test_bad_selection_config_fails_before_work(tmp_path, capsys):
 
 
 def test_rerun_with_fewer_shards_leaves_no_stale_shard(shard_dir, tmp_path_factory):
-    _score_all(shard_dir)
+    score_all(shard_dir)
     out = tmp_path_factory.mktemp("reshard") / "filtered"
     assert main(["--input", str(shard_dir), "--output", str(out), "maxcount=2"]) == 0
     assert len(list(out.glob("filtered-*.tar"))) == 3

@@ -27,18 +27,12 @@ def test_local_pool_hands_back_every_result():
     assert sorted(got) == [1, 4, 9, 16]
 
 
-def _loaded(module):
-    import sys
-
-    return module in sys.modules
-
-
 _PRELOAD_CHECK = """
 import sys
 from builders.common.executors import run_units
-from tests.builders.common.test_executors import _loaded
+from tests.common.workers import loaded
 got = []
-run_units(_loaded, ["colorsys", "colorsys"], executor="local", workers=2, on_done=got.append,
+run_units(loaded, ["colorsys", "colorsys"], executor="local", workers=2, on_done=got.append,
           preload=tuple(sys.argv[1:]))
 print(got)
 """

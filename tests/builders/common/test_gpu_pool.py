@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,29 +17,15 @@ REPO = Path(__file__).resolve().parents[3]
 PROBE = Path(__file__).resolve().parent / "cuda_probe"
 
 
-def _pinned_cuda_check(unit: int, rendezvous: str) -> tuple[int, str | None]:
-    """A unit as a stage runs it: torch asks for CUDA (device=auto). Each worker takes one unit
-    and waits for the other, so both workers run one."""
-    import torch
-
-    torch.cuda.is_available()
-    d = Path(rendezvous)
-    (d / str(os.getpid())).touch()
-    deadline = time.monotonic() + 120
-    while len(list(d.iterdir())) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
-
-
 # The builder's process: counts the GPUs itself (no CUDA_VISIBLE_DEVICES: it has to look), then
 # runs a pool of two GPUs whose workers preload diffusers as the synthetic builder's do.
 _POOL = """
 import json, os, sys
 from builders.common.executors import run_local, visible_gpus
-from tests.builders.common.test_gpu_pool import _pinned_cuda_check
+from tests.common.workers import pinned_cuda_check
 visible_gpus()
 got = []
-run_local(_pinned_cuda_check, [0, 1], (sys.argv[1],), workers=2, on_done=got.append,
+run_local(pinned_cuda_check, [0, 1], (sys.argv[1],), workers=2, on_done=got.append,
           gpus=["0", "1"], preload=("diffusers.utils.torch_utils",))
 print(json.dumps({"parent": os.getpid(), "workers": got, "after": os.environ.get("CUDA_VISIBLE_DEVICES")}))
 """

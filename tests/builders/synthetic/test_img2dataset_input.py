@@ -6,7 +6,7 @@ from pathlib import Path
 
 from builders.synthetic.build import build_synthetic
 from tests.builders.synthetic.build_fixtures import model_overrides, syn_cfg  # noqa: F401
-from tests.interop.test_img2dataset_layout import write_img2dataset_shards
+from tests.common.img2dataset import write_img2dataset_shards
 from wds_tools.reader import decode_sample, iter_shard
 
 

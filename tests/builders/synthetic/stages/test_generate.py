@@ -16,7 +16,7 @@ from builders.synthetic.stages.generate import (
     paste_through_mask,
 )
 from builders.synthetic.stages.segment import inpaint_mask
-from tests.builders.synthetic.stages.test_base import FakeOOM
+from tests.common.oom import FakeOOM
 
 
 def image(seed, size=64):
