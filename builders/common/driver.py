@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "build_config.yaml"
 PLAN_NAME = "build_plan.json"
+SPLIT_KEY = "heldout_split"  # build_plan.json: the held-out split the build used (builders.common.split)
 PREVIEW_NAME = "preview.png"
 SUMMARY_NAME = "build_summary.json"
 FAILURES_NAME = "build_failures.json"
@@ -143,10 +144,15 @@ def prepare_output(units: Sequence, out: Path, *, prefix: str, overwrite: bool) 
 
 
 def save_build_files(cfg, out: Path, *, digest: str, units: Sequence) -> None:
-    """The resolved config and the plan digest, checked by the next run."""
+    """The resolved config and the plan digest (checked by the next run), with the held-out split
+    of a config that defines one (``cfg.heldout_split()``)."""
     save_config(cfg, out / CONFIG_NAME)
-    write_json(out / PLAN_NAME, {"digest": digest, "images": sum(unit_size(u) for u in units),
-                                 "shards": {u.name: unit_size(u) for u in units}})
+    plan = {"digest": digest, "images": sum(unit_size(u) for u in units),
+            "shards": {u.name: unit_size(u) for u in units}}
+    split = getattr(cfg, "heldout_split", None)
+    if callable(split):  # the real builder's: what the synthetic builder's inputs.split_from reads
+        plan[SPLIT_KEY] = split().to_dict()
+    write_json(out / PLAN_NAME, plan)
 
 
 def run_with_progress(fn: Callable, units: Sequence, *args, executor: str, workers: int,

@@ -4,25 +4,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from builders.common.split import HeldOutSplit
 from builders.common.vlm_captions import VLMConfig
 
 
 @dataclass
 class SplitConfig:
-    """Held-out splits for inputs that do not name one (hash of the key, so stable)."""
+    """Held-out splits for inputs that do not name one (hash of the build's ``seed`` and the key,
+    so stable): see :class:`builders.common.split.HeldOutSplit`."""
 
     val_fraction: float = 0.0
     test_fraction: float = 0.0
     augment_heldout: bool = False   # held-out images are written as originals only by default
 
     def validate(self) -> None:
-        for name in ("val_fraction", "test_fraction"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {v}")
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError(f"val_fraction + test_fraction must be < 1, got "
-                             f"{self.val_fraction + self.test_fraction}")
+        HeldOutSplit(val_fraction=self.val_fraction, test_fraction=self.test_fraction).validate()
 
 
 @dataclass
@@ -113,6 +109,11 @@ class RealBuildConfig:
     m2b: M2BConfig = field(default_factory=M2BConfig)
     zoom: ZoomConfig = field(default_factory=ZoomConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
+
+    def heldout_split(self) -> HeldOutSplit:
+        """The held-out split this build makes (recorded in build_plan.json for the synthetic builder)."""
+        return HeldOutSplit(seed=self.seed, val_fraction=self.splits.val_fraction,
+                            test_fraction=self.splits.test_fraction)
 
     def validate(self) -> None:
         if self.size < 8:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from builders.common.split import HeldOutSplit, resolve_split
 from builders.synthetic.stages.describe import DescribeConfig
 from builders.synthetic.stages.generate import GenerateConfig
 from builders.synthetic.stages.ground import GroundConfig
@@ -47,13 +48,22 @@ class InputConfig:
     images_per_shard: int = 100     # image inputs only: source images per synthetic shard
     image_root: str = ""            # caption files: default their folder
     class_caption: str = "an aerial image of {cls}"
-    # image inputs: the real builder's held-out fractions and seed, so images it put in val/test
-    # are never used here
+    # image inputs: the real build of the same images (its output folder or build_plan.json), whose
+    # recorded held-out split is used here, so images it put in val/test are never generated from
+    split_from: str = ""
+    # ... or its held-out fractions and seed set by hand (with split_from: unset, or equal to it)
     val_fraction: float = 0.0
     test_fraction: float = 0.0
     split_seed: int = 0
 
+    def heldout_split(self) -> HeldOutSplit:
+        """The held-out split of image inputs: the one recorded at ``split_from``, else the one set here."""
+        return resolve_split(HeldOutSplit(seed=self.split_seed, val_fraction=self.val_fraction,
+                                          test_fraction=self.test_fraction), self.split_from)
+
     def validate(self) -> None:
+        HeldOutSplit(seed=self.split_seed, val_fraction=self.val_fraction,
+                     test_fraction=self.test_fraction).validate("inputs.")
         if self.images_per_shard < 1:
             raise ValueError(f"images_per_shard must be >= 1, got {self.images_per_shard}")
         if self.max_per_shard < 0:

@@ -120,9 +120,9 @@ def plan_shard_units(source: str, *, originals_only: bool) -> list[SynthUnit]:
 
 def plan_image_units(source: str, cfg) -> list[SynthUnit]:
     items = read_items(source, image_root=cfg.inputs.image_root or None)
-    units = plan_units(items, images_per_shard=cfg.inputs.images_per_shard,
-                       seed=cfg.inputs.split_seed, val_fraction=cfg.inputs.val_fraction,
-                       test_fraction=cfg.inputs.test_fraction)
+    split = cfg.inputs.heldout_split()  # the real build's (inputs.split_from), or set by hand
+    units = plan_units(items, images_per_shard=cfg.inputs.images_per_shard, seed=split.seed,
+                       val_fraction=split.val_fraction, test_fraction=split.test_fraction)
     train = [u for u in units if u.split == "train"]
     if not train:
         _refuse(f"input {source!r} has no train images")
