@@ -7,7 +7,7 @@
 #   REMOTECLIP=/path/RemoteCLIP-ViT-B-32.pt make demo   # real base weights instead of the stand-in
 #
 # Without REMOTECLIP the base model is a stand-in: the tiny CLIP trained for about a minute on the
-# captions of separate demo tiles (drawn with another seed, training.base), so it knows every word
+# captions of separate demo tiles (drawn with another seed, training.standin_base), so it knows every word
 # the later steps use but not the tiles Stage 2 then learns from, as RemoteCLIP knows the aerial
 # domain but not a user's new tiles (a base trained on the fine-tune images leaves Stage 2 nothing
 # to add: benchmarks/bench_learning.py). It is not RemoteCLIP; the summary says which base was used.
@@ -54,7 +54,7 @@ else
     fi
     # 40 steps: enough to learn the demo's words, not so many that the five demo classes are
     # already solved (a 300-step base is at 100% zero-shot, leaving Stage 2 nothing to show)
-    python -m training.base --config configs/train/base-tiny.yaml --real "$BASE_SHARDS" \
+    python -m training.standin_base --config configs/train/base-tiny.yaml --real "$BASE_SHARDS" \
         --output "$OUT/base" --steps "${DEMO_BASE_STEPS:-40}"
     FILTER_CONFIG=configs/filter/demo.yaml
     TRAIN_CONFIG=configs/train/demo.yaml

@@ -53,9 +53,9 @@ def score_checkpoint(path: str, heldout: EvalSet) -> dict:
 
 
 def stand_in_base(train_dir: str, out: Path, *, steps: int, batch_size: int) -> dict:
-    """The project's stand-in base (training.base, configs/train/base-tiny.yaml) trained on the train
+    """The project's stand-in base (training.standin_base, configs/train/base-tiny.yaml) trained on the train
     split; a finished one with the same data and steps is reused."""
-    from training.base import BaseConfig, train_base
+    from training.standin_base import BaseConfig, train_base
 
     argv = ["--config", str(REPO / "configs/train/base-tiny.yaml"), f"data.real={json.dumps([train_dir])}",
             f"train.output={out}", f"train.steps={steps}", f"train.batch_size={batch_size}",

@@ -58,7 +58,7 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("training.train", ["--config", TINY_TRAIN, "--output", str(tmp / "t"), "model.pretrained=/nonexistent/w.pt"],
          "/nonexistent/w.pt"),
         ("training.evaluate", ["--config", TINY_TRAIN], "--shards"),
-        ("training.base", ["--config", str(REPO / "configs/train/base-tiny.yaml"), "--output", str(tmp / "b")],
+        ("training.standin_base", ["--config", str(REPO / "configs/train/base-tiny.yaml"), "--output", str(tmp / "b")],
          "data.real is empty"),
         ("training.export", ["--config", TINY_TRAIN, "--adapter", str(tmp / "no-adapter")], "no-adapter"),
         ("wds_tools.inspect", [missing], "missing-000000.tar"),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ import torch
 from clip_models.config import ModelConfig
 from clip_models.loading import create_model
 from tests.training.conftest import REPO
-from training.base import BaseConfig, main, train_base
+from training.standin_base import BaseConfig, main, train_base
 from wds_tools.config import load_config
 
 BASE_YAML = REPO / "configs" / "train" / "base-tiny.yaml"
@@ -45,3 +48,16 @@ def test_base_rejects_bad_values_before_work(override, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["--config", str(BASE_YAML), f"train.output={tmp_path}", override])
     assert e.value.code == 2
+
+
+def test_the_old_module_name_still_runs_the_job(tmp_path):
+    """``python -m training.base`` (the name before the rename) runs the same job."""
+    import training.base as old
+    import training.standin_base as new
+
+    assert (old.main, old.train_base, old.BaseConfig) == (new.main, new.train_base, new.BaseConfig)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "training.base", "--config", str(BASE_YAML), "--output",
+                          str(tmp_path / "b")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "data.real is empty" in out.stderr.strip().splitlines()[-1]
