@@ -62,7 +62,7 @@ class DataConfig:
     # Draw one of meta["captions"] at random per sample; False = always the primary caption.
     random_caption: bool = True
     quality_sidecar: str = "quality"
-    # Join the quality filter's sidecars and train only on what it selected (training/selection.py).
+    # Join the quality filter's sidecars and train only on what it selected (training/quality_gate.py).
     use_quality: bool = True
     # selection.json files of the filter; empty = the selection.json beside the shards.
     selection: list[str] = field(default_factory=list)

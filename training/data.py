@@ -53,7 +53,7 @@ from training.preempt import ignore_stop_signals
 from training.streams import TAG_BATCH, TAG_SAMPLE, ShuffleState, counter_rng, resampled_samples
 from wds_tools.caption_geometry import mirror_caption
 from wds_tools.malloc import keep_freed_memory
-from wds_tools.quality_record import PENDING, QualityRecordError, decode, keep
+from wds_tools.quality_record import PENDING, QualityRecordError, decode_record, keep
 from wds_tools.reader import SkipLog
 from wds_tools.stages import stage
 
@@ -76,7 +76,7 @@ def quality_select(src: Iterable[dict], *, member: str | None, skips: SkipLog, d
     for raw in src:
         if member and member in raw:
             try:
-                record = decode(raw[member])
+                record = decode_record(raw[member])
                 kept = keep(record)
             except QualityRecordError:
                 skips.add(f"corrupt_{member}", raw["__key__"], raw.get("__url__"))

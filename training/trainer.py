@@ -44,9 +44,9 @@ from training.model import Stage2Model, build_model, clamp_logit_scale, forward_
 from training.optim import SCHEDULES, cosine_with_warmup, make_optimizer, plan_steps
 from training.plots import plot_training_log
 from training.preempt import Preempted, StopSignals
+from training.quality_gate import select_mix
 from training.resume import apply_schedule_changes, check_resume, group_hyperparameters, resume_settings
 from training.runlog import RunLog, count_batch, log_entry, realised_share, sum_counters
-from training.selection import select_mix
 from training.tracking import RunTracking, accelerator_kwargs
 from wds_tools.config import config_to_dict, save_config
 from wds_tools.progress import progress

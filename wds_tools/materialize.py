@@ -87,7 +87,7 @@ def keep_verdict(sample: dict, require_keep: Sequence[str]) -> str | None:
     """``None`` if the sample passes, else the drop reason."""
     for member in require_keep:
         if member == quality_record.MEMBER:
-            record = quality_record.decode(sample[member])
+            record = quality_record.decode_record(sample[member])
             kept, reasons = quality_record.keep(record), record.reasons
         else:
             value = msgpack.unpackb(sample[member], raw=False, strict_map_key=False)
@@ -103,7 +103,7 @@ def _kept_captions(sample: dict) -> dict:
         return sample
     meta = json.loads(sample["json"])
     txt = sample["txt"].decode("utf-8") if "txt" in sample else None
-    record = quality_record.decode(sample[quality_record.MEMBER])
+    record = quality_record.decode_record(sample[quality_record.MEMBER])
     new_meta, new_txt = quality_record.drop_unkept_captions(meta, txt, record)
     if new_meta is meta:
         return sample

@@ -91,12 +91,12 @@ class QualityRecord:
                                           keep=bool(c.get("keep", True))) for c in caps])
 
 
-def encode(record: QualityRecord) -> bytes:
+def encode_record(record: QualityRecord) -> bytes:
     """msgpack bytes of a record (what the sidecar member holds)."""
     return msgpack.packb(record.to_dict(), use_bin_type=True)
 
 
-def decode(data: bytes | dict) -> QualityRecord:
+def decode_record(data: bytes | dict) -> QualityRecord:
     """A record from member bytes (or an already decoded mapping); :class:`QualityRecordError` if corrupt.
 
     msgpack is decoded without extension hooks: nothing can execute.
@@ -169,7 +169,7 @@ def read_quality_sidecar(shard_url: str, keys: Sequence[str]) -> dict[str, Quali
         for s in iter_tar_samples(url, skips=skips):
             if MEMBER not in s:
                 raise QualityRecordError(f"{url}: sample {s['__key__']!r} has no {MEMBER} member")
-            out[s["__key__"]] = decode(s[MEMBER])
+            out[s["__key__"]] = decode_record(s[MEMBER])
     except FileNotFoundError as e:
         raise QualityRecordError(f"{url}: no quality sidecar") from e
     except QualityRecordError as e:

@@ -1,7 +1,7 @@
 """Safe shard reading: group tar members into samples, join sidecars, decode without unpickling.
 
 Each function here is a small generator over plain iterables, with a curried wrapper
-(``samples_from_shards``, ``decoded``, ``selected``) that slots into ``webdataset.DataPipeline``.
+(``samples_from_shards``, ``decoded``, ``kept_if``) that slots into ``webdataset.DataPipeline``.
 Importing this module does not import torch or webdataset.
 """
 
@@ -232,8 +232,9 @@ def decode(src: Iterable[dict], *, image: str | None = "pil", skips: SkipLog | N
 decoded = stage(decode)
 
 
-def select(src: Iterable[dict], predicate, *, skips: SkipLog | None = None, reason: str = "not_selected"):
-    """Pipeline stage: keep samples where ``predicate(sample)`` is true, counting the rest."""
+def keep_if(src: Iterable[dict], predicate, *, skips: SkipLog | None = None, reason: str = "not_kept"):
+    """Pipeline stage: keep samples where ``predicate(sample)`` is true, counting the rest as ``reason``.
+    (The quality filter's keep decisions are read by ``wds_tools.quality_record``, not here.)"""
     for sample in src:
         if predicate(sample):
             yield sample
@@ -241,4 +242,4 @@ def select(src: Iterable[dict], predicate, *, skips: SkipLog | None = None, reas
             skips.add(reason, sample.get("__key__"), sample.get("__url__"))
 
 
-selected = stage(select)
+kept_if = stage(keep_if)

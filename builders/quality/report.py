@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from builders.quality.selection import class_key  # noqa: E402
+from builders.quality.keep_rules import class_key  # noqa: E402
 from builders.quality.selection_file import caption_counts  # noqa: E402
 from wds_tools.atomic import atomic_open  # noqa: E402
 from wds_tools.images import check_image_pixels  # noqa: E402

@@ -35,9 +35,9 @@ import torch
 from builders.quality.clip_score import ClipScorer
 from builders.quality.config import QualityConfig
 from builders.quality.guard import guard_outputs
+from builders.quality.keep_rules import PENDING, class_key, class_thresholds, decide, rescore
 from builders.quality.loader import QualityStream, ShardPart, fill_image_quality, plan_parts, score_batches
 from builders.quality.report import draw_pictures, summarise, write_html
-from builders.quality.selection import PENDING, class_key, class_thresholds, decide, rescore
 from builders.quality.selection_file import finalised_entries, selection_doc
 from clip_models.device import resolve_device
 from clip_models.loading import load_clip

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from builders.quality.config import QualityConfig
-from builders.quality.selection import class_key
+from builders.quality.keep_rules import class_key
 from wds_tools.quality_record import SELECTION_FORMAT, SIDECAR, sha256_url
 from wds_tools.urls import sidecar_url
 

@@ -24,7 +24,7 @@ from tests.builders.conftest import demo_tree  # noqa: F401 - the builders' own 
 from tests.builders.quality.conftest import good_sample, tiny_config
 from tests.training.conftest import TINY_CONFIG, make_source
 from training.config import Stage2Config
-from training.selection import SelectionError, check_mix_selection
+from training.quality_gate import SelectionError, check_mix_selection
 from training.trainer import train
 from wds_tools.config import load_config
 from wds_tools.quality_record import SELECTION_NAME

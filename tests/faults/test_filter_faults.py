@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from builders.quality.guard import LOCK_NAME
+from builders.quality.keep_rules import PENDING
 from builders.quality.run import MEMBER, SIDECAR, run
-from builders.quality.selection import PENDING
 from tests.builders.quality.conftest import REPO, good_sample, tiny_config
 from tests.faults.conftest import processes_left
 from wds_tools.lock import LockHeld

@@ -8,7 +8,7 @@ import pytest
 
 from builders.quality.run import MEMBER, SIDECAR, run
 from tests.builders.quality.conftest import make_shards, tiny_config
-from training.selection import check_mix_selection
+from training.quality_gate import check_mix_selection
 from wds_tools.reader import iter_shard
 from wds_tools.urls import expand_urls
 

@@ -35,11 +35,11 @@ def write_test_selection(out: Path, shards: list[Path]) -> Path:
     now), as the filter writes it: ``selection.json`` in ``out``."""
     from collections import Counter
 
-    from wds_tools.quality_record import MEMBER, decode, keep
+    from wds_tools.quality_record import MEMBER, decode_record, keep
     from wds_tools.sidecar import read_sidecar
     entries = []
     for shard in shards:
-        recs = [decode(v[MEMBER]) for v in read_sidecar(str(shard), "quality").values()]
+        recs = [decode_record(v[MEMBER]) for v in read_sidecar(str(shard), "quality").values()]
         side = shard.with_name(shard.name[:-4] + ".quality.tar")
         entries.append({"shard": str(shard), "shard_identity": shard_identity(str(shard)),
                         "sidecar": str(side), "sha256": sha256_url(str(side)),

@@ -14,8 +14,8 @@ from wds_tools.quality_record import (
     CaptionScore,
     QualityRecord,
     QualityRecordError,
-    decode,
-    encode,
+    decode_record,
+    encode_record,
     find_selection,
     keep,
     kept_caption_indices,
@@ -40,13 +40,13 @@ def _record(**kw) -> QualityRecord:
 
 def test_round_trip_and_keep():
     rec = _record()
-    back = decode(encode(rec))
+    back = decode_record(encode_record(rec))
     assert back == rec and keep(back)
     assert not keep(_record(keep=False, reasons=["below_global_threshold"]))
     # a pending record is never selected, whatever its keep flag says
     assert not keep(_record(keep=True, reasons=[PENDING]))
     # records written before per-caption scores: every caption may be drawn
-    old = decode(msgpack.packb({"scores": {}, "composite": 0.2, "keep": True, "reasons": []}))
+    old = decode_record(msgpack.packb({"scores": {}, "composite": 0.2, "keep": True, "reasons": []}))
     assert old.captions == [] and kept_caption_indices(old, 3) == [0, 1, 2]
     assert kept_caption_indices(rec, 2) == [0] and kept_caption_indices(rec, 3) is None
 
@@ -55,7 +55,7 @@ def test_round_trip_and_keep():
                                   msgpack.packb({"keep": True, "captions": [1]})])
 def test_corrupt_members_raise(data):
     with pytest.raises(QualityRecordError):
-        decode(data)
+        decode_record(data)
 
 
 def test_sample_captions_follow_the_meta_with_sources():

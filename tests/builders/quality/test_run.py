@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from builders.quality.__main__ import main
+from builders.quality.keep_rules import PENDING
 from builders.quality.run import MEMBER, SIDECAR, run
-from builders.quality.selection import PENDING
 from tests.builders.quality.conftest import good_sample, make_shards, tiny_config
 from wds_tools.reader import iter_tar_samples
 from wds_tools.sidecar import read_sidecar

@@ -2,7 +2,7 @@ import pytest
 
 from builders.quality.composite import composite_score, normalise_clip
 from builders.quality.config import CompositeConfig, SelectionConfig
-from builders.quality.selection import PENDING, decide, global_threshold, rescore
+from builders.quality.keep_rules import PENDING, decide, global_threshold, rescore
 
 
 def test_composite_normalises_and_renormalises_weights():
@@ -62,7 +62,7 @@ def _classed(values: dict[str, list[float]]) -> list[dict]:
 
 
 def test_global_per_class_and_min_share_thresholds():
-    from builders.quality.selection import class_thresholds
+    from builders.quality.keep_rules import class_thresholds
     # "bare" scores low everywhere: the global cut keeps almost none of it
     recs = _classed({"bare": [0.1, 0.2, 0.3, 0.35], "church": [0.6, 0.7, 0.8, 0.9]}) + [{"composite": None}]
     overall, per = class_thresholds(recs, SelectionConfig(keep_top_percent=0.5))

@@ -1,4 +1,5 @@
-"""Stage 2's side of the quality filter: train on exactly what the filter selected, or say why not.
+"""Stage 2's quality gate: train on exactly what the quality filter selected (its
+``selection.json``), or say why not.
 
 Before any step the trainer checks each shard of the mix against the filter's ``selection.json``
 (format and sidecar contract in ``wds_tools.quality_record``):

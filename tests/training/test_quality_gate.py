@@ -15,7 +15,7 @@ from training.config import DataConfig, Stage2Config
 from training.data import LoaderSpec, build_sources, iter_batches
 from training.evaluate import load_eval_set
 from training.losses import rare_class_weights
-from training.selection import SelectionError, check_mix_selection, select_mix
+from training.quality_gate import SelectionError, check_mix_selection, select_mix
 from wds_tools.config import load_config
 from wds_tools.quality_record import MEMBER, SIDECAR
 from wds_tools.sidecar import read_sidecar, write_sidecar
@@ -119,7 +119,7 @@ def test_shards_the_selection_keeps_nothing_of_leave_every_rank_something_to_str
     write_test_selection(syn, sorted(syn.glob("*[0-9].tar")))
     manifests = {"by_class": {"beach": 8, "forest": 8}, "total_samples": 16}
     given = build_sources([str(real)], [str(syn)], 0.8)
-    with caplog.at_level("INFO", logger="training.selection"):
+    with caplog.at_level("INFO", logger="training.quality_gate"):
         sources, counts = select_mix(DataConfig(), given, manifests)
     assert [len(s.urls) for s in sources] == [2, 1] and str(empty) not in sources[1].urls
     assert counts["total_samples"] == 8 + 4

@@ -1,4 +1,5 @@
-"""Global selection: hard fails, the synthetic CLIP floor and one threshold over the whole dataset.
+"""Keep rules of the quality filter (its config section ``selection``): hard fails, the synthetic CLIP
+floor and one threshold over the whole dataset, deciding the verdicts that ``selection.json`` records.
 
 The threshold is the composite value of the sample ranked ``ceil(keep_top_percent * n)`` among the
 ``n`` samples that have a composite and no hard fail (all shards together, synthetic samples below
