@@ -94,7 +94,7 @@ class LossConfig:
     rare_class_threshold: float = 0.5
     # Off by default since 2026-12-02 (the seed had it on): measured to cost held-out recall on
     # the learning benchmark (UCM, 5 seeds: 67.75 with it against 70.58 without) and on a 30-class
-    # aerial corpus (4.11 against 4.53); see the README's learning benchmark.
+    # aerial corpus (4.11 against 4.53); see docs/learning_benchmark.md.
     use_fine_grained: bool = False
     fine_grained_weight: float = 0.3
     fine_grained_temperature: float = 0.07

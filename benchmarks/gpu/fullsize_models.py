@@ -146,7 +146,9 @@ def qwen2_tokenizer():
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    text = list(CAPTIONS) + Path(__file__).resolve().parents[2].joinpath("README.md").read_text().split("\n")
+    root = Path(__file__).resolve().parents[2]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]  # enough English for 4,000 merges
+    text = list(CAPTIONS) + [line for page in pages for line in page.read_text().split("\n")]
     trainer = trainers.BpeTrainer(vocab_size=4000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tk.train_from_iterator(text, trainer)
