@@ -274,7 +274,7 @@ def train(cfg: Stage2Config) -> dict:
     micro, n_stop, checkpoint = 0, 0, None
     clip_ref = model_of(accelerator, model)
     # SIGTERM / SIGUSR1: finish the step, checkpoint, exit (training/preempt.py)
-    loader = make_loader(spec, loader_saved) if step < total_steps else ()
+    loader = make_loader(spec, loader_saved, prefetch_factor=cfg.data.prefetch_factor) if step < total_steps else ()
     with StopSignals() as stop, worker_shutdown(loader) as batches:
         for batch in batches:
             loader_state.update(batch)
