@@ -34,6 +34,11 @@ def stall_on_doomed_node(unit, cfg, output: str):
     return build_unit(unit, cfg, output)
 
 
+def node_of(name: str) -> str:
+    """The id of the Ray node this unit ran on."""
+    return _node_id()
+
+
 def attempts(here: Path, name: str) -> int:
     """How many times :func:`fail_or_crash` started on ``name``."""
     return len(list(Path(here).glob(f"attempt-{name}-*")))

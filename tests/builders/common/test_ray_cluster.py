@@ -1,6 +1,7 @@
 """The real builder on a Ray cluster of two nodes (``ray.cluster_utils.Cluster``, one process tree
 on loopback): units run on both nodes, a node removed mid-build has its unit built again on the
-other, and a unit's own failure is recorded once, not retried."""
+other, a unit's own failure is recorded once, not retried, and a build given no address does not
+join a cluster that happens to run on the machine."""
 from __future__ import annotations
 
 import contextlib
@@ -113,4 +114,11 @@ def test_real_build_on_two_nodes_survives_losing_one(demo_tree, tmp_path, monkey
         assert isinstance(failed["raise"], ValueError), failed
         assert ray_units.attempts(tmp_path, "raise") == 1
         assert ray_units.attempts(tmp_path, "crash") == 1 + RAY_RETRIES
+
+        # Given no address, a build starts a Ray of its own: not this cluster, although it is the
+        # one /tmp/ray/ray_current_cluster names (which ray.init(address=None) would join).
+        ray.shutdown()
+        ran_on: list[str] = []
+        run_units(ray_units.node_of, ["alone"], executor="ray", workers=1, on_done=ran_on.append)
+        assert len(ran_on) == 1 and ran_on[0] not in {head_id, worker_id}
     print(f"cluster test: {time.monotonic() - start:.1f} s")
