@@ -16,7 +16,10 @@ real set, where an original and its five augmentations share a caption.
 
 ``--source s3``: instead, the Stage 2 loader on the same shards from local disk and from an S3 API
 server on 127.0.0.1 (moto's standalone server, the ``dev`` extra; s3fs from the ``cloud`` extra),
-side by side in one run, at ``shards_per_chunk`` 1, 2 and 4.
+side by side in one run, at ``shards_per_chunk`` 1, 2 and 4 and each DataLoader ``prefetch_factor``
+of ``--prefetch`` (batches each worker prepares ahead; ``data.prefetch_factor`` in training):
+
+    python -m benchmarks.bench_loader --source s3 [--prefetch 2,8] [--batches 20]
 """
 
 from __future__ import annotations
@@ -84,13 +87,14 @@ def make_shards(root: Path, *, source: str, shards: int, per_shard: int, size: i
     return out
 
 
-def stage2_loader(dirs: dict[str, Path | str], *, batch: int, workers: int, size: int, shards_per_chunk: int = 2):
+def stage2_loader(dirs: dict[str, Path | str], *, batch: int, workers: int, size: int, shards_per_chunk: int = 2,
+                  prefetch_factor: int = 2):
     from training.data import LoaderSpec, build_sources, make_loader
 
     sources = build_sources([str(dirs["real"])], [str(dirs["synthetic"])], 0.8)
     spec = LoaderSpec(sources=sources, batch_size=batch, image_size=size, num_workers=workers,
                       tokenizer={"hf_name": None, "context_length": 77}, shards_per_chunk=shards_per_chunk)
-    return make_loader(spec)
+    return make_loader(spec, prefetch_factor=prefetch_factor)
 
 
 def openclip_style_loader(dirs: dict[str, Path], *, batch: int, workers: int, size: int):
@@ -158,25 +162,32 @@ def compare_s3(args, dirs: dict[str, Path], out: Path) -> dict:
         for name, d in dirs.items():
             fs.put([str(p) for p in sorted(d.iterdir()) if p.is_file()], f"bench/{d.name}/")
             remote[name] = f"s3://bench/{d.name}"
-        runs = [(f"{where} shards_per_chunk={k}", src, k) for k in (1, 2, 4)
+        grid = [(k, p) for k in (1, 2, 4) for p in args.prefetch]
+        runs = [(f"{where} shards_per_chunk={k} prefetch={p}", src, k, p) for k, p in grid
                 for where, src in (("local", dirs), ("s3", remote))]
-        results: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+        results: dict[str, list[float]] = {name: [] for name, *_ in runs}
         for _ in range(args.rounds):  # alternate so both see the same machine load
-            for name, src, k in runs:
+            for name, src, k, p in runs:
                 loader = stage2_loader(src, batch=args.batch, workers=args.workers, size=args.size,
-                                       shards_per_chunk=k)
+                                       shards_per_chunk=k, prefetch_factor=p)
                 results[name].append(measure(loader, batches=args.batches, warmup=args.warmup, batch=args.batch))
     finally:
         stop(proc)
     best = {k: max(v) for k, v in results.items()}
     print(f"Stage 2 loader, workers={args.workers} batch={args.batch} image={args.size}px from "
           f"{args.source_size}px JPEG; S3 = moto server on 127.0.0.1 via s3fs")
-    for k in (1, 2, 4):
-        loc, s3 = best[f"local shards_per_chunk={k}"], best[f"s3 shards_per_chunk={k}"]
-        print(f"  shards_per_chunk={k}: local {loc:8.1f}  s3 {s3:8.1f} samples/s   s3/local {s3 / loc:.2f}x")
+    for k, p in grid:
+        loc, s3 = best[f"local shards_per_chunk={k} prefetch={p}"], best[f"s3 shards_per_chunk={k} prefetch={p}"]
+        print(f"  shards_per_chunk={k} prefetch={p}: local {loc:8.1f}  s3 {s3:8.1f} samples/s   "
+              f"s3/local {s3 / loc:.2f}x")
     doc = {"args": vars(args), "samples_per_s": results, "best": best}
     (out / "results_s3.json").write_text(json.dumps(doc, indent=2))
     return doc
+
+
+def int_list(text: str) -> list[int]:
+    """``"2,8"`` -> ``[2, 8]`` (argparse names the option and the value when this raises)."""
+    return [int(x) for x in text.split(",")]
 
 
 def main(argv=None) -> int:
@@ -191,11 +202,15 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds, best of each kept")
     ap.add_argument("--source", choices=("local", "s3"), default="local",
                     help="s3: Stage 2 loader from local disk vs a loopback S3 server, side by side")
+    ap.add_argument("--prefetch", default="2,8", type=int_list,
+                    help="--source s3: DataLoader prefetch_factor values to compare (comma-separated)")
     ap.add_argument("--caption-repeats", type=int, default=1,
                     help="samples sharing one caption (1 = every caption distinct; a real set repeats about 6)")
     args = ap.parse_args(argv)
     if args.caption_repeats < 1:
         raise SystemExit(f"--caption-repeats must be >= 1, got {args.caption_repeats}")
+    if min(args.prefetch) < 1:
+        raise SystemExit(f"--prefetch values must be >= 1, got {args.prefetch}")
     out = Path(args.out)
     dirs = {name: make_shards(out / "shards", source=name, shards=6, per_shard=100, size=args.source_size,
                               quality=(name == "synthetic"), caption_repeats=args.caption_repeats)

@@ -55,6 +55,9 @@ class DataConfig:
     num_workers: int = 4
     # Shards opened together and read interleaved per visit of a source (one sample held per shard).
     shards_per_chunk: int = 16
+    # Batches each loader worker prepares ahead (DataLoader's prefetch_factor): more hides an object
+    # store's latency, at the memory of that many batches per worker (benchmarks/bench_loader.py).
+    prefetch_factor: int = 2
     # Raw samples a source's shuffle buffer holds (memory vs. mixing); it spans chunk boundaries.
     shuffle_buffer: int = 2000
     crop_scale_min: float = 0.8
@@ -77,6 +80,7 @@ class DataConfig:
         """Raise ``ValueError`` naming the bad value, before any work starts."""
         _at_least(self, "num_workers", 0)
         _at_least(self, "shards_per_chunk", 1)
+        _at_least(self, "prefetch_factor", 1)
         _at_least(self, "max_image_pixels", 0)
         if not 0.0 <= self.synthetic_ratio <= 1.0:
             raise ValueError(f"synthetic_ratio must be in [0, 1], got {self.synthetic_ratio}")

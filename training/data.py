@@ -249,12 +249,13 @@ class LoaderState:
         return {"workers": self.workers, "next_worker": self.next_worker, "batches": self.batches}
 
 
-def make_loader(spec: LoaderSpec, resume: dict | None = None) -> DataLoader:
-    """DataLoader over :class:`MixDataset` (not for ``accelerator.prepare``: it splits by itself)."""
+def make_loader(spec: LoaderSpec, resume: dict | None = None, *, prefetch_factor: int = 2) -> DataLoader:
+    """DataLoader over :class:`MixDataset` (not for ``accelerator.prepare``: it splits by itself);
+    ``prefetch_factor``: batches each worker prepares ahead (none without workers)."""
     nw = spec.num_workers
     # Workers ignore SIGTERM / SIGUSR1: the trainer alone handles a stop (training/preempt.py).
     return DataLoader(MixDataset(spec=spec, resume=resume), batch_size=None, num_workers=nw,
-                      prefetch_factor=2 if nw else None, persistent_workers=False,
+                      prefetch_factor=prefetch_factor if nw else None, persistent_workers=False,
                       pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_stop_signals if nw else None)
 
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 FREE_KEYS = frozenset({
     "train.output", "train.resume", "train.resume_allow_changes", "train.log_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.max_nonfinite_steps", "train.log_sample_keys", "model.device",
-    "model.precision", "data.allow_pipe",
+    "model.precision", "data.allow_pipe", "data.prefetch_factor",
 })
 FREE_SECTIONS = ("eval.",)
 _ABSENT = "<absent>"

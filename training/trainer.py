@@ -248,7 +248,8 @@ def train_loop(run: TrainRun) -> Preempted | None:
     micro, n_stop, checkpoint = 0, 0, None
     clip = model_of(accelerator, run.model)
     # SIGTERM / SIGUSR1: finish the step, checkpoint, exit (training/preempt.py)
-    loader = make_loader(run.spec, run.loader_saved) if run.step < run.total_steps else ()
+    loader = (make_loader(run.spec, run.loader_saved, prefetch_factor=cfg.data.prefetch_factor)
+              if run.step < run.total_steps else ())
     with StopSignals() as stop, worker_shutdown(loader) as batches:
         for batch in batches:
             run.loader_state.update(batch)

@@ -50,6 +50,7 @@ class UnitResult:
     resumed: bool = False
     rebuilt: bool = False         # an earlier run's shard did not match its stats file
     extra: dict = field(default_factory=dict)   # a builder's own per-unit tallies
+    node: str = ""                # the Ray node that built it (set by the Ray executor)
 
 
 @dataclass
@@ -221,6 +222,12 @@ def write_indexes(out: Path, results: list[UnitResult], *, prefix: str, builder:
         summary["source_images"] += extra["source_images"]
         total_skips.update(skips)
     summary["skipped"] = dict(sorted(total_skips.items()))
+    by_node: dict[str, list[str]] = {}
+    for r in results:  # shards kept from an earlier run name no node
+        if r.node:
+            by_node.setdefault(r.node, []).append(r.name)
+    if by_node:
+        summary["units_by_node"] = by_node
     return summary
 
 

@@ -15,7 +15,11 @@ script (not ``python -m``) that runs a GPU pool needs an ``if __name__ == "__mai
 spawned workers import it again.
 
 With Ray on more than one machine, every node must see the input images and the output folder
-at the same paths (a shared file system), and this repository on its PYTHONPATH.
+at the same paths (a shared file system), and this repository on its PYTHONPATH. Ray units are
+spread over the nodes; a unit whose node or worker process is lost (a node removed, a worker
+killed for memory) runs again elsewhere, up to :data:`RAY_RETRIES` times; an exception the unit
+raises itself is its own failure and is not retried. A result object with a ``node`` attribute
+gets the id of the Ray node that built it (the build summary lists them).
 """
 from __future__ import annotations
 
@@ -38,6 +42,9 @@ from wds_tools.lock import pid_alive, process_start_time
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
+# Runs of a Ray unit after its first, when the node or worker process running it is lost. A unit's
+# own exception is never retried (retry_exceptions=False): a unit that fails would fail again.
+RAY_RETRIES = 3
 
 
 def resolve_workers(workers: int) -> int:
@@ -208,23 +215,37 @@ def run_local(fn: Callable, units: Sequence, args: tuple, *, workers: int, on_do
             raise
 
 
+def _ray_unit(fn: Callable, unit, *args):
+    """A Ray task's body: ``fn(unit, *args)``, stamped with the node that ran it."""
+    import ray
+
+    result = fn(unit, *args)
+    if hasattr(result, "node"):
+        result.node = ray.get_runtime_context().get_node_id()
+    return result
+
+
 def run_ray(fn: Callable, units: Sequence, args: tuple, *, workers: int, address: str,
             on_done: Callable, on_error: Callable | None = None,
             gpus_per_task: float = 0.0) -> None:
-    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local one of ``workers`` CPUs."""
+    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local one of ``workers`` CPUs
+    (a Ray session this process already started is used as it is)."""
     import ray
 
     started, pending = False, {}
     if not ray.is_initialized():
         repo_root = str(Path(__file__).resolve().parents[2])
         join = address or os.environ.get("RAY_ADDRESS", "")
-        ray.init(address=join or None, num_cpus=None if join else workers,
+        # "local", not None: None joins whatever cluster /tmp/ray/ray_current_cluster names (the
+        # last one started on this machine, by anyone), where num_cpus is refused.
+        ray.init(address=join or "local", num_cpus=None if join else workers,
                  include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": repo_root}})
         started = True
     try:
-        remote = ray.remote(num_cpus=1, num_gpus=gpus_per_task or 0, max_retries=0)(fn)
-        pending = {remote.remote(u, *args): u for u in units}
+        remote = ray.remote(num_cpus=1, num_gpus=gpus_per_task or 0, max_retries=RAY_RETRIES,
+                            retry_exceptions=False, scheduling_strategy="SPREAD")(_ray_unit)
+        pending = {remote.remote(fn, u, *args): u for u in units}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             unit = pending.pop(done[0])

@@ -58,7 +58,8 @@ def main(config: str, out: str, *overrides: str) -> None:
     cfg = load_config(Stage2Config, config, list(overrides))
     train(cfg)
     accelerator = Accelerator()
-    result = {"rank": accelerator.process_index, "num_processes": accelerator.num_processes}
+    result = {"rank": accelerator.process_index, "local_rank": accelerator.local_process_index,
+              "num_processes": accelerator.num_processes}
     result.update(batch_loss_and_grads(cfg, accelerator, fixed_global_batch(8, size=64)))
     Path(out, f"dist_rank{accelerator.process_index}.json").write_text(json.dumps(result))
 

@@ -46,3 +46,13 @@ def test_seed_recipe_config_loads_with_the_seed_values():
     # Beside the tuned default it differs only in the fine-grained loss and its output folder.
     default, ours = _flat(load("lora.yaml")), _flat(seed)
     assert {k for k in ours if ours[k] != default[k]} == {"loss.use_fine_grained", "train.output"}
+
+
+@pytest.mark.parametrize("setting", ["data.prefetch_factor=0", "data.shards_per_chunk=0"])
+def test_loader_settings_below_one_are_refused_naming_the_key(setting):
+    from wds_tools.config import ConfigError, load_config
+
+    key = setting.split(".")[1].split("=")[0]
+    with pytest.raises((ConfigError, ValueError), match=f"{key} must be >= 1, got 0"):
+        load_config(Stage2Config, REPO / "configs/train/tiny.yaml", [setting])
+    assert getattr(load_config(Stage2Config, REPO / "configs/train/tiny.yaml", [setting[:-1] + "3"]).data, key) == 3

@@ -76,7 +76,8 @@ def test_checkpoints_written_before_settings_were_stored_are_checked_by_their_lo
 
 def test_free_settings_may_change_without_an_override(shard_dirs, run_copy):
     cfg = load_config(Stage2Config, TINY_CONFIG, _overrides(
-        shard_dirs, run_copy, "train.log_every=2", "train.keep_checkpoints=5", f"eval.shards=[{shard_dirs['val']}]"))
+        shard_dirs, run_copy, "train.log_every=2", "train.keep_checkpoints=5", f"eval.shards=[{shard_dirs['val']}]",
+        "data.prefetch_factor=5"))
     log = train(cfg)
     assert log["summary"]["resumes"] == [{"step": 3, "checkpoint": str(run_copy / "checkpoints" / "step_0000003"),
                                           "changed": {}}]
