@@ -1,17 +1,20 @@
 """The build driver both shard builders share: resume checks, output preparation, plan digest,
 units on workers with progress, per-split indexes and the build summary.
 
-A builder plans its input into units (anything with ``name``, ``split``, ``items`` and
-``path(out)``), then calls, in order: :func:`check_resumable` (refuse a changed recipe),
-:func:`check_plan` (refuse a changed input), :func:`prepare_output` (drop a killed writer's temp
-files, refuse foreign shards), :func:`save_build_files`, :func:`run_with_progress` and
-:func:`write_indexes`. A finished shard (tar + stats) is kept on rerun; ``overwrite`` rebuilds.
+A builder describes itself in a :class:`Builder` (its shard prefix, splits, how it plans units,
+its unit function and hooks) and calls :func:`run_build`, which runs the one sequence: check and
+lock the output, drop killed writers' temp files, plan units (anything with ``name``, ``split``,
+``items`` and ``path(out)``), :func:`check_resumable` (refuse a changed recipe),
+:func:`check_plan` (refuse a changed input), :func:`prepare_output` (refuse foreign shards),
+:func:`save_build_files`, :func:`run_with_progress`, :func:`write_indexes`, the build summary and
+the preview. A finished shard (tar + stats) is kept on rerun; ``overwrite`` rebuilds.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ PREVIEW_NAME = "preview.png"
 SUMMARY_NAME = "build_summary.json"
 FAILURES_NAME = "build_failures.json"
 # Settings that may change between a partial build and its resumption.
-RUN_ONLY = ("overwrite", "executor", "workers", "ray_address", "output")
+RUN_ONLY = ("overwrite", "executor", "workers", "ray_address", "output", "break_lock")
 
 
 @dataclass
@@ -57,6 +60,7 @@ class UnitFailure:
 
     name: str
     error: str
+    exc: BaseException | None = field(default=None, repr=False, compare=False)  # the unit's own exception
 
 
 def unit_size(unit) -> int:
@@ -174,7 +178,7 @@ def run_with_progress(fn: Callable, units: Sequence, *args, executor: str, worke
         if path_error(exc) is not None:  # a read-only or full output: every other unit would fail alike
             raise exc
         log.error("unit %s failed: %s: %s", unit.name, type(exc).__name__, exc)
-        failures.append(UnitFailure(unit.name, f"{type(exc).__name__}: {exc}"))
+        failures.append(UnitFailure(unit.name, f"{type(exc).__name__}: {exc}", exc))
         bar.update(unit_size(unit))
 
     try:
@@ -230,3 +234,87 @@ def record_failures(out: Path, failures: list[UnitFailure], summary: dict) -> No
 
 def write_summary(out: Path, summary: dict) -> None:
     write_json(out / SUMMARY_NAME, summary)
+
+
+@dataclass(frozen=True)
+class Builder:
+    """What a shard builder plugs into :func:`run_build`; ``cfg`` is its config (with ``input``,
+    ``output``, ``overwrite``, ``executor``, ``workers``, ``ray_address``, ``preview`` and
+    ``break_lock``)."""
+
+    tool: str                                  # the lock's holder and the index's "builder"
+    prefix: str                                # shard names: PREFIX-SPLIT-NNNNNN.tar
+    splits: Sequence[str]                      # split folders it may write
+    run_only: Sequence[str] | Callable         # config keys a resumed run may change (or run_only(cfg))
+    plan: Callable                             # plan(cfg) -> (units, digest)
+    unit: Callable                             # unit(u, run_cfg, out, *unit_args(cfg, out)) -> UnitResult
+    counts: Callable[[Counter], dict]          # its headline counts from the by-kind tally
+    desc: str = "build"
+    usage: str = "--input INPUT --output DIR"  # named when input or output is missing
+    check: Callable | None = None              # check(cfg) before the output is locked; may raise
+    unit_args: Callable = lambda cfg, out: ()
+    place: Callable | None = None              # place(cfg) -> RunPlacement (default: workers on CPU)
+    preload: Sequence[str] = ()                # modules every local worker imports at start
+    keep_going: bool = False                   # record a failing unit and go on
+    fatal: tuple[type[BaseException], ...] = ()  # a unit failing with one of these stops the build
+    check_results: Callable | None = None      # check_results(cfg, results, units, out) may raise
+    add_stats: Callable | None = None          # add_stats(cfg, results, out, summary) before the summary
+    preview: Callable | None = None            # preview(cfg, units, out) -> path or None
+
+
+@dataclass(frozen=True)
+class RunPlacement:
+    """Where units run: the config the workers get, GPUs per task, the GPU pool and workers."""
+
+    cfg: object
+    gpus_per_task: float = 0.0
+    gpus: Sequence[str] | None = None
+    workers: int = 0
+
+
+def run_build(b: Builder, cfg, *, progress: bool = True) -> dict:
+    """Check, lock and build ``cfg.output``; returns the summary (also in build_summary.json)."""
+    from builders.common.output import check_output_dir, lock_output, remove_killed_temps
+
+    if not cfg.input or not cfg.output:
+        raise ConfigError(f"both input and output must be set ({b.usage})")
+    out = check_output_dir(cfg.output)
+    if b.check:
+        b.check(cfg)
+    with lock_output(out, tool=b.tool, break_lock=cfg.break_lock):
+        remove_killed_temps(out, b.splits)  # e.g. a dataset.json cut by a kill: no one else writes here
+        return _build_locked(b, cfg, out, progress=progress)
+
+
+def _build_locked(b: Builder, cfg, out: Path, *, progress: bool) -> dict:
+    units, digest = b.plan(cfg)
+    check_resumable(cfg, out, run_only=b.run_only(cfg) if callable(b.run_only) else b.run_only)
+    check_plan(digest, sum(unit_size(u) for u in units), out, overwrite=cfg.overwrite)
+    prepare_output(units, out, prefix=b.prefix, overwrite=cfg.overwrite)
+    save_build_files(cfg, out, digest=digest, units=units)
+    start = time.perf_counter()
+    place = b.place(cfg) if b.place else RunPlacement(cfg, workers=cfg.workers)
+    results, failures = run_with_progress(
+        b.unit, units, place.cfg, str(out), *b.unit_args(cfg, out), executor=cfg.executor,
+        workers=place.workers, address=cfg.ray_address, desc=b.desc, progress=progress,
+        gpus_per_task=place.gpus_per_task, keep_going=b.keep_going, gpus=place.gpus,
+        preload=b.preload)
+    fatal = [f for f in failures if isinstance(f.exc, b.fatal)] if b.fatal else []
+    if fatal:  # not a unit's bad luck: the input itself is wrong
+        raise fatal[0].exc
+    if b.check_results:
+        b.check_results(cfg, results, units, out)
+    summary = write_indexes(out, results, prefix=b.prefix, builder=b.tool,
+                            resolved=config_to_dict(cfg), counts=b.counts)
+    if b.add_stats:
+        b.add_stats(cfg, results, out, summary)
+    if b.keep_going:
+        record_failures(out, failures, summary)
+    summary["resumed_shards"] = sum(r.resumed for r in results)
+    write_summary(out, summary)
+    shown = b.preview(cfg, units, out) if (b.preview and cfg.preview) else None
+    if shown is not None:
+        summary["preview"] = str(shown)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    summary["rebuilt_shards"] = sum(r.rebuilt for r in results)
+    return summary
