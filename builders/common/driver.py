@@ -115,35 +115,50 @@ def check_plan(digest: str, images: int, out: Path, *, overwrite: bool) -> None:
                           f"{images} images, or other keys); rerun with --overwrite to rebuild it")
 
 
-def prepare_output(units: Sequence, out: Path, *, prefix: str, overwrite: bool) -> None:
-    """Remove temp leftovers; with overwrite, remove old shards, their sidecars (quality verdicts
-    of the old pixels) and the split's ``selection.json``; refuse foreign stale shards.
-
-    A shard rebuilt without overwrite drops its own sidecars when it is written
-    (``wds_tools.writer``)."""
-    own = re.compile(rf"^{re.escape(prefix)}-(train|val|test)-\d{{6}}\.(tar|stats\.json|skips\.json)$")
+def classify_output(names_by_split: dict[str, list[str]], planned: set[str], *, prefix: str,
+                    overwrite: bool) -> tuple[list[str], list[str], list[str]]:
+    """From the file names in each split folder: (killed writers' temp files, files to delete,
+    foreign stale shards), paths relative to the output. Deleted with ``overwrite``: this
+    builder's shards, their sidecars (quality verdicts of the old pixels) and ``selection.json``."""
+    own = re.compile(rf"^{re.escape(prefix)}-(train|val|test)-\d{{6}}\.(tar|stats\.json|skips\.json|result\.json)$")
     sidecar = re.compile(rf"^{re.escape(prefix)}-(train|val|test)-\d{{6}}\.[^.]+\.tar$")
-    planned = {u.path(out).name for u in units}
-    stale = []
-    for split in SPLITS:
-        d = out / split
-        if not d.is_dir():
-            continue
-        for p in d.iterdir():
-            if ".tmp-" in p.name and p.name.startswith(f"{prefix}-"):
-                p.unlink()  # a killed writer's temp file: never a finished shard
-            elif own.match(p.name):
-                tar_name = p.name.split(".", 1)[0] + ".tar"
+    temps, delete, stale = [], [], []
+    for split, names in names_by_split.items():
+        for name in names:
+            if ".tmp-" in name and name.startswith(f"{prefix}-"):
+                temps.append(f"{split}/{name}")  # a killed writer's temp file: never a finished shard
+            elif own.match(name):
                 if overwrite:
-                    p.unlink()
-                elif tar_name not in planned:
-                    stale.append(p.name)
-            elif overwrite and (sidecar.match(p.name) or p.name == SELECTION_NAME):
-                p.unlink()
-                log.info("removed %s: it describes the shards --overwrite rebuilds", p)
+                    delete.append(f"{split}/{name}")
+                elif name.split(".", 1)[0] + ".tar" not in planned:
+                    stale.append(name)
+            elif overwrite and (sidecar.match(name) or name == SELECTION_NAME):
+                delete.append(f"{split}/{name}")
+    return temps, delete, stale
+
+
+def refuse_stale(out: str | Path, stale: list[str]) -> None:
     if stale:
         raise ValueError(f"{out} holds shards this input does not produce ({sorted(stale)[:5]}...); "
                          f"rerun with --overwrite to rebuild the folder")
+
+
+def prepare_output(units: Sequence, out: Path, *, prefix: str, overwrite: bool) -> None:
+    """Remove temp leftovers; with overwrite, remove old shards, their sidecars and the split's
+    ``selection.json``; refuse foreign stale shards (:func:`classify_output`).
+
+    A shard rebuilt without overwrite drops its own sidecars when it is written
+    (``wds_tools.writer``)."""
+    names = {split: sorted(p.name for p in (out / split).iterdir())
+             for split in SPLITS if (out / split).is_dir()}
+    temps, delete, stale = classify_output(names, {Path(u.path(out)).name for u in units},
+                                           prefix=prefix, overwrite=overwrite)
+    for rel in temps + delete:
+        (out / rel).unlink(missing_ok=True)
+    if delete:
+        log.info("removed %d files of the earlier build in %s (--overwrite): its shards, their "
+                 "sidecars and selection files", len(delete), out)
+    refuse_stale(out, stale)
 
 
 def save_build_files(cfg, out: Path, *, digest: str, units: Sequence) -> None:
@@ -191,7 +206,7 @@ def run_with_progress(fn: Callable, units: Sequence, *args, executor: str, worke
 
 
 def write_indexes(out: Path, results: list[UnitResult], *, prefix: str, builder: str,
-                  resolved: dict, counts: Callable[[Counter], dict]) -> dict:
+                  resolved: dict, counts: Callable[[Counter], dict], require_tar: bool = True) -> dict:
     """dataset.json + sizes.json per split folder and build_summary.json; returns the summary.
 
     ``counts(kinds)`` names the builder's own headline counts from the by-kind tally.
@@ -210,7 +225,7 @@ def write_indexes(out: Path, results: list[UnitResult], *, prefix: str, builder:
         named = counts(kinds)
         extra = {**named, "split": split, "source_images": sum(r.source_images for r in rs),
                  "skipped": dict(sorted(skips.items())), "builder": builder, "config": resolved}
-        manifest = write_index(out / split, name=f"{prefix}-{split}", extra=extra)
+        manifest = write_index(out / split, name=f"{prefix}-{split}", extra=extra, require_tar=require_tar)
         summary["splits"][split] = {
             "shards": manifest["num_shards"], "samples": manifest["total_samples"],
             "source_images": extra["source_images"], **named, "skipped": extra["skipped"],
@@ -259,7 +274,9 @@ class Builder:
     fatal: tuple[type[BaseException], ...] = ()  # a unit failing with one of these stops the build
     check_results: Callable | None = None      # check_results(cfg, results, units, out) may raise
     add_stats: Callable | None = None          # add_stats(cfg, results, out, summary) before the summary
-    preview: Callable | None = None            # preview(cfg, units, out) -> path or None
+    preview: Callable | None = None            # preview(cfg, units, out, store) -> path or None
+    rebuild: Callable = lambda cfg: cfg.overwrite  # every shard is built again (not resumed)
+    verify: Callable = lambda cfg: False       # a resumed shard's sha256 is checked
 
 
 @dataclass(frozen=True)
@@ -273,11 +290,20 @@ class RunPlacement:
 
 
 def run_build(b: Builder, cfg, *, progress: bool = True) -> dict:
-    """Check, lock and build ``cfg.output``; returns the summary (also in build_summary.json)."""
+    """Check, lock and build ``cfg.output`` (a folder, or a URL: see :mod:`builders.common.remote`);
+    returns the summary (also in build_summary.json)."""
     from builders.common.output import check_output_dir, lock_output, remove_killed_temps
+    from wds_tools.remote_output import Store, StoreLock, fresh_staging, is_url_output
 
     if not cfg.input or not cfg.output:
         raise ConfigError(f"both input and output must be set ({b.usage})")
+    if is_url_output(cfg.output):
+        store = Store(cfg.output)
+        store.check_access()  # bad credentials: one line now, not after the first unit's work
+        if b.check:
+            b.check(cfg)
+        with StoreLock(store, tool=b.tool, break_foreign=cfg.break_lock):
+            return _build_locked(b, cfg, fresh_staging(store.url), progress=progress, store=store)
     out = check_output_dir(cfg.output)
     if b.check:
         b.check(cfg)
@@ -286,35 +312,56 @@ def run_build(b: Builder, cfg, *, progress: bool = True) -> dict:
         return _build_locked(b, cfg, out, progress=progress)
 
 
-def _build_locked(b: Builder, cfg, out: Path, *, progress: bool) -> dict:
+def _build_locked(b: Builder, cfg, out: Path, *, progress: bool, store=None) -> dict:
+    """The build in ``out``: the output folder, or the staging folder of ``store``."""
+    from builders.common import remote
+
     units, digest = b.plan(cfg)
+    if store is not None:
+        remote.pull_build_files(store, out)
     check_resumable(cfg, out, run_only=b.run_only(cfg) if callable(b.run_only) else b.run_only)
     check_plan(digest, sum(unit_size(u) for u in units), out, overwrite=cfg.overwrite)
-    prepare_output(units, out, prefix=b.prefix, overwrite=cfg.overwrite)
+    if store is None:
+        prepare_output(units, out, prefix=b.prefix, overwrite=cfg.overwrite)
+    else:
+        remote.prepare_store(units, store, out, prefix=b.prefix, overwrite=cfg.overwrite)
     save_build_files(cfg, out, digest=digest, units=units)
+    unit_fn = b.unit
+    if store is not None:
+        remote.push_build_files(store, out)
+        unit_fn = remote.wrap_unit(b.unit, store.url, rebuild=b.rebuild(cfg), verify=b.verify(cfg))
     start = time.perf_counter()
     place = b.place(cfg) if b.place else RunPlacement(cfg, workers=cfg.workers)
     results, failures = run_with_progress(
-        b.unit, units, place.cfg, str(out), *b.unit_args(cfg, out), executor=cfg.executor,
+        unit_fn, units, place.cfg, str(out), *b.unit_args(cfg, out), executor=cfg.executor,
         workers=place.workers, address=cfg.ray_address, desc=b.desc, progress=progress,
         gpus_per_task=place.gpus_per_task, keep_going=b.keep_going, gpus=place.gpus,
         preload=b.preload)
     fatal = [f for f in failures if isinstance(f.exc, b.fatal)] if b.fatal else []
     if fatal:  # not a unit's bad luck: the input itself is wrong
         raise fatal[0].exc
+    if store is not None:
+        remote.pull_unit_files(units, store, out)
     if b.check_results:
-        b.check_results(cfg, results, units, out)
+        try:
+            b.check_results(cfg, results, units, out)
+        except Exception:
+            if store is not None:
+                remote.remove_units(units, store, out)
+            raise
     summary = write_indexes(out, results, prefix=b.prefix, builder=b.tool,
-                            resolved=config_to_dict(cfg), counts=b.counts)
+                            resolved=config_to_dict(cfg), counts=b.counts, require_tar=store is None)
     if b.add_stats:
         b.add_stats(cfg, results, out, summary)
     if b.keep_going:
         record_failures(out, failures, summary)
     summary["resumed_shards"] = sum(r.resumed for r in results)
     write_summary(out, summary)
-    shown = b.preview(cfg, units, out) if (b.preview and cfg.preview) else None
+    shown = b.preview(cfg, units, out, store) if (b.preview and cfg.preview) else None
     if shown is not None:
-        summary["preview"] = str(shown)
+        summary["preview"] = str(shown) if store is None else store.url_of(PREVIEW_NAME)
+    if store is not None:
+        remote.push_indexes(store, out, b.splits, failures=b.keep_going)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     summary["rebuilt_shards"] = sum(r.rebuilt for r in results)
     return summary

@@ -32,6 +32,7 @@ from builders.common.inputs import SPLITS, read_items
 from builders.common.output import refuse_empty_build
 from builders.common.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
 from builders.common.preview import write_preview
+from builders.common.remote import shard_for_preview
 from builders.real.config import RealBuildConfig
 from builders.real.unit import build_unit
 
@@ -80,15 +81,18 @@ def _refuse_empty(cfg: RealBuildConfig, results: list[UnitResult], units: list[U
                        build_files=(CONFIG_NAME, PLAN_NAME))
 
 
-def _preview(cfg: RealBuildConfig, units: list[Unit], out: Path) -> Path | None:
+def _preview(cfg: RealBuildConfig, units: list[Unit], out: Path, store=None) -> Path | None:
     first = next((u.path(out) for u in units if u.split == "train"), None)
+    if first is not None and store is not None:
+        first = shard_for_preview(first, store, out)
     return write_preview(first, out / PREVIEW_NAME) if first is not None and first.exists() else None
 
 
 BUILDER = driver.Builder(tool="builders.real", prefix=SHARD_PREFIX, splits=SPLITS, run_only=_RUN_ONLY,
                          plan=_plan, unit=build_unit, counts=_kind_counts, desc="real build",
                          usage="--input DIR_OR_FILE --output DIR",
-                         place=_place, check_results=_refuse_empty, preview=_preview)
+                         place=_place, check_results=_refuse_empty, preview=_preview,
+                         verify=lambda cfg: cfg.verify)
 
 
 def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:

@@ -22,6 +22,7 @@ from pathlib import Path
 from builders.common import driver
 from builders.common import gpus as gpu_choice
 from builders.common.driver import PREVIEW_NAME, UnitResult
+from builders.common.remote import shard_for_preview
 from builders.synthetic import sources
 from builders.synthetic.config import STAGES, SyntheticBuildConfig
 from builders.synthetic.preview import write_synthetic_preview
@@ -127,8 +128,11 @@ def _place(cfg: SyntheticBuildConfig) -> driver.RunPlacement:
     return driver.RunPlacement(cfg, gpus_per_task(cfg), None, cfg.workers)
 
 
-def _preview(cfg: SyntheticBuildConfig, units: list, out: Path) -> Path | None:
-    first = next((u.path(out) for u in units if u.path(out).exists()), None)
+def _preview(cfg: SyntheticBuildConfig, units: list, out: Path, store=None) -> Path | None:
+    def present(u) -> bool:  # a failed unit has no shard; on a store, fetch the first there is
+        return (shard_for_preview(u.path(out), store, out) if store is not None else u.path(out)).exists()
+
+    first = next((u.path(out) for u in units if present(u)), None)
     if first is None:
         return None
     return write_synthetic_preview(first, out / PREVIEW_NAME, work_dir=work_dir_of(cfg, out))
@@ -139,7 +143,8 @@ BUILDER = driver.Builder(
     plan=_plan, unit=build_unit, counts=_counts, desc="synthetic build",
     usage="--input SHARDS_OR_IMAGES --output DIR", check=_check,
     unit_args=lambda cfg, out: (work_dir_of(cfg, out),), place=_place, preload=(STAGE_LIBRARIES,),
-    keep_going=True, fatal=(sources.SplitRefused,), add_stats=_add_stats, preview=_preview)
+    keep_going=True, fatal=(sources.SplitRefused,), add_stats=_add_stats, preview=_preview,
+    rebuild=lambda cfg: cfg.overwrite or bool(cfg.rerun_stages()))
 
 
 def build_synthetic(cfg: SyntheticBuildConfig, *, progress: bool = True) -> dict:
