@@ -185,7 +185,7 @@ class StoreLock:
         except FileExistsError:
             return False
         except OSError as e:
-            if "precondition" in str(e).lower():
+            if "condition" in str(e).lower():  # S3 PreconditionFailed (If-Match), EINVAL in s3fs
                 return False
             raise
         fs.invalidate_cache(self._key)
