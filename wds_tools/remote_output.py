@@ -30,12 +30,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from hashlib import sha1
 from pathlib import Path
 
 from wds_tools.lock import LockHeld, describe_holder, pid_alive, process_start_time
-from wds_tools.urls import has_scheme, store_errors, url_to_fs
+from wds_tools.urls import CREDENTIALS_HINT, StoreAccessError, has_scheme, store_errors, url_to_fs
 
 log = logging.getLogger("wds_tools")
 STAGING_ENV = "WDS_STAGING_DIR"  # where URL outputs are staged (default: the system temp folder)
@@ -71,13 +71,19 @@ class Store:
         """List the prefix: missing credentials or a refusal is a one-line StoreAccessError, a
         missing bucket a one-line FileNotFoundError, before any work is done."""
         bucket = self.root.split("/", 1)[0]
-        with store_errors(self.url):
-            try:
-                self.fs.ls(self.root, detail=False, refresh=True)
-            except FileNotFoundError:
-                if not self.fs.exists(bucket):
-                    raise FileNotFoundError(f"output {self.url!r}: the bucket {bucket!r} does not exist "
-                                            f"(or is not visible with these credentials)") from None
+        try:
+            with store_errors(self.url):
+                try:
+                    self.fs.ls(self.root, detail=False, refresh=True)
+                except FileNotFoundError:
+                    if not self.fs.exists(bucket):
+                        raise FileNotFoundError(f"output {self.url!r}: the bucket {bucket!r} does not exist "
+                                                f"(or is not visible with these credentials)") from None
+        except (StoreAccessError, FileNotFoundError):
+            raise
+        except Exception as e:  # an unreachable endpoint: botocore's errors are not OSErrors
+            raise StoreAccessError(f"{self.url!r}: cannot reach the object store ({type(e).__name__}: "
+                                   f"{' '.join(str(e).split())}); {CREDENTIALS_HINT}") from None
 
     def list(self, rel: str = "") -> list[str]:
         """Names (not paths) of the objects directly under ``rel``; [] when there are none."""
@@ -164,6 +170,7 @@ class StoreLock:
         self.tool, self.break_foreign = tool, break_foreign
         self.foreign_stale_s, self.heartbeat_s = foreign_stale_s, heartbeat_s
         self.etag: str | None = None
+        self.held = False
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -245,10 +252,12 @@ class StoreLock:
                 raise self._refusal(holder)
             log.warning("taking over the lock %s of %s: %s", self.store.url_of(self.rel),
                         describe_holder(holder), reason)
-            if self._put(IfMatch=etag) if etag else self._put():
-                break  # only one taker's If-Match on the stale ETag succeeds
+            taken = self._put(IfMatch=etag) if etag else self._put()
+            if taken:  # only one taker's If-Match on the stale ETag succeeds
+                break
         else:
             raise self._refusal(self._holder()[0] or {})
+        self.held = True
         self._beat = threading.Thread(target=self._heartbeat, name="store-lock-heartbeat", daemon=True)
         self._beat.start()
         return self
@@ -256,7 +265,7 @@ class StoreLock:
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                if not self._put(IfMatch=self.etag):
+                if not (self._put(IfMatch=self.etag) if self.etag else self._put()):
                     log.error("the lock %s was taken over by another job", self.store.url_of(self.rel))
                     return
             except Exception:  # noqa: BLE001 - a missed beat is retried; the build goes on
@@ -264,7 +273,7 @@ class StoreLock:
 
     def release(self) -> None:
         """Stop refreshing and delete the lock while it is still this job's."""
-        if self.etag is None:
+        if not self.held:
             return
         self._stop.set()
         if self._beat is not None:
@@ -272,10 +281,22 @@ class StoreLock:
         holder, etag = self._holder()
         if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
             self.store.remove([self.rel])
-        self.etag = None
+        self.held = False
 
     def __enter__(self) -> StoreLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def publish(store: Store, staging: Path, *, shards: Sequence[str], index: Sequence[str],
+            stale: Sequence[str] = ()) -> None:
+    """Upload a finished folder: the old ``index`` objects removed first (no reader follows an
+    index into a set being replaced), each shard then its stats, the ``stale`` objects of an
+    earlier, larger set removed, and the new ``index`` files last."""
+    store.remove(index)
+    for name in shards:
+        store.upload_in_order(staging, (name, name[: -len(".tar")] + ".stats.json"))
+    store.remove(stale)
+    store.upload_in_order(staging, index)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -303,7 +304,10 @@ def run_build(b: Builder, cfg, *, progress: bool = True) -> dict:
         if b.check:
             b.check(cfg)
         with StoreLock(store, tool=b.tool, break_foreign=cfg.break_lock):
-            return _build_locked(b, cfg, fresh_staging(store.url), progress=progress, store=store)
+            staging = fresh_staging(store.url)
+            summary = _build_locked(b, cfg, staging, progress=progress, store=store)
+            shutil.rmtree(staging, ignore_errors=True)  # all of it is on the store now
+            return summary
     out = check_output_dir(cfg.output)
     if b.check:
         b.check(cfg)
