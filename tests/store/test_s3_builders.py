@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from builders.demo_images import make_demo_tree
-from tests.builders.synthetic.build_fixtures import REPO
+from tests.builders.conftest import tiny_vlm  # noqa: F401 - the tiny models of the synthetic stages
+from tests.builders.synthetic.build_fixtures import REPO, model_overrides  # noqa: F401
+from tests.builders.synthetic.conftest import tiny_esrgan, tiny_grounding_dino, tiny_sam, tiny_sd3  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -155,3 +157,66 @@ def test_the_store_lock_refuses_a_live_holder_and_one_taker_wins_a_stale_one(s3_
         assert lock.etag
     s3_server.fs.invalidate_cache()
     assert not s3_server.fs.exists(store.key("build.lock"))  # released
+
+
+def _keys(url_or_dir: str) -> list[str]:
+    from wds_tools.reader import iter_shard
+    from wds_tools.urls import expand_urls
+
+    return sorted(s["__key__"] for u in expand_urls(str(url_or_dir)) for s in iter_shard(u))
+
+
+def _pipeline(root: str, tiles: Path, report: Path, model_overrides: list[str]) -> dict:
+    """real build -> synthetic build -> filter -> materialize, every output under ``root``."""
+    from builders.quality.run import run as run_filter
+    from builders.real.build import build_real
+    from builders.real.config import RealBuildConfig
+    from builders.synthetic.build import build_synthetic
+    from builders.synthetic.config import SyntheticBuildConfig
+    from tests.builders.quality.conftest import tiny_config
+    from tests.builders.synthetic.build_fixtures import FAST, TINY
+    from wds_tools.config import load_config
+    from wds_tools.materialize import MaterializeConfig, materialize
+
+    real, syn, mat = f"{root}/real", f"{root}/syn", f"{root}/mat"
+    build_real(load_config(RealBuildConfig, REPO / "configs/build/real.yaml",
+                           [f"input={tiles}", f"output={real}", *REAL_ARGS]), progress=False)
+    build_synthetic(load_config(SyntheticBuildConfig, TINY, [f"input={real}/train", f"output={syn}", *FAST,
+                                                             *model_overrides, "preview=true"]), progress=False)
+    sets = [f"{real}/train", f"{syn}/train"]
+    filtered = run_filter(tiny_config(report.parent, f"input=[{','.join(sets)}]", f"output={report}",
+                                      "selection.min_clip_score_synthetic=0.0"))
+    materialize(MaterializeConfig(input=sets, output=mat, maxcount=4))
+    return {"real": _keys(f"{real}/train") + _keys(f"{real}/val"), "synthetic": _keys(f"{syn}/train"),
+            "kept": filtered["kept"], "kept_keys": _kept_keys(sets), "materialized": _keys(mat)}
+
+
+def _kept_keys(sets: list[str]) -> list[str]:
+    """Keys the filter's sidecars (read beside the shards) select."""
+    from wds_tools import quality_record
+    from wds_tools.reader import iter_shard
+    from wds_tools.urls import expand_urls
+
+    return sorted(s["__key__"] for d in sets for u in expand_urls(d)
+                  for s in iter_shard(u, sidecars=[quality_record.SIDECAR])
+                  if quality_record.keep(quality_record.decode(s[quality_record.MEMBER])))
+
+
+def test_real_synthetic_filter_materialize_on_s3_equal_local(s3_server, tmp_path, model_overrides,  # noqa: F811
+                                                             monkeypatch):
+    monkeypatch.setenv("WDS_STAGING_DIR", str(tmp_path / "staging"))
+    tiles = _tiles(tmp_path)
+    local = _pipeline(str(tmp_path / "local"), tiles, tmp_path / "lr" / "report", model_overrides)
+    remote = _pipeline(s3_server.url("p"), tiles, tmp_path / "sr" / "report", model_overrides)
+    assert local["synthetic"] and local["materialized"] == local["kept_keys"]
+    assert 0 < len(local["kept_keys"]) == local["kept"]
+    assert remote == local
+    on_store = _store_files(s3_server, s3_server.url("p"))
+    on_disk = _local_files(tmp_path / "local")
+    for name in ("real/train/dataset.json", "syn/train/dataset.json", "mat/dataset.json", "syn/preview.png"):
+        assert name in on_store, name
+    # the filter's verdicts beside the s3 shards, as beside the local ones
+    sidecars = sorted(n for n in on_disk if n.endswith(".quality.tar") or n.endswith("selection.json"))
+    assert sidecars and sorted(n for n in on_store if n in sidecars) == sidecars
+    assert not any(n.startswith("syn/work/") for n in on_store)  # intermediates stay local
+    assert not (tmp_path / "staging").exists() or not any((tmp_path / "staging").rglob("*.tar"))
