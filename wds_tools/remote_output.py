@@ -21,16 +21,18 @@ it and a plain delete-then-create take-over: there only ``--break-lock`` discipl
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import posixpath
 import shutil
 import socket
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from hashlib import sha1
 from pathlib import Path
 
@@ -145,6 +147,19 @@ class Store:
                 except FileNotFoundError:
                     pass
             self.fs.invalidate_cache(self.key(rel))
+
+
+@contextlib.contextmanager
+def staged_upload(url: str) -> Iterator[Path]:
+    """A local temporary path to finish one file in; uploaded whole to ``url`` when the block ends
+    without an error (a sidecar, a ``selection.json`` beside remote shards)."""
+    fs, path = url_to_fs(url)
+    with tempfile.TemporaryDirectory(prefix="upload-") as tmp:
+        local = Path(tmp) / posixpath.basename(path)
+        yield local
+        with store_errors(url):
+            fs.put_file(str(local), path)
+        fs.invalidate_cache(path)
 
 
 def fresh_staging(url: str) -> Path:
