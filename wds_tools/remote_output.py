@@ -77,8 +77,8 @@ class Store:
             with store_errors(self.url):
                 try:
                     self.fs.ls(self.root, detail=False, refresh=True)
-                except FileNotFoundError:
-                    if not self.fs.exists(bucket):
+                except FileNotFoundError:  # a new prefix; on an object store its bucket must exist
+                    if self.proto in ("s3", "s3a", "gs", "gcs") and not self.fs.exists(bucket):
                         raise FileNotFoundError(f"output {self.url!r}: the bucket {bucket!r} does not exist "
                                                 f"(or is not visible with these credentials)") from None
         except (StoreAccessError, FileNotFoundError):

@@ -11,6 +11,8 @@ images)::
     OUT/val/real-val-000000.tar ...                                   (when there is a val split)
     OUT/test/real-test-000000.tar ...                                 (when there is a test split)
 
+OUT may be a URL (``s3://bucket/set``): see builders.common.remote for how it is uploaded.
+
 Each split's ``dataset.json`` carries ``real_original``, ``real_augmented`` and ``zoom_crops``
 counts besides the by-source/caption-source/class/kind stats. A finished shard (tar + stats)
 is skipped on rerun (when its size, and with ``verify=true`` its sha256, matches its stats);

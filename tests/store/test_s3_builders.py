@@ -125,6 +125,13 @@ def test_bad_credentials_are_one_line_at_start(start_s3_server, tmp_path):
     assert not (tmp_path / "staging").exists()
 
 
+def test_a_missing_bucket_is_one_line_at_start(s3_server, tmp_path):
+    done = _real_cli(_tiles(tmp_path), "s3://no-such-bucket/real", env=_env(tmp_path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "the bucket 'no-such-bucket' does not exist" in done.stderr.splitlines()[-1]
+    assert not (tmp_path / "staging").exists()
+
+
 def test_the_store_lock_refuses_a_live_holder_and_one_taker_wins_a_stale_one(s3_server, tmp_path):
     import socket
     import time
