@@ -78,6 +78,7 @@ def store_unit(fn: Callable, url: str, rebuild: bool, verify: bool, unit, cfg, o
         r = result_from_disk(unit, out)
         extra = out / rels[2]
         r.extra = json.loads(extra.read_text()) if extra.exists() else {}
+        r.extra.pop("stage_seconds", None)  # time spent by the run that built it, not by this one
         return r
     split_dir = rels[0].rsplit("/", 1)[0]
     stem = shard.name[: -len(".tar")]
