@@ -59,12 +59,15 @@ def read_stats(shard_path: str | Path) -> ShardStats:
     return ShardStats.from_dict(json.loads(stats_path(shard_path).read_text()))
 
 
-def list_shard_stats(output_dir: str | Path) -> list[ShardStats]:
-    """Stats of every finished shard in ``output_dir`` (sidecars have no stats), sorted by name."""
+def list_shard_stats(output_dir: str | Path, *, require_tar: bool = True) -> list[ShardStats]:
+    """Stats of every finished shard in ``output_dir`` (sidecars have no stats), sorted by name.
+
+    ``require_tar=False``: the stats alone say a shard is finished (a staging folder whose tars
+    were uploaded to a store and removed here)."""
     out = []
     for p in sorted(Path(output_dir).glob(f"*{STATS_SUFFIX}")):
         stem = p.name[: -len(STATS_SUFFIX)]
-        if "." in stem or not (p.parent / f"{stem}.tar").exists():
+        if "." in stem or (require_tar and not (p.parent / f"{stem}.tar").exists()):
             continue
         out.append(ShardStats.from_dict(json.loads(p.read_text())))
     return out
@@ -80,10 +83,11 @@ def classes_per_shard(by_class: list[dict]) -> dict:
     return {"min": counts[0], "median": median, "max": counts[-1]}
 
 
-def write_index(output_dir: str | Path, *, name: str, extra: dict | None = None) -> dict:
+def write_index(output_dir: str | Path, *, name: str, extra: dict | None = None,
+                require_tar: bool = True) -> dict:
     """Write ``sizes.json`` (open_clip's trainer reads it) and ``dataset.json`` for ``output_dir``."""
     output_dir = Path(output_dir)
-    shards = list_shard_stats(output_dir)
+    shards = list_shard_stats(output_dir, require_tar=require_tar)
     totals = {f: Counter() for f in COUNT_FIELDS}
     for s in shards:
         for f in COUNT_FIELDS:

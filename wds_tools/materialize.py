@@ -9,13 +9,16 @@ has its own ``dataset.json`` (with kept/dropped counts), ``sizes.json`` and the 
 ``config.yaml``.
 
 One run per output folder at a time (the lock ``materialize.lock`` there); a run starts by deleting
-the temporary files a killed run left in it, and a write that fails deletes its own.
+the temporary files a killed run left in it, and a write that fails deletes its own. An output URL
+(``s3://...``) is written in a local staging folder and published whole, index last
+(``wds_tools.remote_output``; the lock is then a conditional put on the store).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,8 @@ from wds_tools.lock import OutputLock, remove_stale_temps
 from wds_tools.manifest import stats_path, write_index
 from wds_tools.progress import progress
 from wds_tools.reader import SkipLog, iter_shard
-from wds_tools.urls import expand_urls, is_remote, is_shard_name, local_output
+from wds_tools.remote_output import Store, StoreLock, fresh_staging, is_url_output, publish
+from wds_tools.urls import expand_urls, is_remote, is_shard_name
 from wds_tools.writer import RollingShardWriter
 
 log = logging.getLogger("wds_tools.materialize")
@@ -57,10 +61,21 @@ class MaterializeConfig:
                 raise ValueError(f"require_keep member {member!r} is not from a joined sidecar {self.sidecars}")
 
 
+def _check_url_apart(output: str, inputs: Sequence[str], urls: Sequence[str]) -> None:
+    out = output.rstrip("/")
+    places = {u.rsplit("/", 1)[0] for u in urls if is_remote(u)} | {i.rstrip("/") for i in inputs if is_remote(i)}
+    for place in sorted(places):
+        if out == place or out.startswith(place + "/") or place.startswith(out + "/"):
+            raise ValueError(f"output {output!r} overlaps the input {place!r}: materialize into a separate folder")
+
+
 def check_output_apart(output: str | Path, inputs: Sequence[str], urls: Sequence[str]) -> None:
     """Refuse an output folder that is, contains or lies inside an input (it would rewrite its
     index and add its own shards to it); ``urls`` are the expanded input shards."""
-    out = local_output(output, "output").resolve()
+    if is_url_output(output):
+        _check_url_apart(str(output), inputs, urls)
+        return
+    out = Path(output).resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {str(output)!r} is a file, not a folder")
     places = {Path(u).resolve().parent for u in urls if not is_remote(u) and not u.startswith("pipe:")}
@@ -128,11 +143,28 @@ def materialize(cfg: MaterializeConfig) -> dict:
         raise ValueError(f"materialize needs input and output, got input={cfg.input!r} output={cfg.output!r}")
     urls = expand_urls(cfg.input, allow_pipe=cfg.allow_pipe)
     check_output_apart(cfg.output, cfg.input, urls)
+    if is_url_output(cfg.output):
+        return _materialize_to_store(cfg, urls)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     with OutputLock(out / LOCK_NAME, tool="wds_tools.materialize"):
         remove_stale_temps(out)
         return _materialize_locked(cfg, urls, out)
+
+
+def _materialize_to_store(cfg: MaterializeConfig, urls: list[str]) -> dict:
+    """The reshard finished in a staging folder, then published whole (``wds_tools.remote_output``)."""
+    store = Store(cfg.output)
+    store.check_access()
+    with StoreLock(store, LOCK_NAME, tool="wds_tools.materialize"):
+        staging = fresh_staging(store.url)
+        manifest = _materialize_locked(cfg, urls, staging)
+        shards = sorted(p.name for p in staging.glob(f"{cfg.prefix}-*.tar") if is_shard_name(p.name))
+        old = [n for n in store.list() if n.startswith(f"{cfg.prefix}-") and is_shard_name(n) and n not in shards]
+        publish(store, staging, shards=shards, index=("config.yaml", "sizes.json", "dataset.json"),
+                stale=[n for t in old for n in (t[: -len(".tar")] + ".stats.json", t)])
+        shutil.rmtree(staging, ignore_errors=True)
+        return manifest
 
 
 def _materialize_locked(cfg: MaterializeConfig, urls: list[str], out: Path) -> dict:

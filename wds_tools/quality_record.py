@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,9 +33,10 @@ import msgpack
 
 from wds_tools.atomic import write_json
 from wds_tools.reader import iter_tar_samples
+from wds_tools.remote_output import staged_upload
 from wds_tools.shard_identity import identity_problem, mtime_ns, sha256_url
 from wds_tools.skips import SkipLog
-from wds_tools.urls import is_remote, open_url, sidecar_url, url_exists, url_to_fs
+from wds_tools.urls import is_remote, open_url, sidecar_url, url_exists
 
 SIDECAR = "quality"
 MEMBER = f"{SIDECAR}.msgpack"
@@ -206,9 +206,8 @@ def write_selection(doc: dict, folder: str) -> str:
     if not is_remote(folder):
         return str(write_json(Path(folder) / SELECTION_NAME, rel))
     url = f"{folder.rstrip('/')}/{SELECTION_NAME}"
-    fs, path = url_to_fs(url)
-    with tempfile.TemporaryDirectory(prefix="selection-") as tmp:
-        fs.put_file(str(write_json(Path(tmp) / SELECTION_NAME, rel)), path)
+    with staged_upload(url) as local:
+        write_json(local, rel)
     return url
 
 

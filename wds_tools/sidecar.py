@@ -17,14 +17,13 @@ from __future__ import annotations
 import itertools
 import json
 import tarfile
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import fsspec
 import msgpack
 
 from wds_tools.reader import is_reserved_key, is_unsafe_ext, iter_tar_samples, split_member_name
+from wds_tools.remote_output import staged_upload
 from wds_tools.sample import check_key
 from wds_tools.tar_members import iter_members
 from wds_tools.urls import is_remote, open_url, sidecar_url
@@ -115,11 +114,8 @@ def write_sidecar(
     if not is_remote(out):
         write_tar_members(Path(out), members)
         return Path(out)
-    fs, remote_path = fsspec.core.url_to_fs(out)
-    with tempfile.TemporaryDirectory(prefix="sidecar-") as tmp:
-        local = Path(tmp) / Path(remote_path).name
+    with staged_upload(out) as local:
         write_tar_members(local, members)
-        fs.put_file(str(local), remote_path)
     return out
 
 

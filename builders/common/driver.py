@@ -1,17 +1,21 @@
 """The build driver both shard builders share: resume checks, output preparation, plan digest,
 units on workers with progress, per-split indexes and the build summary.
 
-A builder plans its input into units (anything with ``name``, ``split``, ``items`` and
-``path(out)``), then calls, in order: :func:`check_resumable` (refuse a changed recipe),
-:func:`check_plan` (refuse a changed input), :func:`prepare_output` (drop a killed writer's temp
-files, refuse foreign shards), :func:`save_build_files`, :func:`run_with_progress` and
-:func:`write_indexes`. A finished shard (tar + stats) is kept on rerun; ``overwrite`` rebuilds.
+A builder describes itself in a :class:`Builder` (its shard prefix, splits, how it plans units,
+its unit function and hooks) and calls :func:`run_build`, which runs the one sequence: check and
+lock the output, drop killed writers' temp files, plan units (anything with ``name``, ``split``,
+``items`` and ``path(out)``), :func:`check_resumable` (refuse a changed recipe),
+:func:`check_plan` (refuse a changed input), :func:`prepare_output` (refuse foreign shards),
+:func:`save_build_files`, :func:`run_with_progress`, :func:`write_indexes`, the build summary and
+the preview. A finished shard (tar + stats) is kept on rerun; ``overwrite`` rebuilds.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
+import shutil
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +38,7 @@ PREVIEW_NAME = "preview.png"
 SUMMARY_NAME = "build_summary.json"
 FAILURES_NAME = "build_failures.json"
 # Settings that may change between a partial build and its resumption.
-RUN_ONLY = ("overwrite", "executor", "workers", "ray_address", "output")
+RUN_ONLY = ("overwrite", "executor", "workers", "ray_address", "output", "break_lock")
 
 
 @dataclass
@@ -59,6 +63,7 @@ class UnitFailure:
 
     name: str
     error: str
+    exc: BaseException | None = field(default=None, repr=False, compare=False)  # the unit's own exception
 
 
 def unit_size(unit) -> int:
@@ -113,35 +118,50 @@ def check_plan(digest: str, images: int, out: Path, *, overwrite: bool) -> None:
                           f"{images} images, or other keys); rerun with --overwrite to rebuild it")
 
 
-def prepare_output(units: Sequence, out: Path, *, prefix: str, overwrite: bool) -> None:
-    """Remove temp leftovers; with overwrite, remove old shards, their sidecars (quality verdicts
-    of the old pixels) and the split's ``selection.json``; refuse foreign stale shards.
-
-    A shard rebuilt without overwrite drops its own sidecars when it is written
-    (``wds_tools.writer``)."""
-    own = re.compile(rf"^{re.escape(prefix)}-(train|val|test)-\d{{6}}\.(tar|stats\.json|skips\.json)$")
+def classify_output(names_by_split: dict[str, list[str]], planned: set[str], *, prefix: str,
+                    overwrite: bool) -> tuple[list[str], list[str], list[str]]:
+    """From the file names in each split folder: (killed writers' temp files, files to delete,
+    foreign stale shards), paths relative to the output. Deleted with ``overwrite``: this
+    builder's shards, their sidecars (quality verdicts of the old pixels) and ``selection.json``."""
+    own = re.compile(rf"^{re.escape(prefix)}-(train|val|test)-\d{{6}}\.(tar|stats\.json|skips\.json|result\.json)$")
     sidecar = re.compile(rf"^{re.escape(prefix)}-(train|val|test)-\d{{6}}\.[^.]+\.tar$")
-    planned = {u.path(out).name for u in units}
-    stale = []
-    for split in SPLITS:
-        d = out / split
-        if not d.is_dir():
-            continue
-        for p in d.iterdir():
-            if ".tmp-" in p.name and p.name.startswith(f"{prefix}-"):
-                p.unlink()  # a killed writer's temp file: never a finished shard
-            elif own.match(p.name):
-                tar_name = p.name.split(".", 1)[0] + ".tar"
+    temps, delete, stale = [], [], []
+    for split, names in names_by_split.items():
+        for name in names:
+            if ".tmp-" in name and name.startswith(f"{prefix}-"):
+                temps.append(f"{split}/{name}")  # a killed writer's temp file: never a finished shard
+            elif own.match(name):
                 if overwrite:
-                    p.unlink()
-                elif tar_name not in planned:
-                    stale.append(p.name)
-            elif overwrite and (sidecar.match(p.name) or p.name == SELECTION_NAME):
-                p.unlink()
-                log.info("removed %s: it describes the shards --overwrite rebuilds", p)
+                    delete.append(f"{split}/{name}")
+                elif name.split(".", 1)[0] + ".tar" not in planned:
+                    stale.append(name)
+            elif overwrite and (sidecar.match(name) or name == SELECTION_NAME):
+                delete.append(f"{split}/{name}")
+    return temps, delete, stale
+
+
+def refuse_stale(out: str | Path, stale: list[str]) -> None:
     if stale:
         raise ValueError(f"{out} holds shards this input does not produce ({sorted(stale)[:5]}...); "
                          f"rerun with --overwrite to rebuild the folder")
+
+
+def prepare_output(units: Sequence, out: Path, *, prefix: str, overwrite: bool) -> None:
+    """Remove temp leftovers; with overwrite, remove old shards, their sidecars and the split's
+    ``selection.json``; refuse foreign stale shards (:func:`classify_output`).
+
+    A shard rebuilt without overwrite drops its own sidecars when it is written
+    (``wds_tools.writer``)."""
+    names = {split: sorted(p.name for p in (out / split).iterdir())
+             for split in SPLITS if (out / split).is_dir()}
+    temps, delete, stale = classify_output(names, {Path(u.path(out)).name for u in units},
+                                           prefix=prefix, overwrite=overwrite)
+    for rel in temps + delete:
+        (out / rel).unlink(missing_ok=True)
+    if delete:
+        log.info("removed %d files of the earlier build in %s (--overwrite): its shards, their "
+                 "sidecars and selection files", len(delete), out)
+    refuse_stale(out, stale)
 
 
 def save_build_files(cfg, out: Path, *, digest: str, units: Sequence) -> None:
@@ -181,7 +201,7 @@ def run_with_progress(fn: Callable, units: Sequence, *args, executor: str, worke
         if path_error(exc) is not None:  # a read-only or full output: every other unit would fail alike
             raise exc
         log.error("unit %s failed: %s: %s", unit.name, type(exc).__name__, exc)
-        failures.append(UnitFailure(unit.name, f"{type(exc).__name__}: {exc}"))
+        failures.append(UnitFailure(unit.name, f"{type(exc).__name__}: {exc}", exc))
         bar.update(unit_size(unit))
 
     try:
@@ -194,7 +214,7 @@ def run_with_progress(fn: Callable, units: Sequence, *args, executor: str, worke
 
 
 def write_indexes(out: Path, results: list[UnitResult], *, prefix: str, builder: str,
-                  resolved: dict, counts: Callable[[Counter], dict]) -> dict:
+                  resolved: dict, counts: Callable[[Counter], dict], require_tar: bool = True) -> dict:
     """dataset.json + sizes.json per split folder and build_summary.json; returns the summary.
 
     ``counts(kinds)`` names the builder's own headline counts from the by-kind tally.
@@ -213,7 +233,7 @@ def write_indexes(out: Path, results: list[UnitResult], *, prefix: str, builder:
         named = counts(kinds)
         extra = {**named, "split": split, "source_images": sum(r.source_images for r in rs),
                  "skipped": dict(sorted(skips.items())), "builder": builder, "config": resolved}
-        manifest = write_index(out / split, name=f"{prefix}-{split}", extra=extra)
+        manifest = write_index(out / split, name=f"{prefix}-{split}", extra=extra, require_tar=require_tar)
         summary["splits"][split] = {
             "shards": manifest["num_shards"], "samples": manifest["total_samples"],
             "source_images": extra["source_images"], **named, "skipped": extra["skipped"],
@@ -243,3 +263,122 @@ def record_failures(out: Path, failures: list[UnitFailure], summary: dict) -> No
 
 def write_summary(out: Path, summary: dict) -> None:
     write_json(out / SUMMARY_NAME, summary)
+
+
+@dataclass(frozen=True)
+class Builder:
+    """What a shard builder plugs into :func:`run_build`; ``cfg`` is its config (with ``input``,
+    ``output``, ``overwrite``, ``executor``, ``workers``, ``ray_address``, ``preview`` and
+    ``break_lock``)."""
+
+    tool: str                                  # the lock's holder and the index's "builder"
+    prefix: str                                # shard names: PREFIX-SPLIT-NNNNNN.tar
+    splits: Sequence[str]                      # split folders it may write
+    run_only: Sequence[str] | Callable         # config keys a resumed run may change (or run_only(cfg))
+    plan: Callable                             # plan(cfg) -> (units, digest)
+    unit: Callable                             # unit(u, run_cfg, out, *unit_args(cfg, out)) -> UnitResult
+    counts: Callable[[Counter], dict]          # its headline counts from the by-kind tally
+    desc: str = "build"
+    usage: str = "--input INPUT --output DIR"  # named when input or output is missing
+    check: Callable | None = None              # check(cfg) before the output is locked; may raise
+    unit_args: Callable = lambda cfg, out: ()
+    place: Callable | None = None              # place(cfg) -> RunPlacement (default: workers on CPU)
+    preload: Sequence[str] = ()                # modules every local worker imports at start
+    keep_going: bool = False                   # record a failing unit and go on
+    fatal: tuple[type[BaseException], ...] = ()  # a unit failing with one of these stops the build
+    check_results: Callable | None = None      # check_results(cfg, results, units, out) may raise
+    add_stats: Callable | None = None          # add_stats(cfg, results, out, summary) before the summary
+    preview: Callable | None = None            # preview(cfg, units, out, store) -> path or None
+    rebuild: Callable = lambda cfg: cfg.overwrite  # every shard is built again (not resumed)
+    verify: Callable = lambda cfg: False       # a resumed shard's sha256 is checked
+
+
+@dataclass(frozen=True)
+class RunPlacement:
+    """Where units run: the config the workers get, GPUs per task, the GPU pool and workers."""
+
+    cfg: object
+    gpus_per_task: float = 0.0
+    gpus: Sequence[str] | None = None
+    workers: int = 0
+
+
+def run_build(b: Builder, cfg, *, progress: bool = True) -> dict:
+    """Check, lock and build ``cfg.output`` (a folder, or a URL: see :mod:`builders.common.remote`);
+    returns the summary (also in build_summary.json)."""
+    from builders.common.output import check_output_dir, lock_output, remove_killed_temps
+    from wds_tools.remote_output import Store, StoreLock, fresh_staging, is_url_output
+
+    if not cfg.input or not cfg.output:
+        raise ConfigError(f"both input and output must be set ({b.usage})")
+    if is_url_output(cfg.output):
+        store = Store(cfg.output)
+        store.check_access()  # bad credentials: one line now, not after the first unit's work
+        if b.check:
+            b.check(cfg)
+        with StoreLock(store, tool=b.tool, break_foreign=cfg.break_lock):
+            staging = fresh_staging(store.url)
+            summary = _build_locked(b, cfg, staging, progress=progress, store=store)
+            shutil.rmtree(staging, ignore_errors=True)  # all of it is on the store now
+            return summary
+    out = check_output_dir(cfg.output)
+    if b.check:
+        b.check(cfg)
+    with lock_output(out, tool=b.tool, break_lock=cfg.break_lock):
+        remove_killed_temps(out, b.splits)  # e.g. a dataset.json cut by a kill: no one else writes here
+        return _build_locked(b, cfg, out, progress=progress)
+
+
+def _build_locked(b: Builder, cfg, out: Path, *, progress: bool, store=None) -> dict:
+    """The build in ``out``: the output folder, or the staging folder of ``store``."""
+    from builders.common import remote
+
+    units, digest = b.plan(cfg)
+    if store is not None:
+        remote.pull_build_files(store, out)
+    check_resumable(cfg, out, run_only=b.run_only(cfg) if callable(b.run_only) else b.run_only)
+    check_plan(digest, sum(unit_size(u) for u in units), out, overwrite=cfg.overwrite)
+    if store is None:
+        prepare_output(units, out, prefix=b.prefix, overwrite=cfg.overwrite)
+    else:
+        remote.prepare_store(units, store, out, prefix=b.prefix, overwrite=cfg.overwrite)
+    save_build_files(cfg, out, digest=digest, units=units)
+    unit_fn = b.unit
+    if store is not None:
+        remote.push_build_files(store, out)
+        unit_fn = remote.wrap_unit(b.unit, store.url, rebuild=b.rebuild(cfg), verify=b.verify(cfg))
+    start = time.perf_counter()
+    place = b.place(cfg) if b.place else RunPlacement(cfg, workers=cfg.workers)
+    results, failures = run_with_progress(
+        unit_fn, units, place.cfg, str(out), *b.unit_args(cfg, out), executor=cfg.executor,
+        workers=place.workers, address=cfg.ray_address, desc=b.desc, progress=progress,
+        gpus_per_task=place.gpus_per_task, keep_going=b.keep_going, gpus=place.gpus,
+        preload=b.preload)
+    fatal = [f for f in failures if isinstance(f.exc, b.fatal)] if b.fatal else []
+    if fatal:  # not a unit's bad luck: the input itself is wrong
+        raise fatal[0].exc
+    if store is not None:
+        remote.pull_unit_files(units, store, out)
+    if b.check_results:
+        try:
+            b.check_results(cfg, results, units, out)
+        except Exception:
+            if store is not None:
+                remote.remove_units(units, store, out)
+            raise
+    summary = write_indexes(out, results, prefix=b.prefix, builder=b.tool,
+                            resolved=config_to_dict(cfg), counts=b.counts, require_tar=store is None)
+    if b.add_stats:
+        b.add_stats(cfg, results, out, summary)
+    if b.keep_going:
+        record_failures(out, failures, summary)
+    summary["resumed_shards"] = sum(r.resumed for r in results)
+    write_summary(out, summary)
+    shown = b.preview(cfg, units, out, store) if (b.preview and cfg.preview) else None
+    if shown is not None:
+        summary["preview"] = str(shown) if store is None else store.url_of(PREVIEW_NAME)
+    if store is not None:
+        remote.push_indexes(store, out, b.splits, failures=b.keep_going)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    summary["rebuilt_shards"] = sum(r.rebuilt for r in results)
+    return summary

@@ -11,6 +11,8 @@ images)::
     OUT/val/real-val-000000.tar ...                                   (when there is a val split)
     OUT/test/real-test-000000.tar ...                                 (when there is a test split)
 
+OUT may be a URL (``s3://bucket/set``): see builders.common.remote for how it is uploaded.
+
 Each split's ``dataset.json`` carries ``real_original``, ``real_augmented`` and ``zoom_crops``
 counts besides the by-source/caption-source/class/kind stats. A finished shard (tar + stats)
 is skipped on rerun (when its size, and with ``verify=true`` its sha256, matches its stats);
@@ -20,7 +22,6 @@ see builders.common.output), so leftover temp files from a killed build are remo
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -30,46 +31,23 @@ from builders.common import driver
 from builders.common.driver import CONFIG_NAME, PLAN_NAME, PREVIEW_NAME, SUMMARY_NAME, UnitResult  # noqa: F401
 from builders.common.gpus import Placement, place_model
 from builders.common.inputs import SPLITS, read_items
-from builders.common.output import check_output_dir, lock_output, refuse_empty_build, remove_killed_temps
+from builders.common.output import refuse_empty_build
 from builders.common.plan import SHARD_PREFIX, Unit, plan_digest, plan_units
 from builders.common.preview import write_preview
+from builders.common.remote import shard_for_preview
 from builders.real.config import RealBuildConfig
 from builders.real.unit import build_unit
-from wds_tools.config import ConfigError, config_to_dict
 
 log = logging.getLogger(__name__)
 
 # Settings that may change between a partial build and its resumption.
-_RUN_ONLY = driver.RUN_ONLY + ("verify", "break_lock")
+_RUN_ONLY = driver.RUN_ONLY + ("verify",)
 _KIND_COUNTS = {"real_original": "original", "real_augmented": "augmented",
                 "zoom_crops": "zoom_crop"}
 
 
-def check_resumable(cfg: RealBuildConfig, out: Path) -> None:
-    """Refuse to mix shards from a different recipe into this output folder."""
-    driver.check_resumable(cfg, out, run_only=_RUN_ONLY)
-
-
-def check_plan(units: list[Unit], out: Path, *, overwrite: bool) -> None:
-    """Refuse to resume when the input maps to different shards than last time."""
-    driver.check_plan(plan_digest(units), sum(len(u.items) for u in units), out, overwrite=overwrite)
-
-
-def prepare_output(units: list[Unit], out: Path, *, overwrite: bool) -> None:
-    """Remove temp leftovers; with overwrite, remove old shards; refuse foreign stale shards."""
-    driver.prepare_output(units, out, prefix=SHARD_PREFIX, overwrite=overwrite)
-
-
 def _kind_counts(kinds: Counter) -> dict:
     return {name: kinds.get(kind, 0) for name, kind in _KIND_COUNTS.items()}
-
-
-def write_indexes(out: Path, results: list[UnitResult], cfg: RealBuildConfig) -> dict:
-    """dataset.json + sizes.json per split folder; returns the build summary."""
-    summary = driver.write_indexes(out, results, prefix=SHARD_PREFIX, builder="builders.real",
-                                   resolved=config_to_dict(cfg), counts=_kind_counts)
-    driver.write_summary(out, summary)
-    return summary
 
 
 def place_vlm(cfg: RealBuildConfig, *, gpus: Sequence[str] | None = None,
@@ -85,43 +63,44 @@ def place_vlm(cfg: RealBuildConfig, *, gpus: Sequence[str] | None = None,
     return replace(cfg, workers=place.workers, vlm=replace(cfg.vlm, device=place.device)), place
 
 
-def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
-    """Run the whole build for ``cfg``; returns the summary also written to build_summary.json."""
-    if not cfg.input or not cfg.output:
-        raise ConfigError("both input and output must be set (--input DIR_OR_FILE --output DIR)")
-    out = check_output_dir(cfg.output)
-    with lock_output(out, tool="builders.real", break_lock=cfg.break_lock):
-        return _build_locked(cfg, out, progress=progress)
-
-
-def _build_locked(cfg: RealBuildConfig, out: Path, *, progress: bool) -> dict:
-    remove_killed_temps(out, SPLITS)  # e.g. a dataset.json cut by a kill: no one else writes here
+def _plan(cfg: RealBuildConfig) -> tuple[list[Unit], str]:
     items = read_items(cfg.input, image_root=cfg.image_root or None)
-    units = plan_units(items, images_per_shard=cfg.images_per_shard, seed=cfg.seed,
-                       val_fraction=cfg.splits.val_fraction, test_fraction=cfg.splits.test_fraction,
+    split = cfg.heldout_split()  # the one split definition; build_plan.json records it for the synthetic builder
+    units = plan_units(items, images_per_shard=cfg.images_per_shard, seed=split.seed,
+                       val_fraction=split.val_fraction, test_fraction=split.test_fraction,
                        order=cfg.shard_order, augmentations=cfg.augment.per_image,
                        spread=cfg.augment.spread_shards,
                        augment_splits=SPLITS if cfg.splits.augment_heldout else ("train",))
-    check_resumable(cfg, out)
-    check_plan(units, out, overwrite=cfg.overwrite)
-    prepare_output(units, out, overwrite=cfg.overwrite)
-    driver.save_build_files(cfg, out, digest=plan_digest(units), units=units)
-    start = time.perf_counter()
+    return units, plan_digest(units)
+
+
+def _place(cfg: RealBuildConfig) -> driver.RunPlacement:
     run_cfg, place = place_vlm(cfg)
-    results, _ = driver.run_with_progress(build_unit, units, run_cfg, str(out), executor=cfg.executor,
-                                          workers=run_cfg.workers, address=cfg.ray_address,
-                                          desc="real build", progress=progress,
-                                          gpus_per_task=place.gpus_per_task, gpus=place.gpus)
+    return driver.RunPlacement(run_cfg, place.gpus_per_task, place.gpus, run_cfg.workers)
+
+
+def _refuse_empty(cfg: RealBuildConfig, results: list[UnitResult], units: list[Unit], out: Path) -> None:
     refuse_empty_build(results, units, out, image_root=cfg.image_root, source=cfg.input,
                        build_files=(CONFIG_NAME, PLAN_NAME))
-    summary = write_indexes(out, results, cfg)
+
+
+def _preview(cfg: RealBuildConfig, units: list[Unit], out: Path, store=None) -> Path | None:
     first = next((u.path(out) for u in units if u.split == "train"), None)
-    if cfg.preview and first is not None and first.exists():
-        summary["preview"] = str(write_preview(first, out / PREVIEW_NAME))
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    summary["resumed_shards"] = sum(r.resumed for r in results)
-    summary["rebuilt_shards"] = sum(r.rebuilt for r in results)
-    return summary
+    if first is not None and store is not None:
+        first = shard_for_preview(first, store, out)
+    return write_preview(first, out / PREVIEW_NAME) if first is not None and first.exists() else None
+
+
+BUILDER = driver.Builder(tool="builders.real", prefix=SHARD_PREFIX, splits=SPLITS, run_only=_RUN_ONLY,
+                         plan=_plan, unit=build_unit, counts=_kind_counts, desc="real build",
+                         usage="--input DIR_OR_FILE --output DIR",
+                         place=_place, check_results=_refuse_empty, preview=_preview,
+                         verify=lambda cfg: cfg.verify)
+
+
+def build_real(cfg: RealBuildConfig, *, progress: bool = True) -> dict:
+    """Run the whole build for ``cfg``; returns the summary also written to build_summary.json."""
+    return driver.run_build(BUILDER, cfg, progress=progress)
 
 
 def format_summary(summary: dict, out: str | Path) -> str:

@@ -1,7 +1,7 @@
 """Stage 1 synthetic-set builder.
 
     python -m builders.synthetic --config configs/build/synthetic.yaml \\
-        --input REAL_TRAIN_SHARDS_OR_IMAGES --output DIR [--overwrite] [key=value ...]
+        --input REAL_TRAIN_SHARDS_OR_IMAGES --output DIR [--overwrite] [--break-lock] [key=value ...]
 
 See builders.synthetic.build for the output layout and builders.synthetic.modes for the
 generation modes and how each caption stays true.
@@ -16,7 +16,8 @@ from builders.synthetic.config import SyntheticBuildConfig
 from wds_tools.config import parse_cli, prog_name, run_main, writing_under
 
 FLAGS = {"--input": "input", "--output": "output", "--executor": "executor",
-         "--workers": "workers", "--stages": "stages", "--overwrite": "overwrite"}
+         "--workers": "workers", "--stages": "stages", "--overwrite": "overwrite",
+         "--break-lock": "break_lock"}
 
 
 def main(argv: list[str] | None = None) -> int:

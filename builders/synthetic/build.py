@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import Counter
 from pathlib import Path
 
 from builders.common import driver
 from builders.common import gpus as gpu_choice
 from builders.common.driver import PREVIEW_NAME, UnitResult
-from builders.common.output import check_output_dir, lock_output, remove_killed_temps
+from builders.common.remote import shard_for_preview
 from builders.synthetic import sources
 from builders.synthetic.config import STAGES, SyntheticBuildConfig
 from builders.synthetic.preview import write_synthetic_preview
 from builders.synthetic.unit import build_unit
-from wds_tools.config import ConfigError, config_to_dict
+from wds_tools.atomic import write_json
 from wds_tools.urls import local_output
 
 log = logging.getLogger(__name__)
@@ -98,58 +97,59 @@ def _synthetic_stats(results: list[UnitResult], cfg: SyntheticBuildConfig) -> di
             "models": {s: str(getattr(getattr(cfg, s), "model", "")) for s in STAGES if s != "verify"}}
 
 
-def _add_stats(out: Path, stats: dict) -> None:
-    """``stats.synthetic`` in the train folder's dataset.json (written by the shared index code)."""
-    from wds_tools.atomic import write_json
-
+def _add_stats(cfg: SyntheticBuildConfig, results: list[UnitResult], out: Path, summary: dict) -> None:
+    """``stats.synthetic`` in the train folder's dataset.json (written by the shared index code)
+    and in the summary."""
+    stats = _synthetic_stats(results, cfg)
     path = out / "train" / "dataset.json"
     if path.exists():
         manifest = json.loads(path.read_text())
         manifest["stats"]["synthetic"] = stats
         write_json(path, manifest)
+    summary["synthetic"] = stats
+
+
+def work_dir_of(cfg: SyntheticBuildConfig, out: Path) -> str:
+    """Where the per-stage intermediates go: ``work_dir``, else OUT/work."""
+    return str(Path(cfg.work_dir) if cfg.work_dir else out / "work")
+
+
+def _plan(cfg: SyntheticBuildConfig) -> tuple[list, str]:
+    units = sources.plan(cfg)
+    return units, sources.digest(units)
+
+
+def _check(cfg: SyntheticBuildConfig) -> None:
+    if cfg.work_dir:
+        local_output(cfg.work_dir, "work_dir")
+
+
+def _place(cfg: SyntheticBuildConfig) -> driver.RunPlacement:
+    return driver.RunPlacement(cfg, gpus_per_task(cfg), None, cfg.workers)
+
+
+def _preview(cfg: SyntheticBuildConfig, units: list, out: Path, store=None) -> Path | None:
+    def present(u) -> bool:  # a failed unit has no shard; on a store, fetch the first there is
+        return (shard_for_preview(u.path(out), store, out) if store is not None else u.path(out)).exists()
+
+    first = next((u.path(out) for u in units if present(u)), None)
+    if first is None:
+        return None
+    return write_synthetic_preview(first, out / PREVIEW_NAME, work_dir=work_dir_of(cfg, out))
+
+
+BUILDER = driver.Builder(
+    tool="builders.synthetic", prefix=sources.PREFIX, splits=("train",), run_only=run_only_keys,
+    plan=_plan, unit=build_unit, counts=_counts, desc="synthetic build",
+    usage="--input SHARDS_OR_IMAGES --output DIR", check=_check,
+    unit_args=lambda cfg, out: (work_dir_of(cfg, out),), place=_place, preload=(STAGE_LIBRARIES,),
+    keep_going=True, fatal=(sources.SplitRefused,), add_stats=_add_stats, preview=_preview,
+    rebuild=lambda cfg: cfg.overwrite or bool(cfg.rerun_stages()))
 
 
 def build_synthetic(cfg: SyntheticBuildConfig, *, progress: bool = True) -> dict:
     """Run the whole build for ``cfg``; returns the summary also written to build_summary.json."""
-    if not cfg.input or not cfg.output:
-        raise ConfigError("both input and output must be set (--input SHARDS_OR_IMAGES --output DIR)")
-    out = check_output_dir(cfg.output)
-    if cfg.work_dir:
-        local_output(cfg.work_dir, "work_dir")
-    with lock_output(out, tool="builders.synthetic"):
-        remove_killed_temps(out, ("train",))
-        return _build_locked(cfg, out, progress=progress)
-
-
-def _build_locked(cfg: SyntheticBuildConfig, out: Path, *, progress: bool) -> dict:
-    work_dir = str(Path(cfg.work_dir) if cfg.work_dir else out / "work")
-    units = sources.plan(cfg)
-    digest = sources.digest(units)
-    driver.check_resumable(cfg, out, run_only=run_only_keys(cfg))
-    driver.check_plan(digest, sum(len(u) for u in units), out, overwrite=cfg.overwrite)
-    driver.prepare_output(units, out, prefix=f"{sources.PREFIX}", overwrite=cfg.overwrite)
-    driver.save_build_files(cfg, out, digest=digest, units=units)
-    start = time.perf_counter()
-    results, failures = driver.run_with_progress(
-        build_unit, units, cfg, str(out), work_dir, executor=cfg.executor, workers=cfg.workers,
-        address=cfg.ray_address, desc="synthetic build", progress=progress,
-        gpus_per_task=gpus_per_task(cfg), keep_going=True, preload=(STAGE_LIBRARIES,))
-    refused = [f for f in failures if sources.SplitRefused.__name__ in f.error]
-    if refused:  # not a unit's bad luck: the input itself is wrong
-        raise sources.SplitRefused(refused[0].error)
-    summary = driver.write_indexes(out, results, prefix=sources.PREFIX, builder="builders.synthetic",
-                                   resolved=config_to_dict(cfg), counts=_counts)
-    stats = _synthetic_stats(results, cfg)
-    _add_stats(out, stats)
-    summary["synthetic"] = stats
-    driver.record_failures(out, failures, summary)
-    summary["resumed_shards"] = sum(r.resumed for r in results)
-    driver.write_summary(out, summary)
-    first = next((u.path(out) for u in units if u.path(out).exists()), None)
-    if cfg.preview and first is not None:
-        summary["preview"] = str(write_synthetic_preview(first, out / PREVIEW_NAME, work_dir=work_dir))
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    return summary
+    return driver.run_build(BUILDER, cfg, progress=progress)
 
 
 def _fallback_line(fallbacks: dict, to: str) -> str:

@@ -149,6 +149,7 @@ class SyntheticBuildConfig:
     output: str = ""
     work_dir: str = ""              # per-chunk intermediates; default OUTPUT/work
     overwrite: bool = False
+    break_lock: bool = False        # take over another host's lock that has gone stale
     seed: int = 0
     size: int = 256                 # stored image side (the generation size is upscale.size)
     image_ext: Literal["jpg", "png", "webp"] = "jpg"

@@ -235,20 +235,31 @@ def run_verify(models: StageModels, chunk: list[Source], work: ChunkWork, cfg) -
     work.write("verify", results)
 
 
+def _no_cfg(fn: Callable) -> Callable:
+    """A stage runner that needs neither the config nor the key maker, in the registry's shape."""
+    def run(models: StageModels, chunk: list[Source], work: ChunkWork, cfg, out_key: Callable) -> None:
+        fn(models, chunk, work)
+    return run
+
+
+def _cfg_only(fn: Callable) -> Callable:
+    def run(models: StageModels, chunk: list[Source], work: ChunkWork, cfg, out_key: Callable) -> None:
+        fn(models, chunk, work, cfg)
+    return run
+
+
+# One runner per stage, all called as runner(models, chunk, work, cfg, out_key); a new stage is one
+# entry here (and one name in config.STAGES), not a branch in run_stage.
+STAGE_RUNNERS: dict[str, Callable] = {
+    "upscale": _no_cfg(run_upscale), "describe": _no_cfg(run_describe),
+    "ground": _cfg_only(run_ground), "segment": _no_cfg(run_segment),
+    "generate": run_generate, "verify": _cfg_only(run_verify)}
+
+
 def run_stage(stage: str, models: StageModels, chunk: list[Source], work: ChunkWork, cfg,
               out_key: Callable) -> None:
     """Run one stage over one chunk (its inputs read from the work folder)."""
-    if stage == "upscale":
-        run_upscale(models, chunk, work)
-    elif stage == "describe":
-        run_describe(models, chunk, work)
-    elif stage == "ground":
-        run_ground(models, chunk, work, cfg)
-    elif stage == "segment":
-        run_segment(models, chunk, work)
-    elif stage == "generate":
-        run_generate(models, chunk, work, cfg, out_key)
-    elif stage == "verify":
-        run_verify(models, chunk, work, cfg)
-    else:
-        raise ValueError(f"unknown stage {stage!r}")
+    runner = STAGE_RUNNERS.get(stage)
+    if runner is None:
+        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGE_RUNNERS)}")
+    runner(models, chunk, work, cfg, out_key)

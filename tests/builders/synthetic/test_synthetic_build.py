@@ -303,3 +303,52 @@ def test_prompts_cut_for_clip_are_counted_in_the_summary(built):
     assert on_disk["synthetic"]["prompts_trimmed"] == summary["synthetic"]["prompts_trimmed"] == sum(expected)
     assert f"prompts cut to CLIP's token limit (after a whole word): {sum(expected)} of" in \
         format_summary(summary, out)
+
+
+def test_break_lock_takes_over_a_dead_hosts_lock_from_the_cli(built, model_overrides, real_shards, capsys):  # noqa: F811
+    """--break-lock reaches the synthetic builder's lock as it does the real builder's."""
+    from builders.synthetic.__main__ import main
+    from tests.builders.synthetic.build_fixtures import FAST
+
+    _, out, _ = built
+    lock = out / "build.lock"
+    lock.write_text(json.dumps({"tool": "builders.synthetic", "host": "a-dead-node", "pid": 1,
+                                "time": time.time() - 3600}))
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    argv = ["--config", str(TINY), "--input", str(real_shards / "train"), "--output", str(out),
+            *FAST, *model_overrides]
+    assert main(argv) == 2
+    assert "a-dead-node" in capsys.readouterr().err and lock.exists()
+    assert main([*argv, "--break-lock"]) == 0
+    assert "2 shards kept from an earlier run" in capsys.readouterr().out
+    assert not lock.exists()  # taken over, then released
+
+
+def test_a_unit_failure_keeps_its_type(syn_cfg, real_shards, monkeypatch, tmp_path):  # noqa: F811
+    """A held-out sample found inside a unit stops the build with the unit's own SplitRefused; an
+    error of another type that merely names it is a recorded unit failure."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(next((real_shards / "val").glob("*.tar")), mixed / "real-train-000000.tar")
+    with pytest.raises(SplitRefused) as refused:
+        build_synthetic(syn_cfg(mixed, tmp_path / "a"), progress=False)
+    assert not str(refused.value).startswith("SplitRefused")  # the unit's message, not a re-wrap
+    load = unit_mod.load_sources
+
+    def broken(unit, cfg, skips):
+        if unit.index == 1:
+            raise OSError("cannot read /backups/SplitRefused/real-train-000001.tar")
+        return load(unit, cfg, skips)
+
+    monkeypatch.setattr(unit_mod, "load_sources", broken)
+    summary = build_synthetic(syn_cfg(real_shards / "train", tmp_path / "b"), progress=False)
+    assert list(summary["failed_units"]) == ["synthetic-train-000001.tar"]
+    assert summary["failed_units"]["synthetic-train-000001.tar"].startswith("OSError: cannot read")
+
+
+def test_every_stage_has_a_runner():
+    from builders.synthetic.config import STAGES
+    from builders.synthetic.pipeline import STAGE_RUNNERS
+
+    assert tuple(STAGE_RUNNERS) == STAGES
