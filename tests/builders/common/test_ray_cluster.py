@@ -9,6 +9,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ def test_real_build_on_two_nodes_survives_losing_one(demo_tree, tmp_path, monkey
 
         # The worker node is removed while it builds a unit: the unit runs again on the head.
         (tmp_path / ray_units.DOOMED).write_text(worker_id)
-        monkeypatch.setattr(real_build, "build_unit", ray_units.stall_on_doomed_node)
+        monkeypatch.setattr(real_build, "BUILDER", replace(real_build.BUILDER, unit=ray_units.stall_on_doomed_node))
         stalled: list[str] = []
         remover = threading.Thread(target=_remove_when_stalled,
                                    args=(cluster, worker, tmp_path, stalled))
