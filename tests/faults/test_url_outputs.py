@@ -52,7 +52,7 @@ def no_store(monkeypatch):
 
 
 def _unreachable(capsys) -> None:
-    _error_line(capsys, repr(UNREACHABLE), "cannot reach the object store")
+    error_line(capsys, repr(UNREACHABLE), "cannot reach the object store")
 
 
 def test_real_builder_on_an_unreachable_store(demo_tree, capsys, no_store):  # noqa: F811
