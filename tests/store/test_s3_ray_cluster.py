@@ -105,3 +105,32 @@ def test_real_build_to_s3_on_two_nodes_survives_losing_one(s3_server, tmp_path, 
         print(f"\nnodes {head_id[:8]} (head), {worker_id[:8]} (removed); whole build: "
               f"{ {k[:8]: v for k, v in by_node.items()} }; unit {unit} rebuilt on the head")
     print(f"S3 cluster test: {time.monotonic() - start:.1f} s")
+
+
+def _must_not_build(unit, cfg, output):
+    raise AssertionError(f"unit {unit.name} is finished on the store: it must not be built again")
+
+
+def test_a_unit_resumed_on_a_node_ignores_that_nodes_older_staging(s3_server, tmp_path):
+    """A cluster node's staging folder outlives a run (only the driver's is emptied at start): a
+    unit resumed there takes its skips and tallies from the store, not from a file an earlier run
+    left in that folder."""
+    from builders.common.driver import skips_path
+    from builders.common.remote import result_path, store_unit
+
+    tiles = make_demo_tree(tmp_path / "demo", per_class=2, size=48, seed=1)
+    url = s3_server.url("resumed")
+    cfg = load_config(RealBuildConfig, None, [f"input={tiles}", f"output={url}", "workers=1", *SETTINGS])
+    build_real(cfg, progress=False)
+    units, _ = real_build.BUILDER.plan(cfg)
+    on_store = store_files(s3_server, url)
+    assert not any(n.endswith((".skips.json", ".result.json")) for n in on_store)  # no unit skipped any
+    node_staging = tmp_path / "other-node-staging"  # the same path on that node, an earlier run's files
+    shard = units[0].path(node_staging)
+    skips_path(shard).parent.mkdir(parents=True)
+    skips_path(shard).write_text(json.dumps({"unreadable": 3}))
+    result_path(shard).write_text(json.dumps({"stage_seconds": {"m2b": 1.0}, "kept": 7}))
+    r = store_unit(_must_not_build, url, False, False, units[0], cfg, str(node_staging))
+    assert r.resumed and r.skips == {} and r.extra == {}, (r.skips, r.extra)
+    stats = json.loads(on_store[f"{units[0].split}/{units[0].name[: -len('.tar')]}.stats.json"])
+    assert r.samples == stats["samples"]
