@@ -72,6 +72,11 @@ def store_unit(fn: Callable, url: str, rebuild: bool, verify: bool, unit, cfg, o
     store, out = Store(url), Path(output)
     shard = Path(unit.path(out))
     rels = [_rel(p, out) for p in (shard, skips_path(shard), result_path(shard), stats_path(shard))]
+    # A staging copy on this machine is no evidence: the store says what is done, and a cluster
+    # node's staging folder may hold this shard's files from an earlier run (only the driver's is
+    # emptied at start), which a resumed unit would otherwise read where the store has none.
+    for rel in rels:
+        (out / rel).unlink(missing_ok=True)
     if not rebuild and finished_on_store(store, rels[0], verify=verify) is not None:
         for rel in rels[1:]:
             store.download(rel, out / rel)
@@ -85,8 +90,6 @@ def store_unit(fn: Callable, url: str, rebuild: bool, verify: bool, unit, cfg, o
     sidecars = [f"{split_dir}/{n}" for n in store.list(split_dir)
                 if n.startswith(stem + ".") and n.endswith(".tar") and n != shard.name]
     store.remove([rels[3], *sidecars])  # the stats first: from here on the old shard is not finished
-    for rel in rels:  # a staging copy on this machine is no evidence: the store says what is done
-        (out / rel).unlink(missing_ok=True)
     r = fn(unit, cfg, output, *args)
     if r.extra:
         (out / rels[2]).write_text(json.dumps(r.extra, sort_keys=True))

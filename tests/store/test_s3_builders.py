@@ -18,6 +18,7 @@ from builders.demo_images import make_demo_tree
 from tests.builders.conftest import tiny_vlm  # noqa: F401 - the tiny models of the synthetic stages
 from tests.builders.synthetic.build_fixtures import REPO, model_overrides  # noqa: F401
 from tests.builders.synthetic.conftest import tiny_esrgan, tiny_grounding_dino, tiny_sam, tiny_sd3  # noqa: F401
+from tests.store.objects import comparable, local_files, store_files
 
 pytestmark = pytest.mark.slow
 
@@ -35,38 +36,6 @@ def _real_cli(inp, out, *extra, env=None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, env=env, cwd=str(REPO))
 
 
-def _local_files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "build.lock"}
-
-
-def _store_files(server, url: str) -> dict[str, bytes]:
-    server.fs.invalidate_cache()
-    base = url.split("://", 1)[1].rstrip("/")
-    return {p[len(base) + 1:]: server.fs.cat_file(p) for p in sorted(server.fs.find(base))}
-
-
-def _comparable(files: dict[str, bytes], *, rerun: bool = False) -> dict[str, object]:
-    """The files with what names the output location (the resolved config's ``output``, and its
-    ``workers``, which a run may change) left out;
-    ``rerun``: and the summary's count of shards kept from an earlier run."""
-    out: dict[str, object] = {}
-    for name, data in files.items():
-        if name.endswith(".json") and name.rsplit("/", 1)[-1] in ("dataset.json", "build_summary.json"):
-            d = json.loads(data)
-            d.pop("config", None)
-            if rerun:
-                d.pop("resumed_shards", None)
-            for split in d.get("splits", {}).values():
-                split.pop("config", None)
-            out[name] = d
-        elif name == "build_config.yaml":
-            out[name] = [line for line in data.decode().splitlines() if not line.startswith(("output:", "workers:"))]
-        else:
-            out[name] = data
-    return out
-
-
 def test_real_builder_cli_writes_to_s3_as_to_a_local_folder(s3_server, tmp_path):
     tiles = _tiles(tmp_path)
     local = tmp_path / "local"
@@ -76,14 +45,14 @@ def test_real_builder_cli_writes_to_s3_as_to_a_local_folder(s3_server, tmp_path)
     done = _real_cli(tiles, url, "workers=2")  # units upload from the pool's worker processes
     assert done.returncode == 0, done.stderr
     assert not (Path(REPO) / "s3:").exists() and not (tmp_path / "s3:").exists()
-    on_store = _store_files(s3_server, url)
+    on_store = store_files(s3_server, url)
     assert "build.lock" not in on_store  # released
-    assert _comparable(on_store) == _comparable(_local_files(local))
+    assert comparable(on_store) == comparable(local_files(local))
     assert {"train/dataset.json", "val/dataset.json", "build_summary.json"} <= set(on_store)
     again = _real_cli(tiles, url)  # a rerun keeps every finished shard on the store
     assert again.returncode == 0, again.stderr
     assert "6 shards kept from an earlier run" in again.stdout
-    assert _comparable(_store_files(s3_server, url), rerun=True) == _comparable(on_store, rerun=True)
+    assert comparable(store_files(s3_server, url), rerun=True) == comparable(on_store, rerun=True)
 
 
 def _env(tmp_path: Path) -> dict:
@@ -102,7 +71,7 @@ def test_a_build_killed_mid_upload_resumes_from_the_store(s3_server, tmp_path, w
                              "--output", url, *REAL_ARGS], capture_output=True, text=True, timeout=300,
                             env=_env(tmp_path), cwd=str(REPO))
     assert killed.returncode == -9, killed.stderr
-    left = _store_files(s3_server, url)
+    left = store_files(s3_server, url)
     assert "train/real-train-000000.stats.json" in left  # a unit finished before the kill
     assert "train/real-train-000001.stats.json" not in left  # the killed unit is not finished...
     assert (target in left) == (when == "after")  # ...and mid-upload its tar is not visible at all
@@ -111,7 +80,7 @@ def test_a_build_killed_mid_upload_resumes_from_the_store(s3_server, tmp_path, w
     rerun = _real_cli(tiles, url, env=_env(tmp_path))
     assert rerun.returncode == 0, rerun.stderr
     assert "shards kept from an earlier run" in rerun.stdout and "(0.0 s, 0 shards" not in rerun.stdout
-    assert _comparable(_store_files(s3_server, url), rerun=True) == _comparable(_store_files(s3_server, whole),
+    assert comparable(store_files(s3_server, url), rerun=True) == comparable(store_files(s3_server, whole),
                                                                                 rerun=True)
 
 
@@ -219,8 +188,8 @@ def test_real_synthetic_filter_materialize_on_s3_equal_local(s3_server, tmp_path
     assert local["synthetic"] and local["materialized"] == local["kept_keys"]
     assert 0 < len(local["kept_keys"]) == local["kept"]
     assert remote == local
-    on_store = _store_files(s3_server, s3_server.url("p"))
-    on_disk = _local_files(tmp_path / "local")
+    on_store = store_files(s3_server, s3_server.url("p"))
+    on_disk = local_files(tmp_path / "local")
     for name in ("real/train/dataset.json", "syn/train/dataset.json", "mat/dataset.json", "syn/preview.png"):
         assert name in on_store, name
     # the filter's verdicts beside the s3 shards, as beside the local ones

@@ -4,12 +4,9 @@ other, a unit's own failure is recorded once, not retried, and a build given no 
 join a cluster that happens to run on the machine."""
 from __future__ import annotations
 
-import contextlib
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,38 +15,14 @@ import builders.real.build as real_build
 from builders.common.executors import RAY_RETRIES, run_units
 from builders.real.build import build_real
 from builders.real.config import RealBuildConfig
-from tests.builders.common import ray_units
+from tests.common import ray_units
+from tests.common.ray_cluster import LOOPBACK, loopback_cluster, patch_unit, remove_when_stalled, stalled_process_gone
 from wds_tools.config import load_config
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[3]
-# Ray rewrites 127.0.0.1 in an address to this machine's routed IP (so a driver would look for the
-# cluster there); any other loopback address it keeps.
-LOOPBACK = "127.0.0.2"
-NODE = {"num_cpus": 1, "node_ip_address": LOOPBACK, "object_store_memory": 80 * 1024**2}
-# A lost node is declared dead after about 3 s instead of Ray's default of about 30 s.
-FAST_DEATH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
-              "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3}
 SETTINGS = ["size=32", "images_per_shard=2", "m2b.analysis_size=32"]
-
-
-@contextlib.contextmanager
-def loopback_cluster() -> Iterator:
-    """A head and one worker node, one CPU each; this process is connected as the driver."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={
-        **NODE, "include_dashboard": False, "_system_config": FAST_DEATH})
-    try:
-        worker = cluster.add_node(**NODE)
-        ray.init(address=cluster.address, _node_ip_address=LOOPBACK, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-        yield cluster, worker
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def _shards(out: Path) -> dict[str, tuple[str, list[str]]]:
@@ -62,18 +35,6 @@ def _shards(out: Path) -> dict[str, tuple[str, list[str]]]:
         with tarfile.open(tar) as t:
             found[tar.name] = (json.loads(stats.read_text())["sha256"], t.getnames())
     return found
-
-
-def _remove_when_stalled(cluster, node, here: Path, seen: list, timeout: float = 120.0) -> None:
-    """Remove ``node`` (all its processes, no grace) once a unit has stalled on it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        marks = sorted(here.glob("stalled-*"))
-        if marks:
-            seen.append(marks[0].name[len("stalled-"):])
-            cluster.remove_node(node, allow_graceful=False)
-            return
-        time.sleep(0.2)
 
 
 def test_real_build_on_two_nodes_survives_losing_one(demo_tree, tmp_path, monkeypatch):
@@ -92,14 +53,15 @@ def test_real_build_on_two_nodes_survives_losing_one(demo_tree, tmp_path, monkey
 
         # The worker node is removed while it builds a unit: the unit runs again on the head.
         (tmp_path / ray_units.DOOMED).write_text(worker_id)
-        monkeypatch.setattr(real_build, "BUILDER", replace(real_build.BUILDER, unit=ray_units.stall_on_doomed_node))
+        patch_unit(monkeypatch, real_build, ray_units.stall_on_doomed_node, tmp_path)
         stalled: list[str] = []
-        remover = threading.Thread(target=_remove_when_stalled,
+        remover = threading.Thread(target=remove_when_stalled,
                                    args=(cluster, worker, tmp_path, stalled))
         remover.start()
         cut = build_real(cfg(tmp_path / "cut"), progress=False)
         remover.join()
         assert stalled, "no unit started on the worker node"
+        assert stalled_process_gone(tmp_path, stalled[0])
         assert stalled[0] in cut["units_by_node"][head_id]
         assert stalled[0] not in cut["units_by_node"].get(worker_id, [])
         assert _shards(tmp_path / "cut") == expected  # same shards, bytes and sample keys
