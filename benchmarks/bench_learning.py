@@ -154,8 +154,11 @@ def run_dataset(name: str, args, out: Path) -> dict | None:
         kind, real_dirs, syn, overrides = arms[arm]
         run_dir = work / "runs" / f"{arm}_s{seed}"
         own = [*args.stage2, *overrides] if kind == "stage2" else overrides  # open_clip: [its LR]
-        spec = {"kind": kind, "real": real_dirs, "synthetic": syn, "overrides": own,
-                "seed": seed, "samples": args.samples, "batch_size": args.batch_size, "base": base_digest}
+        cfg = runs.stage2_config(base=str(base_path), real=real_dirs, synthetic=syn, out=run_dir, seed=seed,
+                                 samples=args.samples, batch_size=args.batch_size,
+                                 overrides=own) if kind == "stage2" else None
+        spec = runs.run_spec(kind=kind, real=real_dirs, synthetic=syn, overrides=own, seed=seed,
+                             samples=args.samples, batch_size=args.batch_size, base=base_digest, config=cfg)
         t0 = time.time()
         r = runs.saved_run(run_dir, spec) if args.resume else None
         if r is None:
