@@ -76,3 +76,25 @@ def test_resume_trains_again_a_run_whose_defaults_changed(tmp_path, monkeypatch)
     under_changed = spec(["data.random_caption=true"])["config"]
     monkeypatch.setattr(runs, "STAGE2_DEFAULTS", runs.REPO / "configs" / "train" / "lora.yaml")
     assert under_changed == spec(["data.random_caption=true"])["config"] == spec([])["config"]
+
+
+def test_filter_selection_is_chosen_again_when_the_filter_defaults_change(tmp_path, monkeypatch):
+    from benchmarks.learning import filtering
+
+    calls = []
+    monkeypatch.setattr(filtering, "run_filter", lambda train_dir, **kw: calls.append(train_dir) or {"kept": 1})
+    defaults = tmp_path / "default.yaml"
+    defaults.write_text("selection:\n  per_class: false\n")
+    monkeypatch.setattr(filtering, "FILTER_DEFAULTS", defaults)
+    base = tmp_path / "base.pt"
+    base.write_bytes(b"weights")
+    report = tmp_path / "report"
+    report.mkdir()
+
+    def select():
+        return filtering.cached_filter("train", base=str(base), report_dir=report, reuse=True)
+
+    assert select() == select() == {"kept": 1} and len(calls) == 1  # the second reads the first back
+    defaults.write_text("selection:\n  per_class: true\n")  # another cut: the saved selection is stale
+    select()
+    assert len(calls) == 2
