@@ -121,6 +121,9 @@ class TrainConfig:
     # Learning rate of the parameters trained in full beside LoRA (heads, LayerNorms, token
     # embedding) as a multiple of learning_rate.
     full_param_lr_scale: float = 1.0
+    # LoRA+ (Hayou et al. 2024): the learning rate of the LoRA B factors as a multiple of
+    # learning_rate (the A factors stay at it); 1 = plain LoRA.
+    lora_b_lr_scale: float = 1.0
     weight_decay: float = 0.01
     warmup_steps: int = 100
     # After warm-up: "cosine" (decay to 0 at the last step) or "constant".
@@ -168,6 +171,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
         if not self.full_param_lr_scale >= 0:
             raise ValueError(f"full_param_lr_scale must be >= 0, got {self.full_param_lr_scale}")
+        if not self.lora_b_lr_scale > 0:
+            raise ValueError(f"lora_b_lr_scale must be > 0, got {self.lora_b_lr_scale}")
         for key in self.resume_allow_changes:
             if key not in RESUME_MAY_CHANGE:
                 raise ValueError(f"resume_allow_changes: {key!r} cannot change on resume (the checkpoint holds its "

@@ -31,20 +31,24 @@ def cosine_with_warmup(optimizer, *, warmup: int, total: int,
 
 def param_groups(model: nn.Module, cfg: Stage2Config) -> list[dict]:
     """The optimizer's parameter groups: no weight decay on logit_scale, biases, LayerNorms and the
-    token embedding; parameters trained in full (not LoRA) at ``full_param_lr_scale`` x the LR.
+    token embedding; parameters trained in full (not LoRA) at ``full_param_lr_scale`` x the LR; the
+    LoRA B factors at ``lora_b_lr_scale`` x the LR (LoRA+; their own group only when it is not 1, so
+    a run without it keeps the optimizer layout of earlier checkpoints).
 
     Every rule that gives a parameter its own learning rate or decay belongs here, so the
     optimizer and a resume (``training.resume.group_hyperparameters``) see the same groups."""
-    lr = cfg.train.learning_rate
-    groups: dict[tuple[bool, bool], list] = {}
+    t = cfg.train
+    scale = {"lora": 1.0, "lora_B": t.lora_b_lr_scale, "full": t.full_param_lr_scale}
+    groups: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         no_decay = name.endswith(("logit_scale", ".bias", "token_embedding.weight")) or p.ndim == 1
-        groups.setdefault((".lora_" in name, no_decay), []).append(p)
-    return [{"params": ps, "weight_decay": 0.0 if no_decay else cfg.train.weight_decay,
-             "lr": lr if is_lora else lr * cfg.train.full_param_lr_scale}
-            for (is_lora, no_decay), ps in groups.items()]
+        kind = ("full" if ".lora_" not in name
+                else "lora_B" if ".lora_B." in name and t.lora_b_lr_scale != 1 else "lora")
+        groups.setdefault((kind, no_decay), []).append(p)
+    return [{"params": ps, "weight_decay": 0.0 if no_decay else t.weight_decay, "lr": t.learning_rate * scale[kind]}
+            for (kind, no_decay), ps in groups.items()]
 
 
 def make_optimizer(model: nn.Module, cfg: Stage2Config) -> torch.optim.Optimizer:

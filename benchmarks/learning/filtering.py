@@ -15,6 +15,7 @@ from wds_tools.config import parse_cli
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
+FILTER_DEFAULTS = REPO / "configs" / "filter" / "default.yaml"
 
 
 def run_filter(train_dir: str | list[str], *, base: str, report_dir: Path, keep_all: bool = False,
@@ -29,7 +30,7 @@ def run_filter(train_dir: str | list[str], *, base: str, report_dir: Path, keep_
     from builders.quality.run import run
 
     dirs = [train_dir] if isinstance(train_dir, str) else train_dir
-    cfg = parse_cli(QualityConfig, ["--config", str(REPO / "configs/filter/default.yaml"),
+    cfg = parse_cli(QualityConfig, ["--config", str(FILTER_DEFAULTS),
                                     f"input=[{','.join(dirs)}]", f"output={report_dir}",
                                     f"rescore={str(rescore).lower()}",
                                     f"model.name={REPO / 'configs/models/tiny-clip.json'}",
@@ -49,11 +50,12 @@ def run_filter(train_dir: str | list[str], *, base: str, report_dir: Path, keep_
 
 def cached_filter(train_dir: str, *, base: str, report_dir: Path, reuse: bool) -> dict:
     """:func:`run_filter`, or with ``reuse`` its summary saved by an earlier run scored by the same
-    base file on the same shards (sidecars beside them untouched since)."""
+    base file with the same filter defaults (a changed cut selects again) on the same shards
+    (sidecars beside them untouched since)."""
     from benchmarks.learning.runs import file_digest
 
     saved = report_dir / "bench_filter_summary.json"
-    key = {"train_dir": str(train_dir), "base": file_digest(Path(base))}
+    key = {"train_dir": str(train_dir), "base": file_digest(Path(base)), "filter": file_digest(FILTER_DEFAULTS)}
     if reuse and saved.exists():
         doc = json.loads(saved.read_text())
         if doc.get("key") == key:

@@ -29,6 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL_JSON = REPO / "configs" / "models" / "tiny-clip.json"
 MODEL_NAME = MODEL_JSON.stem
 TEMPLATES = Stage2Config().eval.templates
+# The Stage 2 arms start from the shipped defaults (a saved run records the whole config they
+# resolve to, so --resume trains again a run whose defaults changed).
+STAGE2_DEFAULTS = REPO / "configs" / "train" / "lora.yaml"
 # open_clip 3.3.0's trainer needs webdataset <= 0.2.86; it is installed beside the venv.
 TRAIN_WDS = Path(sys.prefix) / "openclip-train-wds"
 
@@ -82,6 +85,18 @@ def file_digest(path: Path) -> str:
 RUN_RESULT = "bench_run.json"
 
 
+def run_spec(*, kind: str, real: list[str], synthetic: list[str], overrides: list[str], seed: int,
+             samples: int, batch_size: int, base: str, config: Stage2Config | None = None) -> dict:
+    """What a saved run must match to be read back: its settings, the base's digest and, for a
+    Stage 2 run, the digest of the whole ``config`` (the shipped defaults with its overrides)."""
+    spec = {"kind": kind, "real": real, "synthetic": synthetic, "overrides": overrides, "seed": seed,
+            "samples": samples, "batch_size": batch_size, "base": base}
+    if config is not None:
+        text = json.dumps(config_to_dict(config), sort_keys=True, default=str)
+        spec["config"] = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return spec
+
+
 def save_run(run_dir: Path, spec: dict, result: dict) -> None:
     """The run's settings and figures beside its outputs (written whole, then renamed)."""
     tmp = run_dir / (RUN_RESULT + ".tmp")
@@ -105,7 +120,7 @@ def stage2_config(*, base: str, real: list[str], synthetic: list[str], out: Path
                   samples: int, batch_size: int, overrides: list[str]) -> Stage2Config:
     """The shipped defaults (configs/train/lora.yaml) with the benchmark's model, data and budget."""
     steps = max(1, samples // batch_size)
-    argv = ["--config", str(REPO / "configs/train/lora.yaml"),
+    argv = ["--config", str(STAGE2_DEFAULTS),
             f"model.name={MODEL_NAME}", f"model.config_file={MODEL_JSON}", f"model.pretrained={base}",
             f"data.real={json.dumps(real)}", f"data.synthetic={json.dumps(synthetic)}",
             "lora.compile=false", "data.num_workers=0", f"train.output={out}", f"train.seed={seed}",

@@ -52,3 +52,49 @@ def test_bench_learning_quick_study(tmp_path):
     ref = demo["peft_reference"]
     assert ref["max_abs_diff"] < 1e-4 and ref["trainable_lean"] == ref["trainable_peft"]
     assert set(demo["verdict"]) == {"zeroshot", "mean_recall"}
+
+
+def test_resume_trains_again_a_run_whose_defaults_changed(tmp_path, monkeypatch):
+    from benchmarks.learning import runs
+
+    def spec(overrides):
+        cfg = runs.stage2_config(base="base.pt", real=["train"], synthetic=[], out=tmp_path / "run", seed=0,
+                                 samples=64, batch_size=32, overrides=overrides)
+        return runs.run_spec(kind="stage2", real=["train"], synthetic=[], overrides=overrides, seed=0, samples=64,
+                             batch_size=32, base="digest", config=cfg)
+
+    (tmp_path / "run").mkdir()
+    runs.save_run(tmp_path / "run", spec([]), {"mean_recall": 1.0})
+    assert runs.saved_run(tmp_path / "run", spec([])) == {"mean_recall": 1.0}
+    changed = tmp_path / "lora.yaml"  # the shipped defaults with one default changed
+    text = runs.STAGE2_DEFAULTS.read_text()
+    assert "random_caption: true" in text
+    changed.write_text(text.replace("random_caption: true", "random_caption: false"))
+    monkeypatch.setattr(runs, "STAGE2_DEFAULTS", changed)
+    assert runs.saved_run(tmp_path / "run", spec([])) is None  # same overrides, other defaults: trained again
+    # an arm that sets the changed value itself resolves to the same config under either file
+    under_changed = spec(["data.random_caption=true"])["config"]
+    monkeypatch.setattr(runs, "STAGE2_DEFAULTS", runs.REPO / "configs" / "train" / "lora.yaml")
+    assert under_changed == spec(["data.random_caption=true"])["config"] == spec([])["config"]
+
+
+def test_filter_selection_is_chosen_again_when_the_filter_defaults_change(tmp_path, monkeypatch):
+    from benchmarks.learning import filtering
+
+    calls = []
+    monkeypatch.setattr(filtering, "run_filter", lambda train_dir, **kw: calls.append(train_dir) or {"kept": 1})
+    defaults = tmp_path / "default.yaml"
+    defaults.write_text("selection:\n  per_class: false\n")
+    monkeypatch.setattr(filtering, "FILTER_DEFAULTS", defaults)
+    base = tmp_path / "base.pt"
+    base.write_bytes(b"weights")
+    report = tmp_path / "report"
+    report.mkdir()
+
+    def select():
+        return filtering.cached_filter("train", base=str(base), report_dir=report, reuse=True)
+
+    assert select() == select() == {"kept": 1} and len(calls) == 1  # the second reads the first back
+    defaults.write_text("selection:\n  per_class: true\n")  # another cut: the saved selection is stale
+    select()
+    assert len(calls) == 2

@@ -15,7 +15,8 @@ def test_cli_flags_fill_the_config(tmp_path):
                                    "loss.fine_grained_weight=0.5"], prog="t", description="t", flags=CLI_FLAGS)
     assert cfg.data.real == ["a", "b"] and cfg.data.synthetic == ["s"] and cfg.train.max_steps == 5
     assert cfg.train.output == str(tmp_path) and cfg.loss.fine_grained_weight == 0.5
-    assert (cfg.lora.rank, cfg.lora.alpha, cfg.data.synthetic_ratio, cfg.train.batch_size) == (8, 16.0, 0.8, 32)
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.data.synthetic_ratio, cfg.train.batch_size) == (32, 16.0, 0.8, 32)
+    assert cfg.lora.rslora and cfg.lora.train_token_embedding  # the defaults the learning benchmark chose
     assert cfg.train.learning_rate == 1e-4 and cfg.train.mixed_precision == "bf16" and cfg.train.num_epochs == 10
     with pytest.raises(SystemExit):
         parse_cli(Stage2Config, ["--config", str(REPO / "configs/train/lora.yaml"), "lora.rnak=4"],
@@ -43,9 +44,12 @@ def test_seed_recipe_config_loads_with_the_seed_values():
     assert (seed.lora.rank, seed.lora.alpha) == (8, 16.0)
     assert (seed.data.synthetic_ratio, seed.loss.rare_class_weight) == (0.8, 2.0)
     assert seed.train.max_steps == 0 and seed.train.grad_accum == 1  # the epochs, not a step cap, end it
-    # Beside the tuned default it differs only in the fine-grained loss and its output folder.
+    assert seed.lora.rslora is False and seed.lora.train_token_embedding is False
+    # Beside the tuned default it differs only in the defaults the learning benchmark changed
+    # (README) and its output folder.
     default, ours = _flat(load("lora.yaml")), _flat(seed)
-    assert {k for k in ours if ours[k] != default[k]} == {"loss.use_fine_grained", "train.output"}
+    assert {k for k in ours if ours[k] != default[k]} == {
+        "loss.use_fine_grained", "lora.rank", "lora.rslora", "lora.train_token_embedding", "train.output"}
 
 
 @pytest.mark.parametrize("setting", ["data.prefetch_factor=0", "data.shards_per_chunk=0"])

@@ -169,6 +169,31 @@ def test_schedule_and_optimizer_groups():
                            schedule="linear")
 
 
+def test_lora_plus_puts_b_factors_at_their_own_learning_rate():
+    from training.config import Stage2Config
+    from training.trainer import make_optimizer
+
+    model = create_model(TINY)
+    swap_attention(model)
+    cfg = Stage2Config()
+    apply_lora(model, cfg.lora)
+    mark_trainable(model, cfg.lora)
+    cfg.train.learning_rate = 1e-3
+    plain_groups = len(make_optimizer(model, cfg).param_groups)
+    cfg.train.lora_b_lr_scale = 16.0
+    opt = make_optimizer(model, cfg)
+    by_id = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    lrs = {n: by_id[id(p)] for n, p in model.named_parameters() if p.requires_grad}
+    b = {n: lr for n, lr in lrs.items() if ".lora_B." in n}
+    a = {n: lr for n, lr in lrs.items() if ".lora_A." in n}
+    assert b and a and all(v == pytest.approx(16e-3) for v in b.values()) and set(a.values()) == {1e-3}
+    assert lrs["visual.proj"] == 1e-3  # the heads follow full_param_lr_scale, not LoRA+
+    assert len(opt.param_groups) == plain_groups + 1  # only the B factors move to a group of their own
+    cfg.train.lora_b_lr_scale = 0.0
+    with pytest.raises(ValueError, match="lora_b_lr_scale must be > 0, got 0.0"):
+        cfg.train.validate()
+
+
 def test_resnet_tower_lora_on_text_and_attnpool_head_trained(tmp_path):
     import json
 
