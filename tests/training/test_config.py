@@ -17,7 +17,7 @@ def test_cli_flags_fill_the_config(tmp_path):
     assert cfg.train.output == str(tmp_path) and cfg.loss.fine_grained_weight == 0.5
     assert (cfg.lora.rank, cfg.lora.alpha, cfg.data.synthetic_ratio, cfg.train.batch_size) == (32, 16.0, 0.8, 32)
     assert cfg.lora.rslora and cfg.lora.train_token_embedding  # the defaults the learning benchmark chose
-    assert cfg.train.learning_rate == 1e-4 and cfg.train.mixed_precision == "bf16" and cfg.train.num_epochs == 10
+    assert cfg.train.learning_rate == 5e-4 and cfg.train.mixed_precision == "bf16" and cfg.train.num_epochs == 10
     with pytest.raises(SystemExit):
         parse_cli(Stage2Config, ["--config", str(REPO / "configs/train/lora.yaml"), "lora.rnak=4"],
                   prog="t", description="t", flags=CLI_FLAGS)
@@ -49,7 +49,8 @@ def test_seed_recipe_config_loads_with_the_seed_values():
     # (README) and its output folder.
     default, ours = _flat(load("lora.yaml")), _flat(seed)
     assert {k for k in ours if ours[k] != default[k]} == {
-        "loss.use_fine_grained", "lora.rank", "lora.rslora", "lora.train_token_embedding", "train.output"}
+        "loss.use_fine_grained", "lora.rank", "lora.rslora", "lora.train_token_embedding",
+        "train.learning_rate", "train.output"}
 
 
 @pytest.mark.parametrize("setting", ["data.prefetch_factor=0", "data.shards_per_chunk=0"])
