@@ -120,9 +120,12 @@ def identity_problem(url: str, recorded, *, unchanged_since_ns: int | None = Non
     if path is None and recorded.get("etag") and etag == recorded["etag"]:
         return None
     if "sha256" not in recorded:  # recorded on an object store by its ETag
-        if path is not None and _md5_etag(recorded["etag"]):
+        if path is None:
+            return f"ETag {etag}, scored at ETag {recorded['etag']}"
+        if _md5_etag(recorded["etag"]):
             return _copy_problem(path, recorded["etag"])
-        return f"ETag {etag}, scored at ETag {recorded['etag']}"
+        return (f"a local copy of a shard scored on an object store by ETag {recorded['etag']}, "
+                f"which is not an MD5 and cannot be checked off the store: rescore the copy")
     if path is not None and unchanged_since_ns is not None and st.st_ctime_ns < unchanged_since_ns:
         return None  # not written, renamed onto or touched since the recording was made
     digest = sha256_url(url)
