@@ -194,8 +194,13 @@ def _dir_of(url: str) -> str:
 
 
 def _relative(url: str, base: str) -> str:
-    """A local path relative to ``base`` (the selection file's folder survives a move); URLs as they are."""
-    return url if is_remote(url) or is_remote(base) else os.path.relpath(_norm(url), base)
+    """``url`` relative to ``base``, so the selection file's folder survives a move, or a copy
+    from a store to a disk: a local path always; a URL when it lies under ``base`` (other URLs,
+    and local paths in a remote folder, as they are)."""
+    if not is_remote(url) and not is_remote(base):
+        return os.path.relpath(_norm(url), base)
+    prefix = base.rstrip("/") + "/"
+    return url[len(prefix):] if is_remote(url) and url.startswith(prefix) else url
 
 
 def write_selection(doc: dict, folder: str) -> str:

@@ -8,7 +8,9 @@ copy of the folder (a sidecar stays byte-identical across identical shards):
 
 - a local shard: ``{"bytes", "sha256"}``, the sha256 by a streaming read (1 MiB blocks);
 - an object-store shard: ``{"bytes", "etag"}`` when the store reports an ETag (no download; S3
-  gives a new ETag to every upload of other bytes), else ``{"bytes", "sha256"}``.
+  gives a new ETag to every upload of other bytes), else ``{"bytes", "sha256"}``. A local copy of
+  such a shard is checked by its MD5 when the ETag is one (S3's single-part uploads); any other
+  ETag (multipart, some encryption, other stores) cannot be checked off the store: rescore the copy.
 
 Cost, and the fast pre-check: a sha256 reads the whole shard (about 1 GB/s a core). A local shard
 of the recorded size whose status-change time (ctime) is older than ``unchanged_since_ns`` (the
@@ -82,6 +84,21 @@ def is_identity(recorded) -> bool:
             and (isinstance(recorded.get("sha256"), str) or isinstance(recorded.get("etag"), str)))
 
 
+def _md5_etag(etag: str) -> bool:
+    """True for an ETag that is the MD5 of the object's bytes (an S3 single-part upload's: 32 hex
+    digits; a multipart one ends in ``-<parts>``)."""
+    return len(etag) == 32 and all(c in "0123456789abcdef" for c in etag.lower())
+
+
+def _copy_problem(path: str, etag: str) -> str | None:
+    """A local copy of a shard recorded on a store by an MD5 ETag: None when its MD5 is that ETag."""
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return None if h.hexdigest() == etag.lower() else f"MD5 {h.hexdigest()}, scored at ETag {etag}"
+
+
 def identity_problem(url: str, recorded, *, unchanged_since_ns: int | None = None) -> str | None:
     """Why the shard at ``url`` is not the version ``recorded`` describes, or None when it is.
 
@@ -103,7 +120,12 @@ def identity_problem(url: str, recorded, *, unchanged_since_ns: int | None = Non
     if path is None and recorded.get("etag") and etag == recorded["etag"]:
         return None
     if "sha256" not in recorded:  # recorded on an object store by its ETag
-        return f"ETag {etag}, scored at ETag {recorded['etag']}"
+        if path is None:
+            return f"ETag {etag}, scored at ETag {recorded['etag']}"
+        if _md5_etag(recorded["etag"]):
+            return _copy_problem(path, recorded["etag"])
+        return (f"a local copy of a shard scored on an object store by ETag {recorded['etag']}, "
+                f"which is not an MD5 and cannot be checked off the store: rescore the copy")
     if path is not None and unchanged_since_ns is not None and st.st_ctime_ns < unchanged_since_ns:
         return None  # not written, renamed onto or touched since the recording was made
     digest = sha256_url(url)

@@ -14,21 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from builders.demo_images import make_demo_tree
 from tests.builders.conftest import tiny_vlm  # noqa: F401 - the tiny models of the synthetic stages
 from tests.builders.synthetic.build_fixtures import REPO, model_overrides  # noqa: F401
 from tests.builders.synthetic.conftest import tiny_esrgan, tiny_grounding_dino, tiny_sam, tiny_sd3  # noqa: F401
-from tests.store.objects import comparable, local_files, store_files
+from tests.store.objects import REAL_ARGS, build_chain, comparable, demo_tiles, local_files, store_files
 
 pytestmark = pytest.mark.slow
-
-REAL_ARGS = ["size=32", "images_per_shard=2", "workers=1", "m2b.analysis_size=32", "augment.per_image=1",
-             "zoom.enabled=false", "preview=false", "splits.val_fraction=0.5", "splits.test_fraction=0.0"]
-
-
-def _tiles(tmp_path: Path) -> Path:
-    return make_demo_tree(tmp_path / "tiles", per_class=2, size=32, seed=3)
-
 
 def _real_cli(inp, out, *extra, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "builders.real", "--config", str(REPO / "configs/build/real.yaml"),
@@ -37,7 +28,7 @@ def _real_cli(inp, out, *extra, env=None) -> subprocess.CompletedProcess:
 
 
 def test_real_builder_cli_writes_to_s3_as_to_a_local_folder(s3_server, tmp_path):
-    tiles = _tiles(tmp_path)
+    tiles = demo_tiles(tmp_path)
     local = tmp_path / "local"
     url = s3_server.url("real")
     done = _real_cli(tiles, local)
@@ -61,7 +52,7 @@ def _env(tmp_path: Path) -> dict:
 
 @pytest.mark.parametrize("when", ["mid", "after"])
 def test_a_build_killed_mid_upload_resumes_from_the_store(s3_server, tmp_path, when):
-    tiles = _tiles(tmp_path)
+    tiles = demo_tiles(tmp_path)
     whole = s3_server.url("whole")
     assert _real_cli(tiles, whole, env=_env(tmp_path)).returncode == 0
     url = s3_server.url("killed")
@@ -87,7 +78,7 @@ def test_a_build_killed_mid_upload_resumes_from_the_store(s3_server, tmp_path, w
 def test_bad_credentials_are_one_line_at_start(start_s3_server, tmp_path):
     start_s3_server(auth=True)  # a store that knows no keys: every request is refused
     env = {**_env(tmp_path), "AWS_ACCESS_KEY_ID": "wrong", "AWS_SECRET_ACCESS_KEY": "wrong"}
-    done = _real_cli(_tiles(tmp_path), "s3://shards/real", env=env)
+    done = _real_cli(demo_tiles(tmp_path), "s3://shards/real", env=env)
     assert done.returncode == 2
     err = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert len(err) == 1 and "s3://shards/real" in err[0] and "AWS_ACCESS_KEY_ID" in err[0], done.stderr
@@ -96,7 +87,7 @@ def test_bad_credentials_are_one_line_at_start(start_s3_server, tmp_path):
 
 
 def test_a_missing_bucket_is_one_line_at_start(s3_server, tmp_path):
-    done = _real_cli(_tiles(tmp_path), "s3://no-such-bucket/real", env=_env(tmp_path))
+    done = _real_cli(demo_tiles(tmp_path), "s3://no-such-bucket/real", env=_env(tmp_path))
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "the bucket 'no-such-bucket' does not exist" in done.stderr.splitlines()[-1]
     assert not (tmp_path / "staging").exists()
@@ -113,7 +104,7 @@ def test_the_store_lock_refuses_a_live_holder_and_one_taker_wins_a_stale_one(s3_
     live = {"host": socket.gethostname(), "pid": os.getpid(), "start_time": process_start_time(os.getpid()),
             "tool": "builders.real", "time": time.time()}
     s3_server.fs.pipe_file(store.key("build.lock"), json.dumps(live).encode())
-    done = _real_cli(_tiles(tmp_path), store.url, env=_env(tmp_path))
+    done = _real_cli(demo_tiles(tmp_path), store.url, env=_env(tmp_path))
     assert done.returncode == 2 and "is in use by builders.real pid" in done.stderr, done.stderr
     with pytest.raises(LockHeld):
         StoreLock(store, tool="t").acquire()
@@ -136,55 +127,12 @@ def test_the_store_lock_refuses_a_live_holder_and_one_taker_wins_a_stale_one(s3_
     assert not s3_server.fs.exists(store.key("build.lock"))  # released
 
 
-def _keys(url_or_dir: str) -> list[str]:
-    from wds_tools.reader import iter_shard
-    from wds_tools.urls import expand_urls
-
-    return sorted(s["__key__"] for u in expand_urls(str(url_or_dir)) for s in iter_shard(u))
-
-
-def _pipeline(root: str, tiles: Path, report: Path, model_overrides: list[str]) -> dict:
-    """real build -> synthetic build -> filter -> materialize, every output under ``root``."""
-    from builders.quality.run import run as run_filter
-    from builders.real.build import build_real
-    from builders.real.config import RealBuildConfig
-    from builders.synthetic.build import build_synthetic
-    from builders.synthetic.config import SyntheticBuildConfig
-    from tests.builders.quality.conftest import tiny_config
-    from tests.builders.synthetic.build_fixtures import FAST, TINY
-    from wds_tools.config import load_config
-    from wds_tools.materialize import MaterializeConfig, materialize
-
-    real, syn, mat = f"{root}/real", f"{root}/syn", f"{root}/mat"
-    build_real(load_config(RealBuildConfig, REPO / "configs/build/real.yaml",
-                           [f"input={tiles}", f"output={real}", *REAL_ARGS]), progress=False)
-    build_synthetic(load_config(SyntheticBuildConfig, TINY, [f"input={real}/train", f"output={syn}", *FAST,
-                                                             *model_overrides, "preview=true"]), progress=False)
-    sets = [f"{real}/train", f"{syn}/train"]
-    filtered = run_filter(tiny_config(report.parent, f"input=[{','.join(sets)}]", f"output={report}",
-                                      "selection.min_clip_score_synthetic=0.0"))
-    materialize(MaterializeConfig(input=sets, output=mat, maxcount=4))
-    return {"real": _keys(f"{real}/train") + _keys(f"{real}/val"), "synthetic": _keys(f"{syn}/train"),
-            "kept": filtered["kept"], "kept_keys": _kept_keys(sets), "materialized": _keys(mat)}
-
-
-def _kept_keys(sets: list[str]) -> list[str]:
-    """Keys the filter's sidecars (read beside the shards) select."""
-    from wds_tools import quality_record
-    from wds_tools.reader import iter_shard
-    from wds_tools.urls import expand_urls
-
-    return sorted(s["__key__"] for d in sets for u in expand_urls(d)
-                  for s in iter_shard(u, sidecars=[quality_record.SIDECAR])
-                  if quality_record.keep(quality_record.decode_record(s[quality_record.MEMBER])))
-
-
 def test_real_synthetic_filter_materialize_on_s3_equal_local(s3_server, tmp_path, model_overrides,  # noqa: F811
                                                              monkeypatch):
     monkeypatch.setenv("WDS_STAGING_DIR", str(tmp_path / "staging"))
-    tiles = _tiles(tmp_path)
-    local = _pipeline(str(tmp_path / "local"), tiles, tmp_path / "lr" / "report", model_overrides)
-    remote = _pipeline(s3_server.url("p"), tiles, tmp_path / "sr" / "report", model_overrides)
+    tiles = demo_tiles(tmp_path)
+    local = build_chain(str(tmp_path / "local"), tiles, tmp_path / "lr" / "report", model_overrides)
+    remote = build_chain(s3_server.url("p"), tiles, tmp_path / "sr" / "report", model_overrides)
     assert local["synthetic"] and local["materialized"] == local["kept_keys"]
     assert 0 < len(local["kept_keys"]) == local["kept"]
     assert remote == local

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import msgpack
 import pytest
@@ -113,3 +114,27 @@ def test_selection_file_lists_and_checks_sidecars(tmp_path):
     assert find_selection([str(shard)]) == []
     write_selection({"format": 1, "sidecars": [entry]}, str(shard.parent))
     assert find_selection([str(shard), str(other)]) == [str(shard.parent / "selection.json")]
+
+
+def test_a_selection_beside_store_shards_lists_them_relative_and_survives_a_copy_to_disk(tmp_path):
+    """The filter writes selection.json beside ``s3://`` shards; copied to disk with them, it must
+    still cover the copies: entries under its folder are written relative to it."""
+    import fsspec
+
+    store = f"memory://sel-{uuid.uuid4().hex[:8]}"
+    entry = {"shard": f"{store}/real-000000.tar", "sidecar": f"{store}/real-000000.quality.tar",
+             "sha256": "0" * 64, "kept": 2, "kept_by_class": {"beach": 2}}
+    elsewhere = {**entry, "shard": "memory://other/real-000009.tar", "sidecar": "memory://other/x.quality.tar"}
+    url = write_selection({"format": 1, "sidecars": [entry, elsewhere]}, store)
+    fs = fsspec.filesystem("memory")
+    try:
+        doc = json.loads(fs.cat_file(url[len("memory://"):]))
+        assert [e["shard"] for e in doc["sidecars"]] == ["real-000000.tar", "memory://other/real-000009.tar"]
+        assert read_selection([url]).kept([entry["shard"]]) == 2  # resolved against the store folder
+        copy = tmp_path / "copy"
+        copy.mkdir()
+        (copy / "selection.json").write_bytes(fs.cat_file(url[len("memory://"):]))
+        assert read_selection([str(copy / "selection.json")]).kept_by_class([str(copy / "real-000000.tar")]) == {
+            "beach": 2}
+    finally:
+        fs.rm(store[len("memory://"):], recursive=True)

@@ -94,3 +94,15 @@ def test_sidecar_records_the_shard_first_and_readers_skip_it(shard_dir):
     assert read_shard_identity(str(shard), "quality") is None  # a sidecar of an older version
     assert mtime_ns(str(shard_dir / "real-train-000000.quality.tar")) is not None
     assert mtime_ns(str(shard_dir / "gone.tar")) is None and mtime_ns("memory:///x.tar") is None
+
+
+def test_a_local_copy_of_a_shard_recorded_by_its_etag_is_checked_by_md5(shard_dir):
+    """A set filtered on an object store, then copied to disk: S3's single-part ETag is the MD5 of
+    the bytes, so the copy is recognised; other ETags, or other bytes, are problems."""
+    shard = shard_dir / "real-train-000000.tar"
+    data = shard.read_bytes()
+    recorded = {"bytes": len(data), "etag": hashlib.md5(data).hexdigest()}
+    assert identity_problem(str(shard), recorded) is None
+    assert "not an MD5" in identity_problem(str(shard), {**recorded, "etag": "0123abcd-2"})  # multipart
+    shard.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, other bytes
+    assert identity_problem(str(shard), recorded).startswith("MD5 ")
