@@ -11,6 +11,9 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A Ray driver in this process (the cluster tests) would otherwise replace builtins.print with
+# tqdm_ray.safe_print for the rest of the session, which other tests see (a pickled print).
+os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
 
 UCM_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucm_sample"
 

@@ -40,7 +40,7 @@ class S3Server:
 
 
 @pytest.fixture
-def start_s3_server(monkeypatch) -> Iterator[Callable[..., S3Server]]:
+def start_s3_server(monkeypatch, tmp_path_factory) -> Iterator[Callable[..., S3Server]]:
     """``start_s3_server(auth=False)``: a fresh server (``auth=True``: one that refuses unknown
     keys, as a real store refuses bad credentials), the environment pointed at it, a bucket made."""
     pytest.importorskip("moto.server", reason="the S3 server tests need moto[server] (pip install -e '.[dev]')")
@@ -53,6 +53,9 @@ def start_s3_server(monkeypatch) -> Iterator[Callable[..., S3Server]]:
         for name, value in (("AWS_ENDPOINT_URL", endpoint), ("AWS_ACCESS_KEY_ID", "testing"),
                             ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
             monkeypatch.setenv(name, value)
+        # Staging folders are keyed by the output URL alone (the same path on every machine of a
+        # cluster), so test runs that write s3://shards/... to different servers would share one.
+        monkeypatch.setenv("WDS_STAGING_DIR", str(tmp_path_factory.mktemp("staging")))
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
             monkeypatch.delenv(name, raising=False)
         s3fs.S3FileSystem.clear_instance_cache()  # a cached client would still talk to the last server

@@ -18,9 +18,9 @@ import pytest
 from tests.builders.conftest import tiny_vlm  # noqa: F401 - the tiny models of the synthetic stages
 from tests.builders.synthetic.build_fixtures import model_overrides  # noqa: F401
 from tests.builders.synthetic.conftest import tiny_esrgan, tiny_grounding_dino, tiny_sam, tiny_sd3  # noqa: F401
+from tests.common.launch import launch_two_ranks
 from tests.store.objects import build_chain, demo_tiles, store_files
 from tests.training.conftest import REPO, TINY_CONFIG
-from tests.training.test_two_process import _launch
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def _python(*args: str) -> str:
 
 def _stage2(out: Path, lists: dict[str, Path], heldout: str) -> dict:
     """Two-rank training on the lists, then evaluate and its figures; the run's keys and log."""
-    proc = _launch("-m", "training.train", "--config", str(TINY_CONFIG), f"data.real=[{lists['real']}]",
+    proc = launch_two_ranks("-m", "training.train", "--config", str(TINY_CONFIG), f"data.real=[{lists['real']}]",
                    f"data.synthetic=[{lists['synthetic']}]", f"train.output={out}", *TRAIN)
     assert proc.returncode == 0, proc.stderr[-4000:]
     keys = {r: [json.loads(line)["keys"] for line in (out / f"sample_keys.rank{r}.jsonl").read_text().splitlines()]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -22,6 +21,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from tests.common.launch import free_port, launch_env
 from tests.training.conftest import REPO, TINY_CONFIG, shard_dirs  # noqa: F401 - the session's tiny shards
 from tests.training.dist_check import batch_loss_and_grads, fixed_global_batch
 from training.config import Stage2Config
@@ -36,19 +36,12 @@ SETTINGS = ["train.max_steps=4", "train.checkpoint_every=2", "eval.before=false"
 KILL_AT_BATCH = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _machines(target, logs: Path, timeout: float = 300.0) -> list[tuple[int, str]]:
     """Start machine 0 and machine 1 (``target(rank)``: the script and its arguments); wait for
     both; ``(exit code, stderr)`` per machine. Both are killed if either outlives ``timeout``."""
     accelerate = Path(sys.executable).with_name("accelerate")
-    port = _free_port()
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    port = free_port()
+    env = launch_env(GLOO_SOCKET_IFNAME="lo")
     procs, errs = [], []
     for rank in (0, 1):
         err = logs / f"machine{rank}.err"

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
 
+from tests.common.launch import launch_two_ranks
 from tests.training.conftest import REPO, TINY_CONFIG
 from tests.training.dist_check import batch_loss_and_grads, fixed_global_batch
 from training.config import Stage2Config
 from wds_tools.config import load_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 OVERRIDES = ["train.max_steps=3", "train.checkpoint_every=0", "eval.before=false", "eval.after=false",
              "data.num_workers=1", "train.report_to=[tensorboard]"]
@@ -34,22 +24,12 @@ def _overrides(shard_dirs, out: Path) -> list[str]:
             f"train.output={out}", *OVERRIDES]
 
 
-def _launch(*target: str) -> subprocess.CompletedProcess:
-    """``accelerate launch`` of two CPU ranks (gloo) running ``target`` (a script, or -m module)."""
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *target]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
-
-
 @pytest.fixture(scope="module")
 def two_rank_run(shard_dirs, tmp_path_factory) -> tuple[Path, list[str]]:
     """A 3-step run on two ranks (then dist_check's fixed-batch figures): its folder and overrides."""
     out = tmp_path_factory.mktemp("two_ranks")
     overrides = _overrides(shard_dirs, out)
-    proc = _launch(str(REPO / "tests" / "training" / "dist_check.py"), str(TINY_CONFIG), str(out), *overrides)
+    proc = launch_two_ranks(str(REPO / "tests" / "training" / "dist_check.py"), str(TINY_CONFIG), str(out), *overrides)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, overrides
 
@@ -93,7 +73,7 @@ def test_a_signal_to_one_rank_stops_both_at_one_step_and_the_resume_is_exact(two
     reference, _ = two_rank_run
     out = tmp_path / "run"
     args = ["--config", str(TINY_CONFIG), *_overrides(shard_dirs, out)]
-    proc = _launch("-m", "tests.faults.kill_point", "signal:2@1", str(tmp_path / "sig.json"), *args)
+    proc = launch_two_ranks("-m", "tests.faults.kill_point", "signal:2@1", str(tmp_path / "sig.json"), *args)
     assert proc.returncode != 0
     assert "stopped on SIGUSR1 after step 2" in proc.stderr  # rank 1
     assert "stopped on a stop signal to another rank after step 2" in proc.stderr  # rank 0
@@ -104,7 +84,7 @@ def test_a_signal_to_one_rank_stops_both_at_one_step_and_the_resume_is_exact(two
     assert (ckpt / "data_state.rank0.json").is_file() and (ckpt / "data_state.rank1.json").is_file()
     assert not (out / "lora_final.pt").exists()
 
-    proc = _launch("-m", "training.train", *args)
+    proc = launch_two_ranks("-m", "training.train", *args)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"resumed from {ckpt} at step 2" in proc.stderr
     got, want = (torch.load(d / "lora_final.pt", weights_only=True) for d in (out, reference))
