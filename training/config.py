@@ -5,6 +5,9 @@ from dataclasses import dataclass, field
 from clip_models.config import ModelConfig
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16", "fp8")
+# Values of a sample's json["kind"] the builders write (wds_tools/sample.py META_FIELDS): the real
+# builder's originals, augmentations and zoom crops, and the synthetic builder's modes.
+SAMPLE_KINDS = ("original", "augmented", "zoom_crop", "inpaint_replace", "inpaint_remove", "img2img", "text2img")
 # Settings a resumed run may change when train.resume_allow_changes names them: those whose new
 # value the resumed run really uses (the run's length and the schedule are rebuilt, the optimizer's
 # learning rates and weight decay are set again after the checkpoint is loaded). Every other stored
@@ -75,9 +78,18 @@ class DataConfig:
     # Images above this many pixels (read from the header) are counted skips, in training and
     # evaluation; 0 = PIL's Image.MAX_IMAGE_PIXELS (about 89 million).
     max_image_pixels: int = 0
+    # Train only on samples whose json["kind"] is listed (SAMPLE_KINDS); empty = every kind. A sample
+    # without a kind counts as "original" (the builders' convention). Others are counted drops
+    # (kind_dropped), so a run sized in samples still trains on as many samples.
+    kinds: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad value, before any work starts."""
+        for kind in self.kinds:
+            if kind not in SAMPLE_KINDS:
+                raise ValueError(f"data.kinds: {kind!r} is not a sample kind; valid: {', '.join(SAMPLE_KINDS)}")
+        if len(set(self.kinds)) < len(self.kinds):
+            raise ValueError(f"data.kinds lists a kind more than once: {self.kinds}")
         _at_least(self, "num_workers", 0)
         _at_least(self, "shards_per_chunk", 1)
         _at_least(self, "prefetch_factor", 1)

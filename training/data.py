@@ -16,7 +16,7 @@ Layout of the stream (all randomness counter-based, so any position can be rebui
 * Per sample, the caption choice and the crop come from ``rng(..., chunk, offset)``.
 
 Stages (small generators, each with a curried ``wds_tools.stages.stage`` wrapper): per source
-``resampled_samples -> quality_selected -> decoded_augmented``; per worker ``mix_batches ->
+``resampled_samples -> kind_selected -> quality_selected -> decoded_augmented``; per worker ``mix_batches ->
 collated`` (uint8 stack + one tokenizer call per batch). No stage reads ahead.
 
 Each batch also carries int64 ``groups`` (source image: ``json["parent"]`` or the key of an
@@ -28,7 +28,8 @@ A worker's position is ``{"worker": w, "batch": b, "streams": [<ShuffleState dic
 sample); it travels with every batch, the trainer keeps the newest one per worker
 (:class:`LoaderState`, which documents the saved schema), and a resumed loader restarts each worker
 from it (rotating worker ids so DataLoader's round-robin continues where it stopped).
-Quality-sidecar drops and corrupt samples are counted per batch and summed by the trainer.
+Quality-sidecar drops, samples of kinds ``data.kinds`` leaves out and corrupt samples are counted
+per batch and summed by the trainer.
 
 Where the rest lives: the mix specification (sources, weights, loader settings) in
 ``training.mix``; per-source raw streams and the shuffle in ``training.streams``; decode, crop,
@@ -38,6 +39,7 @@ flip and caption choice in ``training.augment``.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -95,6 +97,41 @@ def quality_select(src: Iterable[dict], *, member: str | None, skips: SkipLog, d
         yield raw
 
 
+def sample_kind(raw: dict) -> str | None:
+    """``json["kind"]`` of a raw sample; "original" when it has none (the builders' convention);
+    None when its json member does not parse (the decode stage counts that skip)."""
+    try:
+        meta = json.loads(raw.get("json") or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    kind = meta.get("kind") if isinstance(meta, dict) else None
+    return "original" if kind is None else str(kind)
+
+
+def kind_select(src: Iterable[dict], *, kinds: tuple[str, ...], drops: Counter,
+                max_consecutive: int = 100_000) -> Iterator[dict]:
+    """Stage: keep only samples of the chosen kinds (``data.kinds``; empty = all).
+
+    Others are counted in ``drops`` as ``kind_dropped`` (summed into the training log). A sample
+    whose json does not parse is passed on for the decode stage to count as a skip.
+    """
+    if not kinds:
+        yield from src
+        return
+    in_a_row = 0
+    for raw in src:
+        kind = sample_kind(raw)
+        if kind is not None and kind not in kinds:
+            drops["kind_dropped"] += 1
+            in_a_row += 1
+            if in_a_row > max_consecutive:
+                raise ValueError(f"data.kinds={list(kinds)}: {max_consecutive} samples in a row were of "
+                                 f"other kinds (last {kind!r} in {raw.get('__url__')})")
+            continue
+        in_a_row = 0
+        yield raw
+
+
 def decode_augment(src: Iterable[dict], *, spec: LoaderSpec, worker: int, skips: SkipLog) -> Iterator[dict]:
     """Stage: uint8 decode, seeded crop/flip and caption choice (rng from the sample's position)."""
     for raw in src:
@@ -106,13 +143,15 @@ def decode_augment(src: Iterable[dict], *, spec: LoaderSpec, worker: int, skips:
             yield item
 
 
+kind_selected = stage(kind_select)
 quality_selected = stage(quality_select)
 decoded_augmented = stage(decode_augment)
 
 
 def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, resume: ShuffleState | None,
                     skips: SkipLog, drops: Counter) -> wds.DataPipeline:
-    """Resampled, shuffled shards -> quality selection -> decode + augment, for one source.
+    """Resampled, shuffled shards -> kind selection -> quality selection -> decode + augment, for
+    one source (kinds first: a sample of another kind needs no quality record decoded).
 
     Only the shuffle holds samples back, and its ``__resume__`` state accounts for them, so the
     state of the last sample out is the stream's exact position.
@@ -120,6 +159,7 @@ def source_pipeline(*, spec: LoaderSpec, src_idx: int, worker: int, resume: Shuf
     member = f"{spec.quality_sidecar}.msgpack" if spec.quality_sidecar else None
     return wds.DataPipeline(
         lambda: resampled_samples(spec=spec, src_idx=src_idx, worker=worker, resume=resume, skips=skips),
+        kind_selected(kinds=tuple(spec.kinds), drops=drops),
         quality_selected(member=member, skips=skips, drops=drops),
         decoded_augmented(spec=spec, worker=worker, skips=skips))
 

@@ -51,6 +51,8 @@ class LoaderSpec:
     class_weights: dict[str, float] = field(default_factory=dict)
     # images above this many pixels are counted skips (0 = PIL's Image.MAX_IMAGE_PIXELS)
     max_image_pixels: int = 0
+    # sample kinds (json["kind"]) to train on; empty = all (training.data.kind_select)
+    kinds: tuple[str, ...] = ()
 
 
 def mix_plan(rng: np.random.Generator, weights: list[float], batch_size: int, stratified: bool) -> np.ndarray:

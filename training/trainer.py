@@ -203,7 +203,7 @@ def _loader_spec(cfg: Stage2Config, mix: dict, *, image_size: int, rank: int, wo
                       hflip=cfg.data.hflip, random_caption=cfg.data.random_caption,
                       quality_sidecar=cfg.data.quality_sidecar if cfg.data.use_quality else None,
                       allow_pipe=cfg.data.allow_pipe, class_weights=mix["class_weights"],
-                      max_image_pixels=cfg.data.max_image_pixels)
+                      max_image_pixels=cfg.data.max_image_pixels, kinds=tuple(cfg.data.kinds))
 
 
 def _eval_data(cfg: Stage2Config, spec: LoaderSpec, accelerator):
