@@ -58,6 +58,9 @@ ABLATIONS = {
     "rank8": (["lora.rank=8", "lora.rslora=false"], "rank 8, alpha / rank scaling (the seed's)"),
     "augment_off": (["data.crop_scale_min=1.0", "data.hflip=false"], "Stage 2's random crop and flip off"),
     "same_source_negatives": (["loss.mask_same_source=false"], "same-source masking off"),
+    # the builder's zoom crops and augmentations, left out of training (the run is sized in samples)
+    "no_zoom_crops": (["data.kinds=[original,augmented]"], "zoom crops left out (originals and augmentations)"),
+    "originals_only": (["data.kinds=[original]"], "zoom crops and the builder's augmentations left out"),
 }
 # name -> (quality-filter selection overrides, what it shows): the defaults on a copy of the
 # train shards whose scores are selected again with these settings.
