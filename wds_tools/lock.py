@@ -32,6 +32,17 @@ log = logging.getLogger("wds_tools")
 _TEMP_RE = re.compile(r"\.tmp-(\d+)-[0-9a-f]+$")
 
 
+
+def holder_record(tool: str, **extra) -> dict:
+    """What a lock records of its holder: host, pid and its start time, tool, argv, time."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start_time": process_start_time(os.getpid()),
+            "tool": tool, "argv": sys.argv, "time": time.time(), **extra}
+
+
+def is_this_process(holder: dict | None) -> bool:
+    """True when a lock's holder record names this very process (on this host)."""
+    return bool(holder) and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+
 class LockHeld(FileExistsError):
     """Another live job holds the output lock (its holder is in the message and ``holder``)."""
 
@@ -122,8 +133,7 @@ class OutputLock:
         self.held = False
 
     def _record(self) -> dict:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "start_time": process_start_time(os.getpid()),
-                "tool": self.tool, "argv": sys.argv, "time": time.time()}
+        return holder_record(self.tool)
 
     def _create(self) -> bool:
         try:
@@ -241,7 +251,7 @@ class OutputLock:
         if self._beat is not None:
             self._beat.join(timeout=5)
         holder = self._read_holder()
-        if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        if is_this_process(holder):
             self.path.unlink(missing_ok=True)
         self.held = False
 

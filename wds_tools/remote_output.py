@@ -28,7 +28,6 @@ import os
 import posixpath
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -36,7 +35,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from hashlib import sha1
 from pathlib import Path
 
-from wds_tools.lock import LockHeld, describe_holder, pid_alive, process_start_time
+from wds_tools.lock import LockHeld, describe_holder, holder_record, is_this_process, pid_alive
 from wds_tools.urls import CREDENTIALS_HINT, StoreAccessError, has_scheme, store_errors, url_to_fs
 
 log = logging.getLogger("wds_tools")
@@ -194,9 +193,7 @@ class StoreLock:
         return self.store.key(self.rel)
 
     def _record(self) -> bytes:
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                           "start_time": process_start_time(os.getpid()), "tool": self.tool,
-                           "argv": sys.argv, "time": time.time(), "store": True}).encode()
+        return json.dumps(holder_record(self.tool, store=True)).encode()
 
     def _put(self, **condition) -> bool:
         """Write the record under ``condition``; False when the store says the condition failed."""
@@ -294,7 +291,7 @@ class StoreLock:
         if self._beat is not None:
             self._beat.join(timeout=5)
         holder, etag = self._holder()
-        if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        if is_this_process(holder):
             self.store.remove([self.rel])
         self.held = False
 
